@@ -1,0 +1,1 @@
+"""Benchmarks for edgevol against plain command-line baselines (run with ``bench/run.py``, never by pytest)."""

@@ -1,0 +1,1 @@
+"""edgevol: the Volume and Content device API for edge devices."""

@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.auth (generated modules live here)."""

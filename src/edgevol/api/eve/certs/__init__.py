@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.certs (generated modules live here)."""

@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.common (generated modules live here)."""

@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.config (generated modules live here)."""

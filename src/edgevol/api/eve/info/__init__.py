@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.info (generated modules live here)."""

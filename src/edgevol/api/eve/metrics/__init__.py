@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.metrics (generated modules live here)."""

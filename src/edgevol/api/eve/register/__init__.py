@@ -1,0 +1,1 @@
+"""Protobuf package org.lfedge.eve.register (generated modules live here)."""

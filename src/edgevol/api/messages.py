@@ -1,0 +1,123 @@
+"""One import point for the EVE API message and enum classes edgevol uses.
+
+Why: the generated modules are split the way the .proto files are (one per
+area), which is an implementation detail. The rest of edgevol imports from
+here, so moving a message between .proto files never touches callers.
+
+Enums are the generated ``EnumTypeWrapper`` objects: ``ZSwState.LOADED`` is the
+number, ``ZSwState.Name(19)`` the name.
+"""
+
+from __future__ import annotations
+
+from edgevol.api.eve.auth.auth_pb2 import AuthBody, AuthContainer
+from edgevol.api.eve.certs.certs_pb2 import (
+    ZCert,
+    ZCertAttr,
+    ZCertType,
+    ZControllerCert,
+)
+from edgevol.api.eve.common.acipherinfo_pb2 import (
+    CipherBlock,
+    CipherContext,
+    EncryptionBlock,
+)
+from edgevol.api.eve.common.evecommon_pb2 import HashAlgorithm
+from edgevol.api.eve.config.appconfig_pb2 import (
+    AppInstanceConfig,
+    InstanceOpsCmd,
+    VolumeRef,
+)
+from edgevol.api.eve.config.datastore_pb2 import DatastoreConfig, DsType
+from edgevol.api.eve.config.devcommon_pb2 import ConfigItem, UUIDandVersion
+from edgevol.api.eve.config.devconfig_pb2 import (
+    ConfigRequest,
+    ConfigResponse,
+    EdgeDevConfig,
+)
+from edgevol.api.eve.config.storage_pb2 import (
+    ContentTree,
+    Drive,
+    DriveType,
+    Format,
+    Image,
+    SignatureInfo,
+    Target,
+    Volume,
+    VolumeAccessProtocols,
+    VolumeContentOrigin,
+    VolumeContentOriginType,
+)
+from edgevol.api.eve.info.info_pb2 import (
+    ContentResources,
+    DeviceEntity,
+    Entity,
+    ErrorInfo,
+    Severity,
+    UsageInfo,
+    VolumeResources,
+    ZInfoBlob,
+    ZInfoBlobList,
+    ZInfoContentTree,
+    ZInfoMsg,
+    ZInfoTypes,
+    ZInfoVolume,
+    ZSwState,
+)
+from edgevol.api.eve.metrics.metrics_pb2 import ZMetricMsg, ZMetricVolume
+from edgevol.api.eve.register.register_pb2 import ZRegisterMsg
+
+__all__ = [
+    # config
+    "AppInstanceConfig",
+    "ConfigItem",
+    "ConfigRequest",
+    "ConfigResponse",
+    "ContentTree",
+    "DatastoreConfig",
+    "Drive",
+    "DriveType",
+    "DsType",
+    "EdgeDevConfig",
+    "Format",
+    "Image",
+    "InstanceOpsCmd",
+    "SignatureInfo",
+    "Target",
+    "UUIDandVersion",
+    "Volume",
+    "VolumeAccessProtocols",
+    "VolumeContentOrigin",
+    "VolumeContentOriginType",
+    "VolumeRef",
+    # info
+    "ContentResources",
+    "DeviceEntity",
+    "Entity",
+    "ErrorInfo",
+    "Severity",
+    "UsageInfo",
+    "VolumeResources",
+    "ZInfoBlob",
+    "ZInfoBlobList",
+    "ZInfoContentTree",
+    "ZInfoMsg",
+    "ZInfoTypes",
+    "ZInfoVolume",
+    "ZSwState",
+    # metrics
+    "ZMetricMsg",
+    "ZMetricVolume",
+    # auth, certs, register, common
+    "AuthBody",
+    "AuthContainer",
+    "CipherBlock",
+    "CipherContext",
+    "EncryptionBlock",
+    "HashAlgorithm",
+    "ZCert",
+    "ZCertAttr",
+    "ZCertType",
+    "ZControllerCert",
+    "ZRegisterMsg",
+]

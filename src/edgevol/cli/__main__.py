@@ -1,0 +1,3 @@
+from edgevol.cli.main import main
+
+main()

@@ -1,0 +1,206 @@
+"""``edgevol <noun> <verb>``: the command line.
+
+Exit codes: 0 success, 1 some object ended in ERROR (or the config has
+invalid objects), 2 usage error, 3 the command could not run at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf import json_format
+from rich.console import Console
+
+from edgevol import log as logsetup
+from edgevol.api import messages as m
+from edgevol.api.codec import ConfigDecodeError, load_edge_dev_config
+from edgevol.cli.output import console, print_json, print_status_tables, print_table
+from edgevol.model.parse import parse_config
+
+EXIT_OBJECT_ERRORS = 1
+EXIT_CANNOT_RUN = 3
+
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+                             show_default=True, help="Output format.")
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+                               envvar="EDGEVOL_DATA_DIR", help="The device's state directory.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgevol")
+def main() -> None:
+    """edgevol: volumes and content for edge devices (EVE volume API)."""
+
+
+@main.group()
+def device() -> None:
+    """The device agent and its local state."""
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise click.ClickException(f"another edgevol agent is running on {data_dir}") from None
+    return fd
+
+
+@device.command("run")
+@data_dir_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="EdgeDevConfig as .pb (binary) or .json; re-read when it changes.")
+@click.option("--once", is_flag=True, help="Exit when every object is LOADED, CREATED_VOLUME or ERROR.")
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between reconcile passes.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: float, log_format: str,
+               log_level: str, progress: bool | None) -> None:
+    """Reconcile the device with its config: download content, create volumes, report."""
+    from edgevol.cli.progress import ProgressView
+    from edgevol.device.configsource import ConfigSource
+    from edgevol.device.reconcile.agent import Agent, AgentOptions
+
+    logsetup.configure(log_format, log_level)
+    lock_fd = _lock_data_dir(data_dir)
+    agent = Agent(data_dir, AgentOptions(once=once))
+    source = ConfigSource(config_path, agent.dirs.checkpoint)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        agent.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def poll() -> None:
+        desired = source.poll()
+        if desired is not None:
+            agent.set_desired(desired)
+        agent.record_config_status(source.error)
+        if view is not None:
+            view.refresh()
+
+    show = sys.stderr.isatty() if progress is None else progress
+    view = ProgressView(agent.store, Console(stderr=True)) if show else None
+    try:
+        if view is not None:
+            with view:
+                status = agent.run(poll, interval=interval, stop=stop)
+        else:
+            status = agent.run(poll, interval=interval, stop=stop)
+        if once and source.error and not agent.desired.volumes and not agent.desired.content_trees:
+            click.echo(f"error: {source.error}", err=True)
+            status = EXIT_OBJECT_ERRORS
+    finally:
+        agent.close()
+        os.close(lock_fd)
+    sys.exit(status)
+
+
+def _open_store(data_dir: Path) -> Any:
+    from edgevol.device.paths import DataDir
+    from edgevol.device.state import StateStore
+
+    db = DataDir(data_dir).state_db
+    if not db.exists():
+        raise click.ClickException(f"{data_dir} holds no device state (no {db.name}); run 'edgevol device run' first")
+    return StateStore(db)
+
+
+@device.command("status")
+@data_dir_option
+@output_option
+def device_status(data_dir: Path, output: str) -> None:
+    """Show every volume, content tree and blob the device knows, with state and progress."""
+    from edgevol.device.report.status import status_document
+
+    store = _open_store(data_dir)
+    doc = status_document(store)
+    store.close()
+    if output == "json":
+        print_json(doc)
+    else:
+        print_status_tables(console(), doc)
+
+
+@device.command("outbox")
+@data_dir_option
+@output_option
+def device_outbox(data_dir: Path, output: str) -> None:
+    """Show the info messages queued for the controller (latest per object)."""
+    store = _open_store(data_dir)
+    items = []
+    for key, seq, payload in store.outbox_items():
+        msg = m.ZInfoMsg.FromString(payload)
+        items.append({"key": key, "seq": seq,
+                      "message": json_format.MessageToDict(msg, preserving_proto_field_name=True)})
+    store.close()
+    if output == "json":
+        print_json(items)
+    else:
+        rows = []
+        for it in items:
+            body = it["message"]
+            content = body.get("vinfo") or body.get("cinfo") or (body.get("binfo", {}).get("blob") or [{}])[0]
+            rows.append([str(it["seq"]), it["key"], content.get("state", "(deleted)" if len(content) <= 2 else ""),
+                         str(content.get("progressPercentage", ""))])
+        print_table(console(), "OUTBOX", ["SEQ", "OBJECT", "STATE", "PROGRESS"], rows)
+
+
+@main.group()
+def config() -> None:
+    """Work with EdgeDevConfig files."""
+
+
+@config.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@output_option
+def config_validate(path: Path, output: str) -> None:
+    """Check a config file object by object, as the device would."""
+    try:
+        cfg = load_edge_dev_config(path, ignore_unknown_json_fields=True)
+    except ConfigDecodeError as exc:
+        raise click.ClickException(str(exc)) from None
+    desired = parse_config(cfg)
+    errors = [{"kind": e.kind.value, "id": e.object_id, "message": e.message} for e in desired.errors]
+    summary = {"datastores": len(desired.datastores), "content_trees": len(desired.content_trees),
+               "volumes": len(desired.volumes), "apps": len(desired.apps), "errors": errors}
+    if output == "json":
+        print_json(summary)
+    else:
+        out = console()
+        out.print(f"{summary['datastores']} datastores, {summary['content_trees']} content trees, "
+                      f"{summary['volumes']} volumes, {summary['apps']} apps valid")
+        if errors:
+            print_table(out, "INVALID OBJECTS", ["KIND", "ID", "MESSAGE"],
+                        [[e["kind"], e["id"], e["message"]] for e in errors])
+    sys.exit(EXIT_OBJECT_ERRORS if errors else 0)
+
+
+@main.group()
+def datastore() -> None:
+    """Local datastores, for demos and tests."""
+
+
+@datastore.command("serve")
+@click.argument("root", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=0, help="0 picks a free port.")
+def datastore_serve(root: Path, host: str, port: int) -> None:
+    """Serve ROOT over HTTP with Range support, as an HTTP datastore."""
+    from edgevol.tools import httpserve
+
+    sys.exit(httpserve.main([str(root), "--host", host, "--port", str(port)]))

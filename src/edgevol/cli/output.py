@@ -1,0 +1,51 @@
+"""Printing results the kubectl way: a table for people, ``-o json`` for scripts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from edgevol.device.errors import human_bytes
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def console() -> Console:
+    """A console that does not squeeze tables to 80 columns when piped."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def print_table(console: Console, title: str, columns: Sequence[str], rows: list[list[str]]) -> None:
+    table = Table(title=title, title_justify="left", box=None, header_style="bold")
+    for col in columns:
+        table.add_column(col, no_wrap=col != "ERROR", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def print_status_tables(console: Console, doc: dict[str, Any]) -> None:
+    def err(obj: dict[str, Any]) -> str:
+        return obj["error"]["description"] if obj.get("error") else ""
+
+    print_table(console, "VOLUMES", ["UUID", "GEN", "NAME", "STATE", "PROGRESS", "MAX", "USED", "REFS", "ERROR"], [
+        [v["uuid"], str(v["generation_count"]), v["display_name"], v["state"], f"{v['progress']}%",
+         human_bytes(v["max_size_bytes"]), human_bytes(v["cur_size_bytes"]), str(v["ref_count"]), err(v)]
+        for v in doc["volumes"]])
+    print_table(console, "CONTENT TREES", ["UUID", "NAME", "SHA256", "STATE", "PROGRESS", "SIZE", "REFS", "ERROR"], [
+        [c["uuid"], c["display_name"], c["sha256"][:12], c["state"], f"{c['progress']}%",
+         human_bytes(c["cur_size_bytes"]), str(c["ref_count"]), err(c)] for c in doc["content_trees"]])
+    print_table(console, "BLOBS", ["SHA256", "STATE", "SIZE", "REFS"], [
+        [b["sha256"][:12], b["state"], human_bytes(b["size"]), str(b["ref_count"])] for b in doc["blobs"]])
+    if doc["config_errors"] or doc["config_source_error"]:
+        rows = [[e["kind"], e["id"], e["message"]] for e in doc["config_errors"]]
+        if doc["config_source_error"]:
+            rows.insert(0, ["config", "-", doc["config_source_error"]])
+        print_table(console, "CONFIG ERRORS", ["KIND", "ID", "MESSAGE"], rows)

@@ -1,0 +1,202 @@
+"""Digest-verified, resumable writes into the content store.
+
+A blob enters the store only through an :class:`Ingest`: bytes stream into
+``ingest/<hex>.partial`` while sha256 is updated incrementally, and only a
+commit whose size and digest match renames the file into ``blobs/sha256``.
+A closed-but-uncommitted partial stays on disk so a download can resume
+(HTTP ``Range``) from :attr:`Ingest.offset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from types import TracebackType
+
+from edgevol.fsutil import fsync_dir
+
+from .digests import hash_stream
+from .errors import CasError, DigestMismatch, SizeLimitExceeded, SizeMismatch
+from .locks import DigestLock
+
+BLOB_MODE = 0o444
+
+
+class Ingest:
+    """One open ingest of one digest. Not thread-safe; use from one thread.
+
+    Created by :meth:`ContentStore.ingest`, which holds the per-digest lock
+    for the lifetime of this object.
+    """
+
+    def __init__(
+        self,
+        digest: str,
+        partial: Path,
+        blob: Path,
+        lock: DigestLock,
+        *,
+        expected_size: int | None = None,
+        max_size: int | None = None,
+    ) -> None:
+        self.digest = digest
+        self.expected_size = expected_size
+        self.max_size = max_size
+        self.partial_path = partial
+        self.blob_path = blob
+        self._lock = lock
+        self._limit = _min_limit(expected_size, max_size)
+        self._hasher = hashlib.sha256()
+        self.offset = 0
+        self._file: io.FileIO | None = None
+        try:
+            self._open_partial()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_partial(self) -> None:
+        created = not self.partial_path.exists()
+        self._file = io.FileIO(self.partial_path, "a+")
+        if created:
+            fsync_dir(self.partial_path.parent)
+        self._file.seek(0)
+        self._hasher, self.offset = hash_stream(self._file)
+        if self._limit is not None and self.offset > self._limit:
+            # Longer than the blob can be: the partial is torn; no resume point exists.
+            self.reset()
+
+    # -- context manager -------------------------------------------------
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A forgotten ingest must not keep the digest locked forever.
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- writing ---------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def _require_open(self) -> io.FileIO:
+        if self._file is None:
+            raise CasError(f"ingest of sha256:{self.digest} is closed")
+        return self._file
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; refuse (writing nothing) if it would pass the size limit."""
+        f = self._require_open()
+        view = memoryview(data).cast("B")
+        end = self.offset + len(view)
+        if self._limit is not None and end > self._limit:
+            raise SizeLimitExceeded(self.digest, self._limit, end)
+        while view:
+            n = f.write(view)
+            if n is None:
+                raise CasError(f"write to partial of sha256:{self.digest} would block")
+            self._hasher.update(view[:n])
+            self.offset += n
+            view = view[n:]
+
+    def reset(self) -> None:
+        """Start over from byte zero (e.g. the server ignored our Range request)."""
+        f = self._require_open()
+        f.truncate(0)
+        f.seek(0)
+        self._hasher = hashlib.sha256()
+        self.offset = 0
+
+    # -- finishing -------------------------------------------------------
+
+    def commit(self) -> Path:
+        """Verify size and sha256, then atomically publish the blob.
+
+        On mismatch the partial is deleted (it can never become valid) and
+        DigestMismatch / SizeMismatch is raised. The ingest is closed afterwards
+        in every case.
+        """
+        f = self._require_open()
+        try:
+            if self.blob_path.exists():
+                self._remove_partial()
+                return self.blob_path
+            f.flush()
+            os.fsync(f.fileno())
+            on_disk = os.fstat(f.fileno()).st_size
+            if on_disk != self.offset:
+                # Something else changed the file underneath us; trust nothing.
+                self._remove_partial()
+                raise SizeMismatch(self.digest, self.offset, on_disk)
+            if self.expected_size is not None and self.offset != self.expected_size:
+                self._remove_partial()
+                raise SizeMismatch(self.digest, self.expected_size, self.offset)
+            actual = self._hasher.hexdigest()
+            if actual != self.digest:
+                self._remove_partial()
+                raise DigestMismatch(self.digest, actual, self.offset)
+            self._publish(f)
+            return self.blob_path
+        finally:
+            self.close()
+
+    def _publish(self, f: io.FileIO) -> None:
+        # Not fsutil.commit_file: it reopens the file for writing, which a
+        # 0o444 file refuses to non-root users. Mode is set before the rename
+        # so the blob is never visible writable.
+        os.fchmod(f.fileno(), BLOB_MODE)
+        os.fsync(f.fileno())
+        self._close_file()
+        os.replace(self.partial_path, self.blob_path)
+        fsync_dir(self.blob_path.parent)
+        fsync_dir(self.partial_path.parent)
+
+    def discard(self) -> None:
+        """Delete the partial and close; the next ingest starts from zero."""
+        self._require_open()
+        try:
+            self._remove_partial()
+        finally:
+            self.close()
+
+    def _remove_partial(self) -> None:
+        self._close_file()
+        self.partial_path.unlink(missing_ok=True)
+        fsync_dir(self.partial_path.parent)
+
+    def close(self) -> None:
+        """Close without committing; the partial stays for a later resume."""
+        try:
+            self._close_file()
+        finally:
+            self._release()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            f.close()
+
+    def _release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+
+def _min_limit(expected_size: int | None, max_size: int | None) -> int | None:
+    limits = [x for x in (expected_size, max_size) if x is not None]
+    return min(limits) if limits else None

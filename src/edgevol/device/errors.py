@@ -1,0 +1,23 @@
+"""Building :class:`ErrorRecord` values: one place that decides what an error says."""
+
+from __future__ import annotations
+
+import time
+
+from edgevol.device.state import ErrorRecord
+
+
+def error(description: str, kind: str, entity_id: str, name: str = "", *,
+          severity: str = "error", retry: str = "") -> ErrorRecord:
+    return ErrorRecord(description=description, time=time.time(), severity=severity,
+                       retry_condition=retry, entity=kind, entity_id=entity_id, entity_name=name)
+
+
+def human_bytes(n: int) -> str:
+    step = 1024.0
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < step or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= step
+    return f"{n} B"

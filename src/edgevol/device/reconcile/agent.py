@@ -1,0 +1,389 @@
+"""The device agent: a level-triggered reconciler.
+
+Each :meth:`Agent.step` compares the desired state (from the config) with the
+recorded state (SQLite) and the disk, starts the next piece of work for each
+object that is not done yet, collects what is no longer wanted and queues info
+messages for whatever changed. Work runs in a small thread pool; every step is
+idempotent, so a restart after ``kill -9`` simply carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from edgevol.api import messages as m
+from edgevol.device.cas import ContentStore, Descriptor
+from edgevol.device.errors import error
+from edgevol.device.paths import DataDir
+from edgevol.device.reconcile.blobs import BlobDownloader
+from edgevol.device.reconcile.builders import VolumeBuilder
+from edgevol.device.report.outbox import Reporter
+from edgevol.device.state import ErrorRecord, StateStore
+from edgevol.device.volumes import FileVolumes
+from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind, VolumeOrigin
+
+log = structlog.get_logger("edgevol.agent")
+S = m.ZSwState
+
+TERMINAL = {S.LOADED, S.CREATED_VOLUME, S.ERROR}
+USAGE_REFRESH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    once: bool = False
+    workers: int = 4
+
+
+def _mirror_error(err: dict[str, Any] | None, kind: str, ident: str, name: str, prefix: str) -> ErrorRecord | None:
+    """Restate a dependency's error as this object's own, keeping what and why."""
+    if not err:
+        return None
+    src = ErrorRecord.from_dict(err)
+    assert src is not None
+    return ErrorRecord(description=f"{prefix}: {src.description}", time=src.time, severity=src.severity,
+                       retry_condition=src.retry_condition, entity=kind, entity_id=ident, entity_name=name)
+
+
+class Agent:
+    def __init__(self, data_dir: Path, options: AgentOptions | None = None) -> None:
+        self.options = options or AgentOptions()
+        self.dirs = DataDir(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(self.dirs.state_db)
+        self.cas = ContentStore(self.dirs.cas)
+        self.files = FileVolumes(self.dirs.volumes)
+        self.reporter = Reporter(self.store, self.store.meta_get("device_id") or "")
+        self.desired = DesiredState()
+        self.wake = threading.Event()
+        self._cancel = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="edgevol-work")
+        self._tasks: dict[str, Future[None]] = {}
+        self._failed_this_run: set[str] = set()
+        self._last_usage = 0.0
+        self._roots: dict[str, Descriptor] | None = None
+        self.blobs = BlobDownloader(self.store, self.cas, self._cancel, self._task_failed)
+        self.builder = VolumeBuilder(self.store, self.cas, self.files, self._task_failed)
+        self._recover()
+
+    # -- lifecycle ------------------------------------------------------------
+    def _recover(self) -> None:
+        """Clean up after an interrupted run; keep partial downloads for resume."""
+        removed = self.files.clean_temps()
+        pending = {r["sha256"] for r in self.store.all("blobs") if r["state"] != S.LOADED}
+        dropped = self.cas.clean_ingests(keep=pending)
+        for row in self.store.all("volumes"):
+            if row["state"] == S.CREATING_VOLUME:
+                self.store.update("volumes", (row["uuid"], row["generation"]), state=S.INITIAL, progress=0)
+        if removed or dropped:
+            log.info("recovered", temp_files_removed=len(removed), stale_partials_removed=len(dropped))
+
+    def close(self) -> None:
+        self._cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.reporter.sync()
+        self.store.close()
+
+    def set_desired(self, desired: DesiredState) -> None:
+        self.desired = desired
+        self.record_config_status(None)
+        if desired.device_id:
+            self.store.meta_set("device_id", desired.device_id)
+            self.reporter.device_id = desired.device_id
+        self.wake.set()
+
+    def record_config_status(self, source_error: str | None) -> None:
+        """Keep config-level problems where ``device status`` can show them."""
+        errors = [{"kind": e.kind.value, "id": e.object_id, "name": e.name, "message": e.message}
+                  for e in self.desired.errors]
+        self.store.meta_set("config_status", json.dumps({"errors": errors, "source_error": source_error}))
+
+    # -- tasks ----------------------------------------------------------------
+    def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        self._tasks[key] = self._pool.submit(fn, *args)
+        self._tasks[key].add_done_callback(lambda _f: self.wake.set())
+
+    def _task_failed(self, key: str) -> None:
+        self._failed_this_run.add(key)
+
+    def _busy(self, key: str) -> bool:
+        fut = self._tasks.get(key)
+        if fut is None:
+            return False
+        if fut.done():
+            del self._tasks[key]
+            exc = fut.exception()
+            if exc is not None:  # the workers catch everything they expect
+                log.error("task crashed", task=key, error=repr(exc))
+            return False
+        return True
+
+    def _may_retry(self, key: str, row: dict[str, Any], now: float) -> bool:
+        """An object in ERROR gets one fresh try per run; after that it waits for its slow retry."""
+        if row["state"] == S.ERROR:
+            if key not in self._failed_this_run:
+                return True
+            return not self.options.once and row.get("next_retry", 0) <= now
+        return row.get("next_retry", 0) <= now
+
+    # -- the reconcile pass ---------------------------------------------------
+    def step(self) -> None:
+        now = time.time()
+        d = self.desired
+        self._sync_blobs(d, now)
+        self._sync_content_trees(d, now)
+        self._sync_volumes(d, now)
+        self._collect_garbage(d)
+        self._sync_refcounts(d, now)
+        self.reporter.sync()
+
+    def _wanted_blobs(self, d: DesiredState) -> dict[str, list[Any]]:
+        wanted: dict[str, list[Any]] = {}
+        for ct in d.content_trees.values():
+            if ct.sha256 and ct.format is not ImageFormat.CONTAINER:
+                wanted.setdefault(ct.sha256, []).append(ct)
+        return wanted
+
+    def _sync_blobs(self, d: DesiredState, now: float) -> None:
+        for sha, trees in self._wanted_blobs(d).items():
+            key = f"blob:{sha}"
+            row = self.store.get("blobs", sha)
+            if row is None:
+                self.store.insert("blobs", sha256=sha, state=S.INITIAL, create_time=now, ref_change_time=now)
+                row = self.store.get("blobs", sha)
+                assert row is not None
+            if self._busy(key):
+                continue
+            if self.cas.has(sha):
+                size = self.cas.size(sha) or 0
+                self.store.update("blobs", (sha,), state=S.LOADED, progress=100, size=size, done_bytes=size,
+                                  attempts=0, next_retry=0, error=None)
+                continue
+            if row["state"] == S.LOADED:
+                log.warning("blob vanished from the store; fetching again", sha256=sha)
+                self.store.update("blobs", (sha,), state=S.INITIAL, progress=0, done_bytes=0)
+            if not self._may_retry(key, row, now):
+                continue
+            tree = trees[0]
+            self._submit(key, self.blobs.download, key, sha, tree, d.datastores[tree.datastore_id], d.settings,
+                         self.options.once)
+
+    def _sync_content_trees(self, d: DesiredState, now: float) -> None:
+        for ct in d.content_trees.values():
+            spec = {"datastore": ct.datastore_id, "url": ct.url, "format": ct.format.value,
+                    "sha256": ct.sha256, "max_size": ct.max_size_bytes}
+            row = self.store.get("content_trees", ct.uuid)
+            if row is None:
+                self.store.insert("content_trees", uuid=ct.uuid, state=S.INITIAL, create_time=now,
+                                  ref_change_time=now, spec=spec)
+            elif row["spec"] != spec and ct.sha256 and self.store.get("blobs", ct.sha256):
+                # Where to fetch from changed: an errored download deserves a fresh try now.
+                self.store.update("blobs", (ct.sha256,), next_retry=0, attempts=0)
+            fields: dict[str, Any] = {"generation": ct.generation, "display_name": ct.display_name,
+                                      "sha256": ct.sha256 or "", "spec": spec}
+            if ct.format is ImageFormat.CONTAINER:
+                fields.update(state=S.ERROR, progress=0, component_shas=[], error=error(
+                    "CONTAINER content trees are not supported by this device yet", ObjectKind.CONTENT_TREE,
+                    ct.uuid, ct.display_name, retry="update the device software"))
+            else:
+                blob = self.store.get("blobs", ct.sha256) if ct.sha256 else None
+                fields["component_shas"] = [ct.sha256]
+                if blob is None:
+                    fields.update(state=S.INITIAL, progress=0, cur_size=0, error=None)
+                else:
+                    loaded = blob["state"] == S.LOADED
+                    fields.update(state=blob["state"], progress=blob["progress"],
+                                  cur_size=blob["size"] if loaded else blob["done_bytes"],
+                                  error=_mirror_error(blob["error"], ObjectKind.CONTENT_TREE, ct.uuid,
+                                                      ct.display_name, f"blob sha256:{ct.sha256[:12]}"))
+            self.store.update("content_trees", (ct.uuid,), **fields)
+        for err in d.errors:
+            if err.kind is ObjectKind.CONTENT_TREE and _is_uuid(err.object_id):
+                record = error(f"invalid config: {err.message}", err.kind, err.object_id, err.name,
+                               retry="fix the content tree in the config")
+                if self.store.get("content_trees", err.object_id) is None:
+                    self.store.insert("content_trees", uuid=err.object_id, display_name=err.name,
+                                      state=S.ERROR, create_time=now, ref_change_time=now, error=record)
+                else:
+                    self.store.update("content_trees", (err.object_id,), state=S.ERROR, error=record)
+
+    def _sync_volumes(self, d: DesiredState, now: float) -> None:
+        refresh_usage = now - self._last_usage >= USAGE_REFRESH_SECONDS
+        if refresh_usage:
+            self._last_usage = now
+        for v in d.volumes.values():
+            key = f"volume:{v.uuid}#{v.generation}"
+            spec = {"origin": v.origin.value, "content_tree": v.content_tree_id, "max_size": v.max_size_bytes,
+                    "readonly": v.readonly}
+            row = self.store.get("volumes", v.uuid, v.generation)
+            if row is None:
+                self.store.insert("volumes", uuid=v.uuid, generation=v.generation, display_name=v.display_name,
+                                  state=S.INITIAL, max_size=v.max_size_bytes, readonly=v.readonly,
+                                  create_time=now, ref_change_time=now, spec=spec)
+                row = self.store.get("volumes", v.uuid, v.generation)
+                assert row is not None
+            ident = (v.uuid, v.generation)
+            if self._busy(key):
+                continue
+            if row["path"] is None:
+                adopted = self.files.find(v.uuid, v.generation)
+                if adopted is not None:  # created, then interrupted before the database knew
+                    self.builder.record_created(ident, adopted, spec)
+                    row = self.store.get("volumes", *ident)
+                    assert row is not None
+            if row["path"]:
+                if not Path(row["path"]).exists():
+                    log.warning("volume file vanished; creating it again", volume=key)
+                    self.store.update("volumes", ident, path=None, state=S.INITIAL, progress=0)
+                    continue
+                if row["spec"] != spec:
+                    changed = sorted(k for k in spec if (row["spec"] or {}).get(k) != spec[k])
+                    self.store.update("volumes", ident, display_name=v.display_name, state=S.ERROR, error=error(
+                        f"{', '.join(changed)} changed without a generation bump; the existing volume is kept "
+                        "as it was", ObjectKind.VOLUME, v.uuid, v.display_name,
+                        retry="restore the previous settings or bump generationCount"))
+                    continue
+                fields: dict[str, Any] = {"display_name": v.display_name, "state": S.CREATED_VOLUME,
+                                          "progress": 100, "error": None}
+                if refresh_usage:
+                    fields["cur_size"] = self.files.usage(Path(row["path"])).allocated
+                self.store.update("volumes", ident, **fields)
+                continue
+            self.store.update("volumes", ident, display_name=v.display_name, spec=spec,
+                              max_size=v.max_size_bytes, readonly=v.readonly)
+            if v.origin is VolumeOrigin.BLANK:
+                if self._may_retry(key, row, now):
+                    self._submit(key, self.builder.create, key, v, None, d.settings)
+                continue
+            assert v.content_tree_id is not None
+            ct = d.content_trees[v.content_tree_id]
+            ct_row = self.store.get("content_trees", ct.uuid)
+            if ct_row is None:
+                continue
+            if ct_row["state"] == S.LOADED:
+                if self._may_retry(key, row, now) or row["state"] != S.ERROR:
+                    self._submit(key, self.builder.create, key, v, ct, d.settings)
+            elif row["state"] != S.ERROR or ct_row["state"] == S.ERROR or key not in self._failed_this_run:
+                self.store.update("volumes", ident, state=ct_row["state"], progress=ct_row["progress"],
+                                  error=_mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
+                                                      f"content tree {ct.display_name or ct.uuid}"))
+        for err in d.errors:
+            if err.kind is ObjectKind.VOLUME and _is_uuid(err.object_id):
+                record = error(f"invalid config: {err.message}", err.kind, err.object_id, err.name,
+                               retry="fix the volume in the config")
+                rows = [r for r in self.store.all("volumes") if r["uuid"] == err.object_id]
+                if not rows:
+                    self.store.insert("volumes", uuid=err.object_id, generation=err.generation,
+                                      display_name=err.name, state=S.ERROR, create_time=now,
+                                      ref_change_time=now, error=record)
+                for r in rows:  # an existing volume is kept, never touched by a bad config
+                    self.store.update("volumes", (r["uuid"], r["generation"]), state=S.ERROR, error=record)
+
+    def _collect_garbage(self, d: DesiredState) -> None:
+        bad_volumes = {e.object_id for e in d.errors if e.kind is ObjectKind.VOLUME}
+        for row in self.store.all("volumes"):
+            ident = (row["uuid"], row["generation"])
+            wanted = d.volumes.get(row["uuid"])
+            if (wanted and wanted.generation == row["generation"]) or row["uuid"] in bad_volumes:
+                continue
+            if self._busy(f"volume:{row['uuid']}#{row['generation']}"):
+                continue
+            self.files.delete(*ident)
+            self.store.delete("volumes", *ident)
+            self.reporter.deleted("volume", row["uuid"], row["generation"])
+            log.info("volume deleted", volume=row["uuid"], generation=row["generation"])
+        bad_trees = {e.object_id for e in d.errors if e.kind is ObjectKind.CONTENT_TREE}
+        for row in self.store.all("content_trees"):
+            if row["uuid"] not in d.content_trees and row["uuid"] not in bad_trees:
+                self.store.delete("content_trees", row["uuid"])
+                self.reporter.deleted("content_tree", row["uuid"])
+        referenced = {r["sha256"] for r in self.store.all("content_trees") if r["sha256"]}
+        for row in self.store.all("blobs"):
+            sha = row["sha256"]
+            if sha in referenced or self._busy(f"blob:{sha}"):
+                continue
+            self.cas.delete(sha)
+            self.cas.discard_ingest(sha)
+            self.store.delete("blobs", sha)
+            self.reporter.deleted("blob", sha)
+            log.info("blob collected", sha256=sha)
+        roots = {row["uuid"]: Descriptor("application/octet-stream", row["sha256"], row["cur_size"],
+                                         {"io.edgevol.content-tree": row["uuid"]})
+                 for row in self.store.all("content_trees") if row["state"] == S.LOADED}
+        if roots != self._roots:
+            self.cas.set_roots(roots)
+            self._roots = roots
+
+    def _sync_refcounts(self, d: DesiredState, now: float) -> None:
+        app_refs: dict[tuple[str, int], int] = {}
+        for app in d.apps.values():
+            for ref in app.volume_refs:
+                app_refs[(ref.uuid, ref.generation)] = app_refs.get((ref.uuid, ref.generation), 0) + 1
+        tree_refs: dict[str, int] = {}
+        for v in d.volumes.values():
+            if v.content_tree_id:
+                tree_refs[v.content_tree_id] = tree_refs.get(v.content_tree_id, 0) + 1
+        for row in self.store.all("volumes"):
+            count = 1 + app_refs.get((row["uuid"], row["generation"]), 0)
+            self._set_refcount("volumes", (row["uuid"], row["generation"]), row, count, now)
+        blob_refs: dict[str, int] = {}
+        for row in self.store.all("content_trees"):
+            self._set_refcount("content_trees", (row["uuid"],), row, 1 + tree_refs.get(row["uuid"], 0), now)
+            for sha in row["component_shas"] or []:
+                blob_refs[sha] = blob_refs.get(sha, 0) + 1
+        for row in self.store.all("blobs"):
+            self._set_refcount("blobs", (row["sha256"],), row, blob_refs.get(row["sha256"], 0), now)
+
+    def _set_refcount(self, table: str, key: tuple[Any, ...], row: dict[str, Any], count: int, now: float) -> None:
+        if row["ref_count"] != count:
+            self.store.update(table, key, ref_count=count, ref_change_time=now)
+
+    # -- convergence ------------------------------------------------------------
+    def converged(self) -> bool:
+        """True when every wanted object sits in a terminal state and no work is running."""
+        if any(not f.done() for f in self._tasks.values()):
+            return False
+        d = self.desired
+        for v in d.volumes.values():
+            row = self.store.get("volumes", v.uuid, v.generation)
+            if row is None or row["state"] not in TERMINAL:
+                return False
+        for ct in d.content_trees.values():
+            row = self.store.get("content_trees", ct.uuid)
+            if row is None or row["state"] not in TERMINAL:
+                return False
+        return True
+
+    def has_errors(self) -> bool:
+        if self.desired.errors:
+            return True
+        tables = (("volumes", "state"), ("content_trees", "state"), ("blobs", "state"))
+        return any(row[col] == S.ERROR for table, col in tables for row in self.store.all(table))
+
+    def run(self, poll: Callable[[], None] | None = None, interval: float = 0.5,
+            stop: threading.Event | None = None) -> int:
+        """Reconcile until converged (``once``) or until ``stop`` is set; returns an exit status."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            if poll is not None:
+                poll()
+            self.step()
+            if self.options.once and self.converged():
+                self.step()  # settle dependants of the last finished task and report them
+                if self.converged():
+                    return 1 if self.has_errors() else 0
+            self.wake.wait(interval)
+            self.wake.clear()
+        return 1 if self.has_errors() else 0
+
+
+def _is_uuid(value: str) -> bool:
+    return len(value) == 36 and value.count("-") == 4

@@ -1,0 +1,126 @@
+"""Download one blob into the CAS: one attempt per call, retries scheduled via the state row.
+
+An attempt resumes the partial ingest left by the previous one (HTTP Range),
+and commits only if size and sha256 match. A failure either schedules the next
+attempt with backoff (the row keeps its in-progress state and carries a
+warning saying when) or, once attempts are exhausted or retrying cannot help,
+moves the blob to ERROR with a full description.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from typing import Callable
+
+import structlog
+
+from edgevol.api import messages as m
+from edgevol.device.cas import CasError, ContentStore, DigestMismatch, IngestBusy, SizeLimitExceeded, SizeMismatch
+from edgevol.device.datastores.base import Cancelled, PermanentError, TransientError
+from edgevol.device.datastores.factory import open_datastore
+from edgevol.device.errors import error
+from edgevol.device.retry import Backoff
+from edgevol.device.state import StateStore
+from edgevol.model.desired import ContentTree, Datastore, Settings
+
+log = structlog.get_logger("edgevol.download")
+S = m.ZSwState
+PROGRESS_INTERVAL = 0.5
+
+
+class BlobDownloader:
+    def __init__(self, store: StateStore, cas: ContentStore, cancel: threading.Event,
+                 on_failure: Callable[[str], None]) -> None:
+        self.store = store
+        self.cas = cas
+        self.cancel = cancel
+        self.on_failure = on_failure
+
+    def _progress(self, sha: str) -> Callable[[int, int | None], None]:
+        last = [0.0, -1]
+
+        def report(done: int, total: int | None) -> None:
+            pct = min(99, done * 100 // total) if total else 0
+            now = time.monotonic()
+            if pct != last[1] or now - last[0] >= PROGRESS_INTERVAL:
+                last[0], last[1] = now, pct
+                self.store.update("blobs", (sha,), progress=pct, done_bytes=done, size=total or 0)
+        return report
+
+    def download(self, key: str, sha: str, tree: ContentTree, ds: Datastore, settings: Settings,
+                 once: bool) -> None:
+        row = self.store.get("blobs", sha)
+        if row is None:
+            return
+        backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds, settings.download_max_attempts)
+        attempt = row["attempts"] + 1
+        what = f"download of {tree.url} (sha256:{sha[:12]})"
+        try:
+            client = open_datastore(ds)
+            try:
+                with self.cas.ingest(sha, max_size=tree.max_size_bytes) as ingest:
+                    self.store.update("blobs", (sha,), state=S.DOWNLOAD_STARTED, done_bytes=ingest.offset)
+                    log.info("download started", sha256=sha, url=tree.url, resume_from=ingest.offset,
+                             attempt=attempt)
+                    client.fetch(tree.url, ingest, max_size=tree.max_size_bytes, progress=self._progress(sha),
+                                 cancel=self.cancel)
+                    self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
+                    path = ingest.commit()
+            finally:
+                client.close()
+        except Cancelled:
+            return
+        except IngestBusy:
+            # Someone else (another agent on this data dir) is writing it; look again shortly.
+            self.store.update("blobs", (sha,), next_retry=time.time() + 1)
+            return
+        except (TransientError, DigestMismatch, SizeMismatch) as exc:
+            self._failed(key, sha, attempt, backoff, f"{what}: {exc}", exc, once, settings)
+            return
+        except (PermanentError, SizeLimitExceeded) as exc:
+            self.cas.discard_ingest(sha)
+            self._final_error(key, sha, attempt, f"{what}: {exc}", settings, once,
+                              retry_hint="fix the datastore or the content tree")
+            return
+        except OSError as exc:
+            desc = (f"{what}: no space left on the device" if exc.errno == errno.ENOSPC
+                    else f"{what}: {exc.strerror or exc}")
+            self._final_error(key, sha, attempt, desc, settings, once, retry_hint="free disk space")
+            return
+        except (CasError, ValueError) as exc:
+            self._final_error(key, sha, attempt, f"{what}: {exc}", settings, once, retry_hint="")
+            return
+        size = path.stat().st_size
+        self.store.update("blobs", (sha,), state=S.VERIFIED)
+        self.store.update("blobs", (sha,), state=S.LOADED, progress=100, size=size, done_bytes=size,
+                          attempts=0, next_retry=0, error=None)
+        log.info("blob loaded", sha256=sha, size=size)
+
+    def _failed(self, key: str, sha: str, attempt: int, backoff: Backoff, desc: str, exc: Exception,
+                once: bool, settings: Settings) -> None:
+        if isinstance(exc, (DigestMismatch, SizeMismatch)):
+            self.cas.discard_ingest(sha)  # the bytes are wrong; a resume would only repeat the mismatch
+        if backoff.exhausted(attempt):
+            self._final_error(key, sha, attempt, f"{desc} (gave up after {attempt} attempts)", settings, once,
+                              retry_hint="")
+            return
+        delay = getattr(exc, "retry_after", None) or backoff.delay(attempt)
+        log.warning("download attempt failed", sha256=sha, attempt=attempt, retry_in=round(delay, 2), error=desc)
+        self.store.update("blobs", (sha,), attempts=attempt, next_retry=time.time() + delay, error=error(
+            desc, "blob", sha, severity="warning",
+            retry=f"attempt {attempt + 1} of {backoff.max_attempts} in {delay:.1f}s"))
+
+    def _final_error(self, key: str, sha: str, attempt: int, desc: str, settings: Settings, once: bool,
+                     retry_hint: str) -> None:
+        slow = settings.slow_retry_seconds
+        retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
+        if retry_hint:
+            retry = f"{retry_hint}; {retry}"
+        log.error("download failed", sha256=sha, error=desc)
+        self.on_failure(key)
+        self.store.update("blobs", (sha,), state=S.ERROR, attempts=attempt, next_retry=time.time() + slow,
+                          error=error(desc, "blob", sha, retry=retry))
+
+

@@ -1,0 +1,42 @@
+"""The device's own view of its objects, for ``edgevol device status``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from edgevol.api import messages as m
+from edgevol.device.state import StateStore
+
+
+def _state(n: int) -> str:
+    return m.ZSwState.Name(n)
+
+
+def _error(err: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not err:
+        return None
+    return {"description": err["description"], "severity": err["severity"],
+            "retry_condition": err["retry_condition"], "time": err["time"]}
+
+
+def status_document(store: StateStore) -> dict[str, Any]:
+    volumes = [{
+        "uuid": r["uuid"], "generation_count": r["generation"], "display_name": r["display_name"],
+        "state": _state(r["state"]), "progress": r["progress"], "max_size_bytes": r["max_size"],
+        "cur_size_bytes": r["cur_size"], "path": r["path"], "readonly": bool(r["readonly"]),
+        "ref_count": r["ref_count"], "error": _error(r["error"]),
+    } for r in store.all("volumes")]
+    trees = [{
+        "uuid": r["uuid"], "display_name": r["display_name"], "sha256": r["sha256"],
+        "state": _state(r["state"]), "progress": r["progress"], "cur_size_bytes": r["cur_size"],
+        "component_sha_list": r["component_shas"] or [], "ref_count": r["ref_count"],
+        "error": _error(r["error"]),
+    } for r in store.all("content_trees")]
+    blobs = [{
+        "sha256": r["sha256"], "state": _state(r["state"]), "progress": r["progress"],
+        "size": r["size"], "ref_count": r["ref_count"], "error": _error(r["error"]),
+    } for r in store.all("blobs")]
+    config = json.loads(store.meta_get("config_status") or "{}")
+    return {"volumes": volumes, "content_trees": trees, "blobs": blobs,
+            "config_errors": config.get("errors", []), "config_source_error": config.get("source_error")}

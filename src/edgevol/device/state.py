@@ -1,0 +1,250 @@
+"""The device's persistent state: one SQLite database in WAL mode.
+
+Every status the device reports (volumes, content trees, blobs), the queue of
+info messages not yet accepted by the controller, and small facts such as the
+device id live here, so a restart after ``kill -9`` picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    state INTEGER NOT NULL,
+    progress INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0,
+    done_bytes INTEGER NOT NULL DEFAULT 0,
+    ref_count INTEGER NOT NULL DEFAULT 0,
+    create_time REAL NOT NULL,
+    ref_change_time REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_retry REAL NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS content_trees (
+    uuid TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL DEFAULT 0,
+    display_name TEXT NOT NULL DEFAULT '',
+    sha256 TEXT NOT NULL DEFAULT '',
+    state INTEGER NOT NULL,
+    progress INTEGER NOT NULL DEFAULT 0,
+    cur_size INTEGER NOT NULL DEFAULT 0,
+    component_shas TEXT NOT NULL DEFAULT '[]',
+    ref_count INTEGER NOT NULL DEFAULT 0,
+    create_time REAL NOT NULL,
+    ref_change_time REAL NOT NULL,
+    spec TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS volumes (
+    uuid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    display_name TEXT NOT NULL DEFAULT '',
+    state INTEGER NOT NULL,
+    progress INTEGER NOT NULL DEFAULT 0,
+    max_size INTEGER NOT NULL DEFAULT 0,
+    cur_size INTEGER NOT NULL DEFAULT 0,
+    path TEXT,
+    readonly INTEGER NOT NULL DEFAULT 0,
+    ref_count INTEGER NOT NULL DEFAULT 0,
+    create_time REAL NOT NULL,
+    ref_change_time REAL NOT NULL,
+    next_retry REAL NOT NULL DEFAULT 0,
+    spec TEXT,
+    error TEXT,
+    PRIMARY KEY (uuid, generation)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    queued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reported (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_KEYS = {"blobs": ("sha256",), "content_trees": ("uuid",), "volumes": ("uuid", "generation")}
+_JSON_COLUMNS = {"error", "spec", "component_shas"}
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """What went wrong with one object, in the shape of the API's ``ErrorInfo``."""
+
+    description: str
+    time: float
+    severity: str = "error"  # "error" | "warning" | "notice"
+    retry_condition: str = ""
+    entity: str = ""  # ObjectKind value
+    entity_id: str = ""
+    entity_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ErrorRecord | None:
+        return cls(**data) if data else None
+
+
+class StateStore:
+    """Thread-safe access to the state database.
+
+    One connection shared under a lock: writes are small and few (state
+    changes and throttled progress), so contention is not a concern, and a
+    single writer avoids ``database is locked`` surprises.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+        self.version = 0  # bumped on every write; lets readers skip work when nothing changed
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- generic rows -------------------------------------------------------
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        for col in _JSON_COLUMNS & out.keys():
+            out[col] = json.loads(out[col]) if out[col] else None
+        return out
+
+    @staticmethod
+    def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in fields.items():
+            if k in _JSON_COLUMNS:
+                v = json.dumps(v.to_dict() if isinstance(v, ErrorRecord) else v, sort_keys=True) \
+                    if v is not None else None
+            elif isinstance(v, bool):
+                v = int(v)
+            out[k] = v
+        return out
+
+    def _where(self, table: str, key: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        cols = _KEYS[table]
+        if len(cols) != len(key):
+            raise ValueError(f"{table} is keyed by {cols}")
+        return " AND ".join(f"{c}=?" for c in cols), key
+
+    def get(self, table: str, *key: Any) -> dict[str, Any] | None:
+        where, args = self._where(table, key)
+        with self._lock:
+            row = self._db.execute(f"SELECT * FROM {table} WHERE {where}", args).fetchone()
+        return self._decode(row) if row else None
+
+    def all(self, table: str) -> list[dict[str, Any]]:
+        order = ", ".join(_KEYS[table])
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+        return [self._decode(r) for r in rows]
+
+    def insert(self, table: str, **fields: Any) -> None:
+        enc = self._encode(fields)
+        cols = ", ".join(enc)
+        marks = ", ".join("?" for _ in enc)
+        with self._lock:
+            self._db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(enc.values()))
+            self.version += 1
+
+    def update(self, table: str, key: tuple[Any, ...], **fields: Any) -> bool:
+        """Set ``fields`` on one row; returns False when nothing actually changed."""
+        where, args = self._where(table, key)
+        enc = self._encode(fields)
+        with self._lock:
+            current = self._db.execute(f"SELECT * FROM {table} WHERE {where}", args).fetchone()
+            if current is None:
+                raise KeyError(f"{table} {key} does not exist")
+            changed = {k: v for k, v in enc.items() if current[k] != v}
+            if not changed:
+                return False
+            sets = ", ".join(f"{k}=?" for k in changed)
+            self._db.execute(f"UPDATE {table} SET {sets} WHERE {where}", tuple(changed.values()) + args)
+            self.version += 1
+        return True
+
+    def delete(self, table: str, *key: Any) -> None:
+        where, args = self._where(table, key)
+        with self._lock:
+            self._db.execute(f"DELETE FROM {table} WHERE {where}", args)
+            self.version += 1
+
+    # -- outbox -------------------------------------------------------------
+    def outbox_put(self, key: str, payload: bytes) -> None:
+        """Queue ``payload``; a newer message for the same object replaces an unsent one."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0]
+                self._db.execute(
+                    "INSERT INTO outbox(key, seq, payload, queued_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET seq=excluded.seq, payload=excluded.payload, "
+                    "queued_at=excluded.queued_at",
+                    (key, seq, payload, time.time()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def outbox_items(self) -> Iterator[tuple[str, int, bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT key, seq, payload FROM outbox ORDER BY seq").fetchall()
+        yield from ((r["key"], r["seq"], bytes(r["payload"])) for r in rows)
+
+    def outbox_ack(self, key: str, seq: int) -> None:
+        """Drop a delivered message unless a newer one replaced it meanwhile."""
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE key=? AND seq=?", (key, seq))
+
+    # -- reported fingerprints ----------------------------------------------
+    def fingerprint(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT fingerprint FROM reported WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_fingerprint(self, key: str, fingerprint: str | None) -> None:
+        with self._lock:
+            if fingerprint is None:
+                self._db.execute("DELETE FROM reported WHERE key=?", (key,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO reported(key, fingerprint) VALUES (?, ?)",
+                                 (key, fingerprint))
+
+    # -- meta ---------------------------------------------------------------
+    def meta_get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

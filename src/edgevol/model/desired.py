@@ -1,0 +1,135 @@
+"""The typed, validated picture of what the controller wants on this device.
+
+Everything downstream of :mod:`edgevol.model.parse` trusts these objects:
+UUIDs are canonical, digests are lowercase hex, sizes are sane and every
+reference points at an object that exists and is itself valid.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ImageFormat(enum.StrEnum):
+    """Content formats the device knows how to store and turn into volumes."""
+
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    CONTAINER = "container"
+
+
+class DatastoreKind(enum.StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+    CONTAINER_REGISTRY = "registry"
+    S3 = "s3"
+    SFTP = "sftp"
+    AZURE_BLOB = "azure"
+    GOOGLE_STORAGE = "gcs"
+
+
+class VolumeOrigin(enum.StrEnum):
+    BLANK = "blank"
+    DOWNLOAD = "download"
+
+
+class ObjectKind(enum.StrEnum):
+    """The kinds of configured object an error can belong to."""
+
+    DATASTORE = "datastore"
+    CONTENT_TREE = "content_tree"
+    VOLUME = "volume"
+    APP = "app"
+    CONFIG_ITEM = "config_item"
+    CONFIG = "config"
+
+
+@dataclass(frozen=True)
+class Datastore:
+    uuid: str
+    kind: DatastoreKind
+    fqdn: str
+    dpath: str
+    api_key: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    ca_pems: tuple[bytes, ...] = field(default=(), repr=False)
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class ContentTree:
+    uuid: str
+    datastore_id: str
+    url: str
+    format: ImageFormat
+    sha256: str | None
+    max_size_bytes: int | None
+    display_name: str = ""
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class Volume:
+    uuid: str
+    generation: int
+    origin: VolumeOrigin
+    content_tree_id: str | None
+    max_size_bytes: int
+    readonly: bool
+    display_name: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.uuid, self.generation)
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    uuid: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class AppInstance:
+    uuid: str
+    display_name: str
+    volume_refs: tuple[VolumeRef, ...]
+    purge_counter: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectError:
+    """One invalid object of the config; the rest of the config still applies."""
+
+    kind: ObjectKind
+    object_id: str
+    message: str
+    name: str = ""
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Device settings carried as config items (``edgevol.*`` keys)."""
+
+    blank_format: ImageFormat = ImageFormat.QCOW2
+    download_max_attempts: int = 5
+    retry_base_seconds: float = 2.0
+    retry_cap_seconds: float = 300.0
+    slow_retry_seconds: float = 600.0
+    parallel_downloads: int = 2
+
+
+@dataclass
+class DesiredState:
+    device_id: str = ""
+    datastores: dict[str, Datastore] = field(default_factory=dict)
+    content_trees: dict[str, ContentTree] = field(default_factory=dict)
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    apps: dict[str, AppInstance] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    errors: list[ObjectError] = field(default_factory=list)
+
+    def errors_for(self, kind: ObjectKind, object_id: str) -> list[ObjectError]:
+        return [e for e in self.errors if e.kind == kind and e.object_id == object_id]

@@ -1,0 +1,268 @@
+"""Turn an ``EdgeDevConfig`` into a :class:`DesiredState`, validating everything.
+
+Validation is per object: a bad object is recorded in ``DesiredState.errors``
+and left out, objects that depend on it are left out with an error that names
+the cause, and everything else is applied. Nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edgevol.model.desired import (
+    AppInstance,
+    ContentTree,
+    Datastore,
+    DatastoreKind,
+    DesiredState,
+    ImageFormat,
+    ObjectError,
+    ObjectKind,
+    Settings,
+    Volume,
+    VolumeOrigin,
+    VolumeRef,
+)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+# Wire enum numbers (org.lfedge.eve.config) mapped to what edgevol supports.
+_FORMATS = {1: ImageFormat.RAW, 3: ImageFormat.QCOW2, 8: ImageFormat.CONTAINER}
+_FORMAT_NAMES = {0: "FmtUnknown", 1: "RAW", 2: "QCOW", 3: "QCOW2", 4: "VHD", 5: "VMDK", 6: "OVA",
+                 7: "VHDX", 8: "CONTAINER", 9: "ISO", 10: "PVC"}
+_DS_KINDS = {1: DatastoreKind.HTTP, 2: DatastoreKind.HTTPS, 3: DatastoreKind.S3, 4: DatastoreKind.SFTP,
+             5: DatastoreKind.CONTAINER_REGISTRY, 6: DatastoreKind.AZURE_BLOB, 7: DatastoreKind.GOOGLE_STORAGE}
+_BLANK, _DOWNLOAD = 1, 2
+
+MAX_REASONABLE_SIZE = 1 << 50  # 1 PiB: anything larger is a typo or an attack
+
+
+class Invalid(ValueError):
+    """A single field failed validation; the message says which and why."""
+
+
+def canonical_uuid(value: str, what: str = "uuid") -> str:
+    """Return the canonical lowercase 8-4-4-4-12 form, or raise :class:`Invalid`."""
+    if not isinstance(value, str) or len(value) != 36:
+        raise Invalid(f"{what} {value!r} is not a UUID (want 8-4-4-4-12 hex)")
+    try:
+        parsed = uuidlib.UUID(value)
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not a UUID (want 8-4-4-4-12 hex)") from None
+    if str(parsed) != value.lower():
+        raise Invalid(f"{what} {value!r} is not a UUID (want 8-4-4-4-12 hex)")
+    return str(parsed)
+
+
+def canonical_sha256(value: str) -> str | None:
+    """Lowercase hex digest, ``None`` for empty; a ``sha256:`` prefix is tolerated."""
+    if not value:
+        return None
+    v = value.strip().lower().removeprefix("sha256:")
+    if not _SHA256.match(v):
+        raise Invalid(f"sha256 {value!r} is not 64 hexadecimal characters")
+    return v
+
+
+def check_size(value: int, what: str) -> int:
+    if value < 0:
+        raise Invalid(f"{what} {value} is negative")
+    if value > MAX_REASONABLE_SIZE:
+        raise Invalid(f"{what} {value} is larger than 1 PiB")
+    return value
+
+
+def check_relative_path(value: str, what: str) -> str:
+    """Refuse anything that could leave the datastore's path once joined to it."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise Invalid(f"{what} {value!r} contains control characters")
+    if "\\" in value:
+        raise Invalid(f"{what} {value!r} contains a backslash")
+    if "://" in value or value.startswith("//"):
+        raise Invalid(f"{what} {value!r} is an absolute URL, not a path inside the datastore")
+    decoded = value
+    for _ in range(3):  # catch %2e%2e and double encoding
+        decoded = unquote(decoded)
+    if "\\" in decoded or "\x00" in decoded:
+        raise Invalid(f"{what} {value!r} decodes to a backslash or NUL")
+    segments = re.split(r"[/]", decoded.split("?", 1)[0].split("#", 1)[0])
+    if any(seg == ".." for seg in segments):
+        raise Invalid(f"{what} {value!r} tries to leave the datastore path with '..'")
+    return value
+
+
+def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
+    values: dict[str, Any] = {}
+    spec: dict[str, tuple[str, type, float, float]] = {
+        "edgevol.download.max.attempts": ("download_max_attempts", int, 1, 100),
+        "edgevol.download.retry.base.seconds": ("retry_base_seconds", float, 0.0, 3600),
+        "edgevol.download.retry.cap.seconds": ("retry_cap_seconds", float, 0.0, 86400),
+        "edgevol.download.slow.retry.seconds": ("slow_retry_seconds", float, 0.0, 86400 * 7),
+        "edgevol.download.parallel": ("parallel_downloads", int, 1, 64),
+    }
+    for item in cfg.configItems:
+        key, raw = item.key, item.value
+        if key == "edgevol.volume.blank.format":
+            if raw in ("qcow2", "raw"):
+                values["blank_format"] = ImageFormat(raw)
+            else:
+                errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want qcow2 or raw"))
+            continue
+        if key not in spec:
+            continue  # other config items belong to other parts of the device
+        attr, typ, lo, hi = spec[key]
+        try:
+            val = typ(raw)
+        except ValueError:
+            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: not a {typ.__name__}"))
+            continue
+        if not lo <= val <= hi:
+            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
+            continue
+        values[attr] = val
+    return Settings(**values)
+
+
+def _parse_datastore(ds: Any) -> Datastore:
+    ds_id = canonical_uuid(ds.id, "datastore id")
+    kind = _DS_KINDS.get(ds.dType)
+    if kind is None:
+        raise Invalid(f"datastore type {ds.dType} is unknown")
+    fqdn = ds.fqdn.strip()
+    if not fqdn:
+        raise Invalid("fqdn is empty")
+    if kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
+        url = fqdn if "://" in fqdn else f"{kind.value}://{fqdn}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid(f"fqdn {fqdn!r} is not an http(s) host")
+        if parts.query or parts.fragment or parts.username:
+            raise Invalid(f"fqdn {fqdn!r} must not carry credentials, a query or a fragment")
+    if ds.dpath:
+        check_relative_path(ds.dpath, "dpath")
+    return Datastore(
+        uuid=ds_id, kind=kind, fqdn=fqdn, dpath=ds.dpath, api_key=ds.apiKey, password=ds.password,
+        ca_pems=tuple(bytes(p) for p in ds.dsCertPEM), region=ds.region,
+    )
+
+
+def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[str, str]) -> ContentTree:
+    ct_id = canonical_uuid(ct.uuid, "content tree uuid")
+    ds_ids = [ct.dsId] if ct.dsId else list(ct.ds_ids_list)
+    if not ds_ids:
+        raise Invalid("names no datastore (dsId is empty)")
+    ds_id = canonical_uuid(ds_ids[0], "dsId")
+    if ds_id in bad_ds:
+        raise Invalid(f"datastore {ds_id} is invalid: {bad_ds[ds_id]}")
+    if ds_id not in datastores:
+        raise Invalid(f"datastore {ds_id} is not in the config")
+    fmt = _FORMATS.get(ct.iformat)
+    if fmt is None:
+        raise Invalid(f"format {_FORMAT_NAMES.get(ct.iformat, ct.iformat)} is not supported "
+                      "(supported: RAW, QCOW2, CONTAINER)")
+    if not ct.URL:
+        raise Invalid("URL is empty")
+    check_relative_path(ct.URL, "URL")
+    sha = canonical_sha256(ct.sha256)
+    if fmt is not ImageFormat.CONTAINER and sha is None:
+        raise Invalid(f"sha256 is required for {fmt.name} content (nothing to verify the download against)")
+    max_size = check_size(ct.maxSizeBytes, "maxSizeBytes") or None
+    return ContentTree(
+        uuid=ct_id, datastore_id=ds_id, url=ct.URL, format=fmt, sha256=sha, max_size_bytes=max_size,
+        display_name=ct.displayName, generation=check_size(ct.generation_count, "generation_count"),
+    )
+
+
+def _parse_volume(v: Any, trees: dict[str, ContentTree], bad_trees: dict[str, str]) -> Volume:
+    vol_id = canonical_uuid(v.uuid, "volume uuid")
+    generation = check_size(v.generationCount, "generationCount")
+    size = check_size(v.maxsizebytes, "maxsizebytes")
+    if v.origin.type == _BLANK:
+        if size == 0:
+            raise Invalid("a BLANK volume needs maxsizebytes > 0")
+        origin, tree_id = VolumeOrigin.BLANK, None
+    elif v.origin.type == _DOWNLOAD:
+        origin = VolumeOrigin.DOWNLOAD
+        tree_id = canonical_uuid(v.origin.downloadContentTreeID, "downloadContentTreeID")
+        if tree_id in bad_trees:
+            raise Invalid(f"content tree {tree_id} is invalid: {bad_trees[tree_id]}")
+        if tree_id not in trees:
+            raise Invalid(f"content tree {tree_id} is not in the config")
+    else:
+        raise Invalid(f"origin type {v.origin.type} is neither BLANK nor DOWNLOAD")
+    return Volume(uuid=vol_id, generation=generation, origin=origin, content_tree_id=tree_id,
+                  max_size_bytes=size, readonly=v.readonly, display_name=v.displayName)
+
+
+def _parse_app(app: Any, volumes: dict[str, Volume]) -> AppInstance:
+    app_id = canonical_uuid(app.uuidandversion.uuid, "app instance uuid")
+    refs = []
+    for ref in app.volumeRefList:
+        ref_id = canonical_uuid(ref.uuid, "volumeRef uuid")
+        if ref_id not in volumes:
+            raise Invalid(f"volumeRef {ref_id} names a volume that is not in the config or is invalid")
+        refs.append(VolumeRef(ref_id, check_size(ref.generationCount, "volumeRef generationCount")))
+    return AppInstance(uuid=app_id, display_name=app.displayname, volume_refs=tuple(refs),
+                       purge_counter=app.purge.counter)
+
+
+def _id_or_raw(value: str) -> str:
+    try:
+        return canonical_uuid(value)
+    except Invalid:
+        return value
+
+
+def parse_config(cfg: Any) -> DesiredState:
+    """Validate ``cfg`` (an ``EdgeDevConfig``) object by object."""
+    errors: list[ObjectError] = []
+    state = DesiredState(device_id=_id_or_raw(cfg.id.uuid) if cfg.id.uuid else "")
+    state.settings = _parse_settings(cfg, errors)
+
+    bad_ds: dict[str, str] = {}
+    for ds in cfg.datastores:
+        try:
+            parsed = _parse_datastore(ds)
+            if parsed.uuid in state.datastores:
+                raise Invalid("duplicate datastore id")
+            state.datastores[parsed.uuid] = parsed
+        except Invalid as exc:
+            bad_ds[_id_or_raw(ds.id)] = str(exc)
+            errors.append(ObjectError(ObjectKind.DATASTORE, _id_or_raw(ds.id), str(exc)))
+
+    bad_trees: dict[str, str] = {}
+    for ct in cfg.contentInfo:
+        try:
+            tree = _parse_content_tree(ct, state.datastores, bad_ds)
+            if tree.uuid in state.content_trees:
+                raise Invalid("duplicate content tree uuid")
+            state.content_trees[tree.uuid] = tree
+        except Invalid as exc:
+            bad_trees[_id_or_raw(ct.uuid)] = str(exc)
+            errors.append(ObjectError(ObjectKind.CONTENT_TREE, _id_or_raw(ct.uuid), str(exc),
+                                      name=ct.displayName, generation=max(ct.generation_count, 0)))
+
+    for v in cfg.volumes:
+        try:
+            vol = _parse_volume(v, state.content_trees, bad_trees)
+            if vol.uuid in state.volumes:
+                raise Invalid("duplicate volume uuid")
+            state.volumes[vol.uuid] = vol
+        except Invalid as exc:
+            errors.append(ObjectError(ObjectKind.VOLUME, _id_or_raw(v.uuid), str(exc),
+                                      name=v.displayName, generation=max(v.generationCount, 0)))
+
+    for app in cfg.apps:
+        try:
+            parsed_app = _parse_app(app, state.volumes)
+            if parsed_app.uuid in state.apps:
+                raise Invalid("duplicate app instance uuid")
+            state.apps[parsed_app.uuid] = parsed_app
+        except Invalid as exc:
+            errors.append(ObjectError(ObjectKind.APP, _id_or_raw(app.uuidandversion.uuid), str(exc),
+                                      name=app.displayname))
+    state.errors = errors
+    return state

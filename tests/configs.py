@@ -1,0 +1,88 @@
+"""Build EdgeDevConfig messages for tests, the way a controller would."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid as uuidlib
+from pathlib import Path
+
+from edgevol.api import messages as m
+from edgevol.api.codec import save_edge_dev_config
+
+FMT = {"raw": m.Format.RAW, "qcow2": m.Format.QCOW2, "container": m.Format.CONTAINER}
+
+
+def new_id() -> str:
+    return str(uuidlib.uuid4())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ConfigBuilder:
+    def __init__(self, device_id: str | None = None) -> None:
+        self.cfg = m.EdgeDevConfig()
+        self.cfg.id.uuid = device_id or new_id()
+        self.cfg.id.version = "1"
+
+    def item(self, key: str, value: str) -> ConfigBuilder:
+        self.cfg.configItems.add(key=key, value=value)
+        return self
+
+    def fast_retries(self, attempts: int = 3) -> ConfigBuilder:
+        return (self.item("edgevol.download.max.attempts", str(attempts))
+                .item("edgevol.download.retry.base.seconds", "0.05")
+                .item("edgevol.download.retry.cap.seconds", "0.2"))
+
+    def datastore(self, url: str, dpath: str = "", ds_id: str | None = None, **extra: object) -> str:
+        ds_id = ds_id or new_id()
+        ds = self.cfg.datastores.add(id=ds_id, dType=m.DsType.DsHttps if url.startswith("https") else m.DsType.DsHttp,
+                                     fqdn=url, dpath=dpath)
+        for k, v in extra.items():
+            if k == "dsCertPEM":
+                ds.dsCertPEM.append(v)  # type: ignore[arg-type]
+            else:
+                setattr(ds, k, v)
+        return ds_id
+
+    def content_tree(self, ds_id: str, url: str, sha256: str, fmt: str = "qcow2", max_size: int = 0,
+                     name: str = "", ct_id: str | None = None) -> str:
+        ct_id = ct_id or new_id()
+        self.cfg.contentInfo.add(uuid=ct_id, dsId=ds_id, URL=url, iformat=FMT[fmt], sha256=sha256,
+                                 maxSizeBytes=max_size, displayName=name or url)
+        return ct_id
+
+    def blank_volume(self, size: int, name: str = "blank", vol_id: str | None = None, generation: int = 0,
+                     readonly: bool = False) -> str:
+        vol_id = vol_id or new_id()
+        v = self.cfg.volumes.add(uuid=vol_id, generationCount=generation, maxsizebytes=size, displayName=name,
+                                 readonly=readonly)
+        v.origin.type = m.VolumeContentOriginType.VCOT_BLANK
+        return vol_id
+
+    def download_volume(self, ct_id: str, size: int, name: str = "disk", vol_id: str | None = None,
+                        generation: int = 0, readonly: bool = False) -> str:
+        vol_id = vol_id or new_id()
+        v = self.cfg.volumes.add(uuid=vol_id, generationCount=generation, maxsizebytes=size, displayName=name,
+                                 readonly=readonly)
+        v.origin.type = m.VolumeContentOriginType.VCOT_DOWNLOAD
+        v.origin.downloadContentTreeID = ct_id
+        return vol_id
+
+    def app(self, volume_ids: list[str], name: str = "app", app_id: str | None = None) -> str:
+        app_id = app_id or new_id()
+        a = self.cfg.apps.add(displayname=name)
+        a.uuidandversion.uuid = app_id
+        a.uuidandversion.version = "1"
+        for vid in volume_ids:
+            a.volumeRefList.add(uuid=vid)
+        return app_id
+
+    def save(self, path: Path) -> Path:
+        save_edge_dev_config(path, self.cfg)
+        return path

@@ -1,0 +1,418 @@
+"""HttpDatastore against the real loopback file server (edgevol.tools.httpserve)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgevol.device.datastores import (
+    Cancelled,
+    DatastoreError,
+    HttpDatastore,
+    PermanentError,
+    TransientError,
+)
+from edgevol.tools.httpserve import RangeHTTPServer, serve
+
+MiB = 1 << 20
+
+
+class FileSink:
+    """A minimal file-backed Sink (the real one is the CAS ingest)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "wb")
+        self.offset = 0
+        self.resets = 0
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+        self.offset += len(data)
+
+    def reset(self) -> None:
+        self._f.seek(0)
+        self._f.truncate()
+        self.offset = 0
+        self.resets += 1
+
+    def content(self) -> bytes:
+        self._f.flush()
+        return self.path.read_bytes()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "root"
+    (r / "images" / "sub dir").mkdir(parents=True)
+    return r
+
+
+@pytest.fixture
+def blob(root: Path) -> bytes:
+    data = os.urandom(5 * MiB + 12345)
+    (root / "images" / "disk.img").write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def server(root: Path) -> Iterator[RangeHTTPServer]:
+    srv = serve(root)
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[FileSink]:
+    s = FileSink(tmp_path / "sink.bin")
+    yield s
+    s.close()
+
+
+def datastore(srv: RangeHTTPServer, **kw: object) -> HttpDatastore:
+    return HttpDatastore(srv.url, "images", secure_default=False, **kw)  # type: ignore[arg-type]
+
+
+def fetch(ds: HttpDatastore, suffix: str, sink: FileSink, **kw: object) -> None:
+    opts: dict[str, object] = {"max_size": None, "progress": None, "cancel": None}
+    opts.update(kw)
+    ds.fetch(suffix, sink, **opts)  # type: ignore[arg-type]
+
+
+def test_full_download_matches_bytes_and_reports_progress(server, blob, sink):
+    seen: list[tuple[int, int | None]] = []
+    with datastore(server) as ds:
+        fetch(ds, "disk.img", sink, progress=lambda done, total: seen.append((done, total)))
+    assert sha(sink.content()) == sha(blob)
+    assert seen[-1] == (len(blob), len(blob))
+    assert server.requests == [("GET", "/images/disk.img", None)]
+
+
+def test_resume_after_drop_fetches_only_the_remainder(server, blob, sink):
+    server.drop_after = 3 * MiB + 100
+    with datastore(server) as ds:
+        with pytest.raises(TransientError) as err:
+            fetch(ds, "disk.img", sink)
+        assert err.value.retryable
+        assert "bytes" in str(err.value)
+        held = sink.offset
+        assert 0 < held <= server.drop_after
+        fetch(ds, "disk.img", sink)
+    assert sha(sink.content()) == sha(blob)
+    assert sink.resets == 0
+    assert server.requests[-1][2] == f"bytes={held}-"
+    assert server.wait_idle()
+    assert server.bytes_served == server.drop_after + (len(blob) - held)
+
+
+def test_server_ignoring_range_resets_and_takes_full_body(server, blob, sink):
+    sink.write(blob[: 2 * MiB])
+    server.ignore_range = True
+    with datastore(server) as ds:
+        fetch(ds, "disk.img", sink)
+    assert sink.resets == 1
+    assert sha(sink.content()) == sha(blob)
+    assert server.requests[0][2] == f"bytes={2 * MiB}-"
+
+
+def test_already_complete_answers_416_and_keeps_bytes(server, blob, sink):
+    sink.write(blob)
+    with datastore(server) as ds:
+        fetch(ds, "disk.img", sink)
+    assert sink.resets == 0
+    assert sha(sink.content()) == sha(blob)
+    assert server.wait_idle()
+    assert server.bytes_served == 0
+
+
+def test_offset_beyond_file_resets_and_is_transient(server, blob, sink):
+    sink.write(blob + b"extra")
+    with datastore(server) as ds:
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        assert sink.offset == 0 and sink.resets == 1
+        fetch(ds, "disk.img", sink)
+    assert sha(sink.content()) == sha(blob)
+
+
+def test_not_found_is_permanent(server, blob, sink):
+    with datastore(server) as ds:
+        with pytest.raises(PermanentError) as err:
+            fetch(ds, "missing.img", sink)
+    assert not err.value.retryable
+    assert "404" in str(err.value)
+
+
+def test_server_errors_are_transient_then_succeed(server, blob, sink):
+    server.fail_with = [503, 429]
+    with datastore(server) as ds:
+        for status in ("503", "429"):
+            with pytest.raises(TransientError, match=status):
+                fetch(ds, "disk.img", sink)
+        fetch(ds, "disk.img", sink)
+    assert sha(sink.content()) == sha(blob)
+
+
+def test_max_size_below_content_length_fails_before_body(root, server, sink):
+    big = root / "images" / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(64 * MiB)
+    with datastore(server) as ds:
+        with pytest.raises(PermanentError, match=r"announces 67108864 bytes.*maxSizeBytes 1048576"):
+            fetch(ds, "big.img", sink, max_size=MiB)
+    assert sink.offset == 0
+    assert server.wait_idle()
+    assert server.bytes_served < 32 * MiB
+
+
+def test_size_limit_enforced_while_streaming_without_content_length(root, server, sink):
+    # HTTP/1.1 frames a body by Content-Length, so only a body without one
+    # (ended by closing the connection) can run past what was announced.
+    big = root / "images" / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(64 * MiB)
+    server.omit_content_length = True
+    with datastore(server) as ds:
+        with pytest.raises(PermanentError, match="larger than maxSizeBytes 2097152"):
+            fetch(ds, "big.img", sink, max_size=2 * MiB)
+    assert sink.offset <= 2 * MiB
+    assert server.wait_idle()
+    assert server.bytes_served < 32 * MiB
+
+
+def test_content_length_above_max_with_resume_offset(server, blob, sink):
+    sink.write(blob[:MiB])
+    with datastore(server) as ds:
+        with pytest.raises(PermanentError, match=f"announces {len(blob)} bytes"):
+            fetch(ds, "disk.img", sink, max_size=len(blob) - 1)
+        fetch(ds, "disk.img", sink, max_size=len(blob))
+    assert sha(sink.content()) == sha(blob)
+
+
+def test_lying_content_length_is_a_short_body(server, blob, sink):
+    server.lie_content_length = len(blob) + 1000
+    with datastore(server) as ds:
+        with pytest.raises(TransientError, match="bytes"):
+            fetch(ds, "disk.img", sink)
+        server.lie_content_length = None
+        fetch(ds, "disk.img", sink)
+    assert sha(sink.content()) == sha(blob)
+
+
+def test_basic_auth_is_sent_and_never_echoed(server, blob, sink):
+    secret = "pa55-w0rd-XYZZY"
+    server.auth = ("edge-user", secret)
+    with datastore(server, api_key="edge-user", password=secret) as ds:
+        assert secret not in repr(ds)
+        fetch(ds, "disk.img", sink)
+        assert sha(sink.content()) == sha(blob)
+        server.drop_after = MiB
+        sink.reset()
+        with pytest.raises(TransientError) as dropped:
+            fetch(ds, "disk.img", sink)
+    assert secret not in str(dropped.value) and "edge-user" not in str(dropped.value)
+    with datastore(server, api_key="edge-user", password="wrong-" + secret) as ds:
+        with pytest.raises(PermanentError, match="401") as denied:
+            fetch(ds, "disk.img", sink)
+    assert secret not in str(denied.value) and "edge-user" not in str(denied.value)
+    with datastore(server) as ds:
+        with pytest.raises(PermanentError, match="requires credentials"):
+            fetch(ds, "disk.img", sink)
+
+
+def test_credentials_in_address_are_refused_without_echo():
+    with pytest.raises(ValueError) as err:
+        HttpDatastore("http://user:hunter2@127.0.0.1:1", secure_default=False)
+    assert "hunter2" not in str(err.value)
+
+
+def test_cancel_stops_between_chunks(server, blob, sink):
+    cancel = threading.Event()
+    with datastore(server) as ds:
+        with pytest.raises(Cancelled):
+            fetch(ds, "disk.img", sink, cancel=cancel, progress=lambda done, total: cancel.set())
+    assert not isinstance(Cancelled(), DatastoreError)
+    assert sink.offset < len(blob)
+
+
+def test_connection_refused_is_transient(root, sink):
+    srv = serve(root)
+    url = srv.url
+    srv.shutdown()
+    with HttpDatastore(url, secure_default=False) as ds:
+        with pytest.raises(TransientError):
+            fetch(ds, "x", sink)
+
+
+def test_redirect_followed_keeps_range(root, server, blob, sink):
+    server.redirects["/images/old.img"] = f"{server.url}/images/disk.img"
+    sink.write(blob[:MiB])
+    with datastore(server) as ds:
+        fetch(ds, "old.img", sink)
+    assert sha(sink.content()) == sha(blob)
+    assert server.requests[-1] == ("GET", "/images/disk.img", f"bytes={MiB}-")
+
+
+def test_url_for_joins_quotes_and_refuses_dotdot():
+    ds = HttpDatastore("files.example.com/base/", "/images//v1/", secure_default=True)
+    assert ds.url_for("/a b/c#d?.img") == "https://files.example.com/base/images/v1/a%20b/c%23d%3F.img"
+    assert HttpDatastore("http://h:8080", secure_default=True).url_for("x") == "http://h:8080/x"
+    assert HttpDatastore("h", secure_default=False).url_for("100%.img") == "http://h/100%25.img"
+    for bad in ("../etc/passwd", "a/../../b", "a/./b", "%2e%2e/x", "a\\..\\b", "a\x00b"):
+        with pytest.raises(ValueError):
+            ds.url_for(bad)
+    with pytest.raises(ValueError):
+        HttpDatastore("ftp://h", secure_default=False)
+    with pytest.raises(ValueError):
+        HttpDatastore("h", "../up", secure_default=False)
+
+
+def test_dotdot_suffix_fails_fetch_permanently_without_request(server, sink):
+    with datastore(server) as ds:
+        with pytest.raises(PermanentError):
+            fetch(ds, "../secret", sink)
+    assert server.requests == []
+
+
+def test_server_refuses_path_traversal(tmp_path, root, server):
+    (tmp_path / "secret.txt").write_text("TOP-SECRET")
+    (root / "images" / "escape").symlink_to(tmp_path / "secret.txt")
+    host, port = server.server_address[:2]
+    for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/images/../../secret.txt",
+                 "/images/%2E%2E/%2e%2e/secret.txt", "/images/escape", "/images", "/"):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status in (400, 403, 404), path
+        assert b"TOP-SECRET" not in body
+
+
+def test_server_ranges_and_head(server, blob):
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    cases = [
+        ("bytes=10-19", 206, blob[10:20]),
+        ("bytes=-5", 206, blob[-5:]),
+        (f"bytes={len(blob) - 3}-", 206, blob[-3:]),
+        (f"bytes={len(blob)}-", 416, None),
+        ("bytes=0-1,5-6", 200, blob),
+    ]
+    for rng, status, expected in cases:
+        conn.request("GET", "/images/disk.img", headers={"Range": rng})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == status, rng
+        if expected is not None:
+            assert body == expected
+        else:
+            assert resp.headers["Content-Range"] == f"bytes */{len(blob)}"
+    conn.request("HEAD", "/images/disk.img")
+    resp = conn.getresponse()
+    assert resp.read() == b""
+    assert int(resp.headers["Content-Length"]) == len(blob)
+    conn.close()
+
+
+# -- HTTPS --------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it."""
+    d = tmp_path_factory.mktemp("tls")
+    (d / "ca.ext").write_text(
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier=hash\n"
+    )
+    (d / "srv.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-new", *ec, "-keyout", "ca.key", "-out", "ca.csr", "-subj", "/CN=edgevol test CA", cwd=d)
+    _openssl("x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-days", "2",
+             "-extfile", "ca.ext", "-out", "ca.pem", cwd=d)
+    _openssl("req", "-new", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1", cwd=d)
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "srv.ext", "-out", "srv.pem", cwd=d)
+    return {"ca": d / "ca.pem", "cert": d / "srv.pem", "key": d / "srv.key"}
+
+
+@pytest.fixture
+def tls_server(root, blob, tls_files) -> Iterator[RangeHTTPServer]:
+    srv = serve(root, certfile=tls_files["cert"], keyfile=tls_files["key"])
+    yield srv
+    srv.shutdown()
+
+
+def test_https_trusts_ca_from_ca_pems_only(tls_server, tls_files, blob, sink):
+    port = tls_server.server_address[1]
+    with HttpDatastore(f"127.0.0.1:{port}", "images", secure_default=True) as ds:
+        with pytest.raises(PermanentError, match="certificate") as err:
+            fetch(ds, "disk.img", sink)
+        assert not err.value.retryable
+    assert sink.offset == 0
+    ca = tls_files["ca"].read_bytes()
+    with HttpDatastore(f"127.0.0.1:{port}", "images", secure_default=True, ca_pems=[ca]) as ds:
+        assert ds.url_for("disk.img").startswith("https://")
+        tls_server.drop_after = 2 * MiB
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        fetch(ds, "disk.img", sink)
+    assert sha(sink.content()) == sha(blob)
+
+
+def test_https_redirect_to_http_is_refused(tls_server, server, tls_files, blob, sink):
+    tls_server.redirects["/images/disk.img"] = f"{server.url}/images/disk.img"
+    ca = tls_files["ca"].read_bytes()
+    with HttpDatastore(tls_server.url, "images", secure_default=True, ca_pems=[ca]) as ds:
+        with pytest.raises(PermanentError, match="redirect"):
+            fetch(ds, "disk.img", sink)
+    assert server.requests == []
+
+
+def test_invalid_ca_pem_is_refused():
+    with pytest.raises(ValueError, match="dsCertPEM"):
+        HttpDatastore("h", secure_default=True, ca_pems=[b"not a certificate"])
+
+
+# -- CLI ------------------------------------------------------------------------
+
+
+def test_cli_serves_in_foreground_and_prints_url(root, blob, sink):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgevol.tools.httpserve", str(root), "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        with HttpDatastore(url, "images", secure_default=False) as ds:
+            fetch(ds, "disk.img", sink)
+        assert sha(sink.content()) == sha(blob)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
