@@ -7,6 +7,7 @@ power cut or ``kill -9`` leaves either the old or the new file, never a torn one
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,10 +47,20 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def commit_file(tmp: Path, path: Path) -> None:
-    """Make a fully written temp file visible under its final name, durably."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+def commit_file(tmp: Path, path: Path, mode: int | None = None) -> None:
+    """Make a fully written temp file visible under its final name, durably.
+
+    The mode is set before the rename so the file is never visible with the
+    wrong permissions; the fsync goes through a read-only descriptor so a
+    0o444 file can be committed by a non-root process too.
+    """
+    if mode is not None:
+        os.chmod(tmp, mode)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -62,8 +73,6 @@ def remove_temps(directory: Path) -> list[Path]:
     for p in directory.iterdir():
         if p.name.startswith(TEMP_PREFIX):
             if p.is_dir() and not p.is_symlink():
-                import shutil
-
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)

@@ -51,22 +51,6 @@ def _round_up(size: int) -> int:
     return -(-size // SECTOR) * SECTOR
 
 
-def _commit(tmp: Path, final: Path, mode: int) -> None:
-    """fsync, set final permissions and rename into place.
-
-    Done here rather than with fsutil.commit_file because that opens the file
-    for writing, which a non-root process cannot do once it is 0o444.
-    """
-    os.chmod(tmp, mode)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    fsutil.fsync_dir(final.parent)
-
-
 class FileVolumes:
     """Manages the volume image files in one directory."""
 
@@ -120,7 +104,7 @@ class FileVolumes:
                 qemu.create(tmp, "qcow2", size, qemu_img=self.qemu_img)
             else:
                 os.truncate(tmp, size)
-            _commit(tmp, final, 0o444 if readonly else 0o644)
+            fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
             raise VolumeError(f"cannot create blank volume {final.name}: {exc}") from exc
@@ -164,7 +148,7 @@ class FileVolumes:
             info = qemu.image_info(tmp, src_fmt, qemu_img=self.qemu_img)
             if info.virtual_size < target:
                 qemu.resize(tmp, src_fmt, target, qemu_img=self.qemu_img)
-            _commit(tmp, final, 0o444 if readonly else 0o644)
+            fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
             raise VolumeError(f"cannot create volume {final.name} from {src}: {exc}") from exc
