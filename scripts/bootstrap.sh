@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need[*]} with apt-get" >&2

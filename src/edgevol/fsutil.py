@@ -73,8 +73,20 @@ def remove_temps(directory: Path) -> list[Path]:
     for p in directory.iterdir():
         if p.name.startswith(TEMP_PREFIX):
             if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
+                remove_tree(p)
             else:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, including read-only directories an unpacked image may hold."""
+
+    def make_writable_and_retry(func: object, failed: str, _exc: object) -> None:
+        os.chmod(os.path.dirname(failed), 0o700)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, 0o700)
+        func(failed)  # type: ignore[operator]
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)

@@ -2,7 +2,8 @@
 
 Validation is per object: a bad object is recorded in ``DesiredState.errors``
 and left out, objects that depend on it are left out with an error that names
-the cause, and everything else is applied. Nothing here touches the disk.
+the cause, and everything else is applied. An id that any object failed on
+(a duplicate, say) is left out entirely. Nothing here touches the disk.
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ def check_relative_path(value: str, what: str) -> str:
         decoded = unquote(decoded)
     if "\\" in decoded or "\x00" in decoded:
         raise Invalid(f"{what} {value!r} decodes to a backslash or NUL")
-    segments = re.split(r"[/]", decoded.split("?", 1)[0].split("#", 1)[0])
+    # Datastores take the suffix literally ('?' and '#' are percent-encoded, never
+    # a query), so a '..' after them is as real as one before.
+    segments = decoded.split("/")
     if any(seg == ".." for seg in segments):
         raise Invalid(f"{what} {value!r} tries to leave the datastore path with '..'")
+    if any(seg == "." for seg in segments):
+        raise Invalid(f"{what} {value!r} has a '.' segment, which datastores refuse")
     return value
 
 
@@ -216,6 +221,16 @@ def _id_or_raw(value: str) -> str:
         return value
 
 
+def _drop_refused(found: dict[str, Any], errors: list[ObjectError], kind: ObjectKind) -> None:
+    """Leave out every id an error was recorded for: with a duplicate, neither copy can be trusted.
+
+    Keeping one would make the same id both wanted and invalid downstream.
+    """
+    for e in errors:
+        if e.kind is kind:
+            found.pop(e.object_id, None)
+
+
 def parse_config(cfg: Any) -> DesiredState:
     """Validate ``cfg`` (an ``EdgeDevConfig``) object by object."""
     errors: list[ObjectError] = []
@@ -232,6 +247,7 @@ def parse_config(cfg: Any) -> DesiredState:
         except Invalid as exc:
             bad_ds[_id_or_raw(ds.id)] = str(exc)
             errors.append(ObjectError(ObjectKind.DATASTORE, _id_or_raw(ds.id), str(exc)))
+    _drop_refused(state.datastores, errors, ObjectKind.DATASTORE)
 
     bad_trees: dict[str, str] = {}
     for ct in cfg.contentInfo:
@@ -244,6 +260,7 @@ def parse_config(cfg: Any) -> DesiredState:
             bad_trees[_id_or_raw(ct.uuid)] = str(exc)
             errors.append(ObjectError(ObjectKind.CONTENT_TREE, _id_or_raw(ct.uuid), str(exc),
                                       name=ct.displayName, generation=max(ct.generation_count, 0)))
+    _drop_refused(state.content_trees, errors, ObjectKind.CONTENT_TREE)
 
     for v in cfg.volumes:
         try:
@@ -254,6 +271,7 @@ def parse_config(cfg: Any) -> DesiredState:
         except Invalid as exc:
             errors.append(ObjectError(ObjectKind.VOLUME, _id_or_raw(v.uuid), str(exc),
                                       name=v.displayName, generation=max(v.generationCount, 0)))
+    _drop_refused(state.volumes, errors, ObjectKind.VOLUME)
 
     for app in cfg.apps:
         try:
@@ -264,5 +282,6 @@ def parse_config(cfg: Any) -> DesiredState:
         except Invalid as exc:
             errors.append(ObjectError(ObjectKind.APP, _id_or_raw(app.uuidandversion.uuid), str(exc),
                                       name=app.displayname))
+    _drop_refused(state.apps, errors, ObjectKind.APP)
     state.errors = errors
     return state

@@ -22,7 +22,15 @@ import httpx
 
 from .base import Cancelled, ConfigError, PermanentError, ProgressFn, Sink, TransientError
 
-__all__ = ["CHUNK_SIZE", "HttpDatastore"]
+__all__ = [
+    "CHUNK_SIZE",
+    "FetchAttempt",
+    "HttpDatastore",
+    "USER_AGENT",
+    "refuse_downgrade",
+    "retry_after_seconds",
+    "ssl_context",
+]
 
 CHUNK_SIZE = 1 << 20
 PROGRESS_INTERVAL = 0.2
@@ -58,7 +66,7 @@ class HttpDatastore:
         self._prefix = base_segments + _segments(dpath, "dpath")
         self._has_credentials = bool(api_key or password)
         self._client = httpx.Client(
-            verify=_ssl_context(ca_pems),
+            verify=ssl_context(ca_pems),
             auth=httpx.BasicAuth(api_key, password) if self._has_credentials else None,
             follow_redirects=True,
             timeout=httpx.Timeout(
@@ -69,7 +77,7 @@ class HttpDatastore:
             trust_env=False,
             proxy=proxy,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            event_hooks={"response": [_refuse_downgrade]},
+            event_hooks={"response": [refuse_downgrade]},
         )
 
     def __repr__(self) -> str:
@@ -106,7 +114,7 @@ class HttpDatastore:
     ) -> None:
         """One attempt to deliver ``suffix`` from byte ``sink.offset`` to the end."""
         url = self.url_for(suffix)
-        attempt = _Attempt(url, sink, max_size, progress, cancel, self._has_credentials)
+        attempt = FetchAttempt(url, sink, max_size, progress, cancel, self._has_credentials)
         attempt.check_cancel()
         headers = {"Range": f"bytes={attempt.start}-"} if attempt.start > 0 else {}
         try:
@@ -126,7 +134,7 @@ class _ContentRange:
 
 
 @dataclass
-class _Attempt:
+class FetchAttempt:
     """The state of one fetch, so the datastore object itself stays stateless."""
 
     url: str
@@ -247,7 +255,7 @@ class _Attempt:
         if status in (404, 410):
             return PermanentError(f"{label} (not found on the datastore)")
         if status in _TRANSIENT_STATUS or 500 <= status <= 599:
-            return TransientError(label, retry_after=_retry_after(response))
+            return TransientError(label, retry_after=retry_after_seconds(response))
         return PermanentError(f"{label} (unexpected answer)")
 
     def classify(self, exc: httpx.HTTPError) -> TransientError | PermanentError:
@@ -310,7 +318,7 @@ def _segments(text: str, what: str) -> list[str]:
     return out
 
 
-def _ssl_context(ca_pems: Sequence[bytes]) -> ssl.SSLContext:
+def ssl_context(ca_pems: Sequence[bytes]) -> ssl.SSLContext:
     """System CAs plus the datastore's own (dsCertPEM)."""
     ctx = ssl.create_default_context()
     for index, pem in enumerate(ca_pems):
@@ -321,7 +329,7 @@ def _ssl_context(ca_pems: Sequence[bytes]) -> ssl.SSLContext:
     return ctx
 
 
-def _refuse_downgrade(response: httpx.Response) -> None:
+def refuse_downgrade(response: httpx.Response) -> None:
     """A redirect must never leave https: that would expose content and credentials."""
     url = response.request.url
     if url.scheme != "https" or not response.has_redirect_location:
@@ -368,7 +376,7 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     if not value:
         return None

@@ -9,6 +9,7 @@ idempotent, so a restart after ``kill -9`` simply carries on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -51,6 +52,14 @@ def _mirror_error(err: dict[str, Any] | None, kind: str, ident: str, name: str, 
     assert src is not None
     return ErrorRecord(description=f"{prefix}: {src.description}", time=src.time, severity=src.severity,
                        retry_condition=src.retry_condition, entity=kind, entity_id=ident, entity_name=name)
+
+
+def _standing(old: dict[str, Any] | None, new: ErrorRecord) -> ErrorRecord:
+    """The stored error if ``new`` only restates it: a fresh timestamp every pass would requeue a report."""
+    prev = ErrorRecord.from_dict(old)
+    if prev is not None and dataclasses.replace(prev, time=new.time) == new:
+        return prev
+    return new
 
 
 class Agent:
@@ -190,9 +199,10 @@ class Agent:
             fields: dict[str, Any] = {"generation": ct.generation, "display_name": ct.display_name,
                                       "sha256": ct.sha256 or "", "spec": spec}
             if ct.format is ImageFormat.CONTAINER:
-                fields.update(state=S.ERROR, progress=0, component_shas=[], error=error(
-                    "CONTAINER content trees are not supported by this device yet", ObjectKind.CONTENT_TREE,
-                    ct.uuid, ct.display_name, retry="update the device software"))
+                fields.update(state=S.ERROR, progress=0, component_shas=[], error=_standing(
+                    row["error"] if row else None, error(
+                        "CONTAINER content trees are not supported by this device yet", ObjectKind.CONTENT_TREE,
+                        ct.uuid, ct.display_name, retry="update the device software")))
             else:
                 blob = self.store.get("blobs", ct.sha256) if ct.sha256 else None
                 fields["component_shas"] = [ct.sha256]
@@ -209,11 +219,13 @@ class Agent:
             if err.kind is ObjectKind.CONTENT_TREE and _is_uuid(err.object_id):
                 record = error(f"invalid config: {err.message}", err.kind, err.object_id, err.name,
                                retry="fix the content tree in the config")
-                if self.store.get("content_trees", err.object_id) is None:
+                existing = self.store.get("content_trees", err.object_id)
+                if existing is None:
                     self.store.insert("content_trees", uuid=err.object_id, display_name=err.name,
                                       state=S.ERROR, create_time=now, ref_change_time=now, error=record)
                 else:
-                    self.store.update("content_trees", (err.object_id,), state=S.ERROR, error=record)
+                    self.store.update("content_trees", (err.object_id,), state=S.ERROR,
+                                      error=_standing(existing["error"], record))
 
     def _sync_volumes(self, d: DesiredState, now: float) -> None:
         refresh_usage = now - self._last_usage >= USAGE_REFRESH_SECONDS
@@ -246,10 +258,12 @@ class Agent:
                     continue
                 if row["spec"] != spec:
                     changed = sorted(k for k in spec if (row["spec"] or {}).get(k) != spec[k])
-                    self.store.update("volumes", ident, display_name=v.display_name, state=S.ERROR, error=error(
+                    record = error(
                         f"{', '.join(changed)} changed without a generation bump; the existing volume is kept "
                         "as it was", ObjectKind.VOLUME, v.uuid, v.display_name,
-                        retry="restore the previous settings or bump generationCount"))
+                        retry="restore the previous settings or bump generationCount")
+                    self.store.update("volumes", ident, display_name=v.display_name, state=S.ERROR,
+                                      error=_standing(row["error"], record))
                     continue
                 fields: dict[str, Any] = {"display_name": v.display_name, "state": S.CREATED_VOLUME,
                                           "progress": 100, "error": None}
@@ -285,7 +299,8 @@ class Agent:
                                       display_name=err.name, state=S.ERROR, create_time=now,
                                       ref_change_time=now, error=record)
                 for r in rows:  # an existing volume is kept, never touched by a bad config
-                    self.store.update("volumes", (r["uuid"], r["generation"]), state=S.ERROR, error=record)
+                    self.store.update("volumes", (r["uuid"], r["generation"]), state=S.ERROR,
+                                      error=_standing(r["error"], record))
 
     def _collect_garbage(self, d: DesiredState) -> None:
         bad_volumes = {e.object_id for e in d.errors if e.kind is ObjectKind.VOLUME}

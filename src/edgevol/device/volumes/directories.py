@@ -1,0 +1,109 @@
+"""Directory volumes: an unpacked OCI root filesystem (or an empty directory) per volume.
+
+``<root>/<uuid>#<generation>.container/`` holds ``rootfs/`` and, for volumes
+made from an image, ``image-config.json``. A volume is built under a temp name
+and renamed into place only when complete, so a crash never leaves a
+half-unpacked rootfs under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from edgevol import fsutil
+from edgevol.device.volumes.files import VolumeError, VolumeUsage, parse_name
+from edgevol.device.volumes.rootfs import UnpackError, UnpackLimits, unpack_layers
+
+SUFFIX = "container"
+CONFIG_NAME = "image-config.json"
+
+
+def tree_usage(path: Path) -> int:
+    """Bytes allocated under ``path`` (like ``du``), never following symlinks; hardlinks counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+class DirectoryVolumes:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, uuid: str, generation: int) -> Path:
+        name = f"{uuid}#{generation}.{SUFFIX}"
+        parsed = parse_name(name.replace(f".{SUFFIX}", ".raw"))
+        if parsed is None:
+            raise VolumeError(f"bad volume identity {uuid!r}#{generation!r}")
+        return self.root / name
+
+    def find(self, uuid: str, generation: int) -> Path | None:
+        p = self.path_for(uuid, generation)
+        return p if p.is_dir() else None
+
+    def _build(self, uuid: str, generation: int, fill: Callable[[Path], None]) -> Path:
+        final = self.path_for(uuid, generation)
+        if final.exists():
+            raise VolumeError(f"volume {uuid}#{generation} already exists at {final}")
+        tmp = fsutil.temp_path_for(final)
+        tmp.unlink()
+        tmp.mkdir(mode=0o700)
+        try:
+            (tmp / "rootfs").mkdir(mode=0o755)
+            fill(tmp)
+            os.chmod(tmp, 0o755)
+            os.sync()  # a whole tree: one sync beats an fsync per file
+            os.replace(tmp, final)
+            fsutil.fsync_dir(self.root)
+        except BaseException:
+            fsutil.remove_tree(tmp)
+            raise
+        return final
+
+    def create_blank(self, uuid: str, generation: int) -> Path:
+        """An empty rootfs; its maxsizebytes is enforced as a quota by whoever mounts it."""
+        return self._build(uuid, generation, lambda _d: None)
+
+    def create_from_layers(self, uuid: str, generation: int, layers: list[tuple[Path, str, str]],
+                           config: bytes, max_bytes: int | None,
+                           progress: Callable[[int, int], None] | None = None) -> Path:
+        """Unpack ``layers`` (path, media type, digest) in order; cap total bytes at ``max_bytes``."""
+        def fill(d: Path) -> None:
+            json.loads(config)  # refuse a config that is not JSON before it lands beside the rootfs
+            try:
+                unpack_layers(d / "rootfs", layers, UnpackLimits(max_bytes=max_bytes), progress)
+            except UnpackError as exc:
+                raise VolumeError(str(exc)) from exc
+            with open(d / CONFIG_NAME, "wb") as f:
+                f.write(config)
+
+        return self._build(uuid, generation, fill)
+
+    def delete(self, uuid: str, generation: int) -> bool:
+        p = self.path_for(uuid, generation)
+        if not p.exists():
+            return False
+        fsutil.remove_tree(p)
+        fsutil.fsync_dir(self.root)
+        return True
+
+    def usage(self, path: Path, quota: int) -> VolumeUsage:
+        """total = the quota (maxsizebytes) or the filesystem size; used = bytes under the directory."""
+        if quota <= 0:
+            st = os.statvfs(path)
+            quota = st.f_blocks * st.f_frsize
+        return VolumeUsage(virtual_size=quota, allocated=tree_usage(path))

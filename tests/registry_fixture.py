@@ -1,0 +1,506 @@
+"""A real OCI registry (Debian's docker-registry, distribution 2.8) for tests.
+
+Fixtures (import them into a test module to use them):
+
+- ``registry``: anonymous registry on 127.0.0.1 with filesystem storage.
+- ``basic_auth_registry``: the same behind htpasswd basic auth.
+- ``token_auth_registry``: real token auth: docker-registry trusts a
+  self-signed certificate, and a tiny loopback token server signs RS256 JWTs
+  with its key (``openssl`` does the RSA work, so no Python crypto package).
+- ``fault_proxy``: a loopback proxy in front of ``registry`` that can drop a
+  blob download midway, redirect blobs to another host or demand credentials,
+  so resume and redirect handling meet a real server's bytes.
+
+The access log (docker-registry writes it to stdout) is kept in a file, so
+tests can count the requests the registry really served.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import ctypes.util
+import hmac
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+TEST_USER = "edgevol-user"
+TEST_PASSWORD = "s3cret-passw0rd"
+TOKEN_SERVICE = "edgevol-test-registry"
+TOKEN_ISSUER = "edgevol-test-token-issuer"
+
+_ACCESS_LINE = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+|-)')
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    status: int
+    size: int
+
+
+@dataclass
+class RunningRegistry:
+    """A docker-registry process; ``url`` is http://127.0.0.1:PORT."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    root: Path
+    access_log: Path
+    error_log: Path
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def requests(self) -> list[LoggedRequest]:
+        """Every request in the access log so far.
+
+        The registry logs a request just after answering it, so wait until the
+        log stops growing before reading it.
+        """
+        last = -1
+        for _ in range(40):
+            size = self.access_log.stat().st_size
+            if size == last:
+                break
+            last = size
+            time.sleep(0.05)
+        out = []
+        for line in self.access_log.read_text(errors="replace").splitlines():
+            m = _ACCESS_LINE.match(line)
+            if m:
+                size_text = m.group(4)
+                out.append(
+                    LoggedRequest(m.group(1), m.group(2), int(m.group(3)), 0 if size_text == "-" else int(size_text))
+                )
+        return out
+
+    def blob_gets(self, digest: str) -> list[LoggedRequest]:
+        return [r for r in self.requests() if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_registry(workdir: Path, auth_yaml: str = "") -> RunningRegistry:
+    """Start docker-registry with a generated config and wait until /v2/ answers."""
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        pytest.fail("docker-registry is missing: run scripts/bootstrap.sh (apt package docker-registry)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = workdir / "storage"
+    root.mkdir(exist_ok=True)
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: info\n  accesslog:\n    disabled: false\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+        + auth_yaml
+    )
+    access_log = workdir / "access.log"
+    error_log = workdir / "registry.log"
+    with open(access_log, "wb") as out, open(error_log, "wb") as err:
+        proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)], stdout=out, stderr=err, stdin=subprocess.DEVNULL
+        )
+    reg = RunningRegistry(proc, port, root, access_log, error_log)
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n{error_log.read_text()[-3000:]}")
+        try:
+            status = httpx.get(f"{reg.url}/v2/", timeout=1).status_code
+            if status in (200, 401):
+                return reg
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            reg.stop()
+            raise RuntimeError(f"docker-registry did not answer on {reg.url}:\n{error_log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+# -- basic auth -------------------------------------------------------------
+
+
+def bcrypt_hash(password: str) -> tuple[str, str] | None:
+    """``(hash, method)`` in the bcrypt form docker-registry's htpasswd needs, or None.
+
+    Tries the bcrypt package, then apache2-utils' htpasswd, then the system
+    libcrypt (libxcrypt supports bcrypt), so no extra install is needed.
+    """
+    try:
+        import bcrypt  # type: ignore[import-not-found]
+
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode(), "bcrypt package"
+    except ImportError:
+        pass
+    htpasswd = shutil.which("htpasswd")
+    if htpasswd:
+        out = subprocess.run(
+            [htpasswd, "-nbB", "-C", "5", "u", password], capture_output=True, text=True, check=True
+        ).stdout
+        return out.strip().split(":", 1)[1], "htpasswd command"
+    name = ctypes.util.find_library("crypt")
+    if name:
+        lib = ctypes.CDLL(name)
+        if hasattr(lib, "crypt_gensalt") and hasattr(lib, "crypt"):
+            lib.crypt_gensalt.restype = ctypes.c_char_p
+            lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+            lib.crypt.restype = ctypes.c_char_p
+            lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+            salt = lib.crypt_gensalt(b"$2b$", 5, None, 0)
+            hashed = lib.crypt(password.encode(), salt) if salt else None
+            if hashed and hashed.startswith(b"$2"):
+                return hashed.decode(), "libcrypt (libxcrypt)"
+    return None
+
+
+# -- token auth -------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class TokenIssuer:
+    """Signs docker-registry bearer tokens (RS256 JWTs with the cert in ``x5c``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.key = workdir / "token-key.pem"
+        self.cert = workdir / "token-cert.pem"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", f"/CN={TOKEN_ISSUER}", "-keyout", str(self.key), "-out", str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        pem = self.cert.read_text()
+        body = pem.split("-----BEGIN CERTIFICATE-----")[1].split("-----END CERTIFICATE-----")[0]
+        self._x5c = base64.b64encode(base64.b64decode("".join(body.split()))).decode("ascii")
+
+    def sign(self, subject: str, access: list[dict[str, object]], lifetime: int = 300) -> str:
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
+        claims = {
+            "iss": TOKEN_ISSUER,
+            "sub": subject,
+            "aud": TOKEN_SERVICE,
+            "exp": now + lifetime,
+            "nbf": now - 30,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            capture_output=True,
+            check=True,
+        ).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+
+class TokenServer(ThreadingHTTPServer):
+    """The realm: grants requested scopes to TEST_USER, nothing to anonymous callers."""
+
+    daemon_threads = True
+
+    def __init__(self, issuer: TokenIssuer) -> None:
+        super().__init__(("127.0.0.1", 0), _TokenHandler)
+        self.issuer = issuer
+        self.issued: list[tuple[str, list[str]]] = []  # (account or "", scopes)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/token"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    server: TokenServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        if parts.path != "/token":
+            self._reply(404, {"error": "not found"})
+            return
+        user = ""
+        auth = self.headers.get("Authorization", "")
+        if auth:
+            expected = "Basic " + base64.b64encode(f"{TEST_USER}:{TEST_PASSWORD}".encode()).decode()
+            if not hmac.compare_digest(auth, expected):
+                self._reply(401, {"details": "invalid credentials"})
+                return
+            user = TEST_USER
+        scopes = query.get("scope", [])
+        access = []
+        if user:
+            for scope in scopes:
+                kind, _, rest = scope.partition(":")
+                name, _, actions = rest.rpartition(":")
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        self.server.issued.append((user, scopes))
+        token = self.server.issuer.sign(user, access)
+        self._reply(200, {"token": token, "access_token": token, "expires_in": 300})
+
+    def _reply(self, status: int, doc: dict[str, object]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class TokenAuthRegistry:
+    registry: RunningRegistry
+    token_server: TokenServer
+
+
+# -- fault-injecting proxy --------------------------------------------------
+
+
+@dataclass
+class FaultProxy:
+    """A loopback HTTP proxy in front of a registry; knobs are plain attributes.
+
+    - ``drop_blob_after``: the next blob GET sends this many body bytes, then
+      the connection is cut (one shot).
+    - ``redirect_blobs``: blob GETs answer 307 to the same proxy under the
+      host name ``localhost`` (a different origin), as registries do when
+      blobs live in object storage; ``redirected`` records those requests'
+      headers.
+    - ``require_basic``: (user, password) the proxy demands on every request
+      except redirected ones.
+    - ``tamper_manifests``: manifest GETs get one extra byte (still valid
+      JSON, different digest), as a lying registry or cache would serve.
+    - ``strip_headers``: response headers (lowercase) to leave out, to play a
+      registry that omits optional ones such as Docker-Content-Digest.
+    """
+
+    server: ThreadingHTTPServer
+    upstream: str  # host:port
+    drop_blob_after: int | None = None
+    redirect_blobs: bool = False
+    require_basic: tuple[str, str] | None = None
+    tamper_manifests: bool = False
+    strip_headers: set[str] = field(default_factory=set)
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    redirected: list[dict[str, str]] = field(default_factory=list)
+    drops: int = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_fault_proxy(upstream: str) -> FaultProxy:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
+    server.daemon_threads = True
+    proxy = FaultProxy(server, upstream)
+    server.proxy = proxy  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return proxy
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _handle(self) -> None:
+        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
+        headers = {k: v for k, v in self.headers.items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        path = self.path
+        redirected = path.startswith("/_redirected/")
+        proxy.seen.append((self.command, path, dict(headers)))
+        if redirected:
+            path = path[len("/_redirected") :]
+            proxy.redirected.append(dict(headers))
+            headers.pop("Authorization", None)  # the upstream registry is anonymous
+        elif proxy.require_basic is not None:
+            user, password = proxy.require_basic
+            expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if not hmac.compare_digest(self.headers.get("Authorization", ""), expected):
+                self._simple(401, {"WWW-Authenticate": 'Basic realm="fault-proxy"'})
+                return
+            headers.pop("Authorization", None)
+        is_blob_get = self.command == "GET" and "/blobs/sha256:" in path and not path.startswith("/v2/_")
+        if is_blob_get and proxy.redirect_blobs and not redirected:
+            self._simple(307, {"Location": f"http://localhost:{proxy.port}/_redirected{path}"})
+            return
+        forward = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+        conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+        try:
+            conn.request(self.command, path, body=body, headers=forward)
+            resp = conn.getresponse()
+            drop_at = proxy.drop_blob_after if is_blob_get and resp.status in (200, 206) else None
+            if drop_at is not None:
+                proxy.drop_blob_after = None
+            tampered = None
+            if proxy.tamper_manifests and self.command == "GET" and "/manifests/" in path and resp.status == 200:
+                tampered = resp.read() + b"\n"
+            self.send_response(resp.status)
+            has_length = False
+            for key, value in resp.getheaders():
+                if key.lower() in _HOP_BY_HOP or key.lower() in proxy.strip_headers:
+                    continue
+                if tampered is not None and key.lower() == "content-length":
+                    value = str(len(tampered))
+                has_length |= key.lower() == "content-length"
+                self.send_header(key, value)
+            if not has_length or drop_at is not None:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            if tampered is not None:
+                self.wfile.write(tampered)
+                return
+            sent = 0
+            while chunk := resp.read(64 << 10):
+                if drop_at is not None and sent + len(chunk) >= drop_at:
+                    self.wfile.write(chunk[: drop_at - sent])
+                    self.wfile.flush()
+                    proxy.drops += 1
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        finally:
+            conn.close()
+
+    def _simple(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+# -- fixtures ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """Credentials: TEST_USER / TEST_PASSWORD."""
+    hashed = bcrypt_hash(TEST_PASSWORD)
+    if hashed is None:
+        pytest.skip("no bcrypt implementation (bcrypt package, htpasswd or libcrypt) for htpasswd")
+    workdir = tmp_path_factory.mktemp("registry-basic")
+    htpasswd = workdir / "htpasswd"
+    htpasswd.write_text(f"{TEST_USER}:{hashed[0]}\n")
+    reg = start_registry(workdir, f"auth:\n  htpasswd:\n    realm: edgevol-test\n    path: {htpasswd}\n")
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def token_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenAuthRegistry]:
+    """Real bearer-token auth; the token server grants TEST_USER everything it asks."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to sign registry tokens")
+    workdir = tmp_path_factory.mktemp("registry-token")
+    issuer = TokenIssuer(workdir)
+    server = TokenServer(issuer)
+    auth = (
+        "auth:\n  token:\n"
+        f"    realm: {server.realm}\n    service: {TOKEN_SERVICE}\n"
+        f"    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {issuer.cert}\n"
+    )
+    try:
+        reg = start_registry(workdir, auth)
+    except BaseException:
+        server.stop()
+        raise
+    yield TokenAuthRegistry(reg, server)
+    reg.stop()
+    server.stop()
+
+
+@pytest.fixture
+def fault_proxy(registry: RunningRegistry) -> Iterator[FaultProxy]:
+    proxy = start_fault_proxy(registry.host)
+    yield proxy
+    proxy.stop()
