@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from bench.harness import Runs
 
-__all__ = ["Table", "fmt_bytes", "fmt_mb", "fmt_ratio", "fmt_s", "render", "runs_cells"]
+__all__ = ["Table", "derived_cells", "fmt_bytes", "fmt_mb", "fmt_ratio", "fmt_rate", "fmt_s", "render", "runs_cells"]
 
 MB = 1_000_000
 
@@ -48,7 +48,8 @@ def fmt_bytes(n: int | None) -> str:
 
 
 def fmt_ratio(edgevol: float, other: float) -> str:
-    return "—" if other <= 0 else f"{edgevol / other:.2f}×"
+    """A ratio only where both sides are real durations (a net figure can dip below zero in noise)."""
+    return "—" if other <= 0 or edgevol <= 0 else f"{edgevol / other:.2f}×"
 
 
 def runs_cells(label: str, runs: Runs, n_bytes: int | None = None, disk: int | None = None,

@@ -67,8 +67,11 @@ METHOD = [
     "`python -m edgevol.tools.httpserve` on 127.0.0.1 in its own process, shared by edgevol and curl.",
     "`sync` is called (untimed) before every timed command so dirty pages of the previous one are not billed "
     "to it. Page caches are warm: inputs were just written, as on a device that just received them.",
-    "Wall time is measured around the child process with `time.perf_counter`; CPU time and peak RSS come "
-    "from `wait4()` rusage of that child (peak RSS = largest single process of its tree).",
+    "Wall time is measured around the child process with `time.perf_counter`; CPU time is the `wait4()` "
+    "rusage of that child (its whole process tree); peak RSS is GNU `/usr/bin/time`'s `%M` (largest single "
+    "process of the tree), since a child forked from Python would inherit Python's RSS high-water mark.",
+    "*Agent log* rows are spans between the agent's own structured log timestamps: no process start-up, "
+    "no noise from it.",
     "MB = 10^6 bytes; disk use = `st_blocks × 512`; ratio = edgevol time ÷ baseline time.",
     "Each edgevol run starts from a fresh `--data-dir` unless stated otherwise.",
 ]

@@ -50,6 +50,18 @@ class ConfigBuilder:
                 setattr(ds, k, v)
         return ds_id
 
+    def registry(self, host: str, dpath: str = "", ds_id: str | None = None, **extra: object) -> str:
+        """A DsContainerRegistry datastore; ``host`` is HOST:PORT or a docker:// address."""
+        fqdn = host if "://" in host else f"docker://{host}"
+        ds_id = ds_id or new_id()
+        ds = self.cfg.datastores.add(id=ds_id, dType=m.DsType.DsContainerRegistry, fqdn=fqdn, dpath=dpath)
+        for k, v in extra.items():
+            if k == "dsCertPEM":
+                ds.dsCertPEM.append(v)  # type: ignore[arg-type]
+            else:
+                setattr(ds, k, v)
+        return ds_id
+
     def content_tree(self, ds_id: str, url: str, sha256: str, fmt: str = "qcow2", max_size: int = 0,
                      name: str = "", ct_id: str | None = None) -> str:
         ct_id = ct_id or new_id()

@@ -49,7 +49,8 @@ def test_a_valid_config_parses_completely():
     b, ds = base()
     ct_q = b.content_tree(ds, "images/disk.qcow2", SHA, "qcow2", max_size=64 * MiB, name="disk")
     ct_r = b.content_tree(ds, "data.raw", SHA2.upper(), "raw", name="data")
-    ct_c = b.content_tree(ds, "library/alpine:3", "", "container", name="alpine")
+    reg = b.registry("127.0.0.1:5000")
+    ct_c = b.content_tree(reg, "library/alpine:3", "", "container", name="alpine")
     b.cfg.contentInfo[0].generation_count = 3
     blank = b.blank_volume(10 * MiB, name="scratch", readonly=False, generation=1)
     disk = b.download_volume(ct_q, 128 * MiB, name="root", readonly=True)
@@ -572,7 +573,8 @@ def test_valid_objects_beside_invalid_ones_survive():
     ct_bad_sha = b.content_tree(ds, "bad.qcow2", SHA[:63], "qcow2")
     ct_bad_url = b.content_tree(ds, "../bad.qcow2", SHA, "qcow2")
     ct_on_bad_ds = b.content_tree(bad_ds, "x.raw", SHA, "raw")
-    container = b.content_tree(ds, "library/nginx:1", "", "container")
+    reg = b.registry("127.0.0.1:5000")
+    container = b.content_tree(reg, "library/nginx:1", "", "container")
     blank = b.blank_volume(MiB, name="blank")
     disk = b.download_volume(good_ct, 4 * MiB, name="disk")
     on_bad_sha = b.download_volume(ct_bad_sha, MiB)
@@ -584,7 +586,7 @@ def test_valid_objects_beside_invalid_ones_survive():
 
     state = parse_config(b.cfg)
 
-    assert set(state.datastores) == {ds}
+    assert set(state.datastores) == {ds, reg}
     assert set(state.content_trees) == {good_ct, container}
     assert set(state.volumes) == {blank, disk}
     assert set(state.apps) == {app_ok}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from typing import Any
+
 from edgevol.device.state import ErrorRecord
 
 
@@ -21,3 +23,13 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= step
     return f"{n} B"
+
+
+def mirror_error(err: dict[str, Any] | None, kind: str, ident: str, name: str, prefix: str) -> ErrorRecord | None:
+    """Restate a dependency's error as this object's own, keeping what and why."""
+    if not err:
+        return None
+    src = ErrorRecord.from_dict(err)
+    assert src is not None
+    return ErrorRecord(description=f"{prefix}: {src.description}", time=src.time, severity=src.severity,
+                       retry_condition=src.retry_condition, entity=kind, entity_id=ident, entity_name=name)

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     ref_change_time REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_retry REAL NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    media_type TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS content_trees (
     uuid TEXT PRIMARY KEY,
@@ -44,7 +45,11 @@ CREATE TABLE IF NOT EXISTS content_trees (
     create_time REAL NOT NULL,
     ref_change_time REAL NOT NULL,
     spec TEXT,
-    error TEXT
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_retry REAL NOT NULL DEFAULT 0,
+    resolved TEXT,
+    layout TEXT
 );
 CREATE TABLE IF NOT EXISTS volumes (
     uuid TEXT NOT NULL,
@@ -81,7 +86,16 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 _KEYS = {"blobs": ("sha256",), "content_trees": ("uuid",), "volumes": ("uuid", "generation")}
-_JSON_COLUMNS = {"error", "spec", "component_shas"}
+_JSON_COLUMNS = {"error", "spec", "component_shas", "resolved", "layout"}
+
+# Columns added after a table first shipped: (table, column, declaration).
+_ADDED_COLUMNS = [
+    ("blobs", "media_type", "TEXT NOT NULL DEFAULT ''"),
+    ("content_trees", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("content_trees", "next_retry", "REAL NOT NULL DEFAULT 0"),
+    ("content_trees", "resolved", "TEXT"),
+    ("content_trees", "layout", "TEXT"),
+]
 
 
 @dataclass(frozen=True)
@@ -121,9 +135,17 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
         self.version = 0  # bumped on every write; lets readers skip work when nothing changed
+
+    def _migrate(self) -> None:
+        """Bring a state database written by an older edgevol up to this schema, in place."""
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,8 @@ import uuid as uuidlib
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from edgevol.device.datastores.base import ConfigError
+from edgevol.device.datastores.oci_refs import parse_image_ref, split_registry_address
 from edgevol.model.desired import (
     AppInstance,
     ContentTree,
@@ -146,6 +148,11 @@ def _parse_datastore(ds: Any) -> Datastore:
             raise Invalid(f"fqdn {fqdn!r} is not an http(s) host")
         if parts.query or parts.fragment or parts.username:
             raise Invalid(f"fqdn {fqdn!r} must not carry credentials, a query or a fragment")
+    elif kind is DatastoreKind.CONTAINER_REGISTRY:
+        try:
+            split_registry_address(fqdn)
+        except ConfigError as exc:
+            raise Invalid(str(exc)) from None
     if ds.dpath:
         check_relative_path(ds.dpath, "dpath")
     return Datastore(
@@ -172,8 +179,20 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
         raise Invalid("URL is empty")
     check_relative_path(ct.URL, "URL")
     sha = canonical_sha256(ct.sha256)
-    if fmt is not ImageFormat.CONTAINER and sha is None:
+    ds = datastores[ds_id]
+    if fmt is ImageFormat.CONTAINER:
+        if ds.kind is not DatastoreKind.CONTAINER_REGISTRY:
+            raise Invalid(f"CONTAINER content needs a container registry datastore, not {ds.kind.value}")
+        try:
+            ref = parse_image_ref(ds.fqdn, ds.dpath, ct.URL)
+        except ConfigError as exc:
+            raise Invalid(f"URL {ct.URL!r}: {exc}") from None
+        if ref.digest and sha and ref.digest != f"sha256:{sha}":
+            raise Invalid(f"URL {ct.URL!r} pins {ref.digest} but sha256 says sha256:{sha}")
+    elif sha is None:
         raise Invalid(f"sha256 is required for {fmt.name} content (nothing to verify the download against)")
+    elif ds.kind is DatastoreKind.CONTAINER_REGISTRY:
+        raise Invalid(f"{fmt.name} content cannot come from a container registry datastore")
     max_size = check_size(ct.maxSizeBytes, "maxSizeBytes") or None
     return ContentTree(
         uuid=ct_id, datastore_id=ds_id, url=ct.URL, format=fmt, sha256=sha, max_size_bytes=max_size,

@@ -1,16 +1,82 @@
-"""Pick the datastore implementation for a configured datastore."""
+"""One client per configured datastore, and one way to fetch a blob from any of them.
+
+Clients are kept for the life of the agent so connections (and registry
+tokens) are reused across blobs; a datastore whose settings change in the
+config gets a new client because the settings are part of the cache key.
+"""
 
 from __future__ import annotations
 
-from edgevol.device.datastores.base import Datastore, PermanentError
+import threading
+from dataclasses import dataclass
+
+from edgevol.device.datastores.base import Cancelled, PermanentError, ProgressFn, Sink
 from edgevol.device.datastores.http import HttpDatastore
+from edgevol.device.datastores.oci_refs import split_registry_address
+from edgevol.device.datastores.registry import RegistryClient
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
 
 
-def open_datastore(spec: DatastoreSpec) -> Datastore:
-    """Return a client for ``spec`` or raise :class:`PermanentError` if the kind is unsupported."""
+@dataclass(frozen=True)
+class BlobSource:
+    """Where one blob comes from: a datastore and a locator inside it.
+
+    For an HTTP datastore the locator is the content tree URL; for a registry
+    it is the repository (the blob is addressed by its digest).
+    """
+
+    datastore: DatastoreSpec
+    locator: str
+    max_size: int | None = None
+    expected_size: int | None = None
+
+    def describe(self) -> str:
+        return self.locator
+
+
+class DatastoreClients:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[DatastoreSpec, HttpDatastore | RegistryClient] = {}
+
+    def _client(self, spec: DatastoreSpec) -> HttpDatastore | RegistryClient:
+        with self._lock:
+            client = self._clients.get(spec)
+            if client is None:
+                client = self._clients[spec] = _open(spec)
+            return client
+
+    def registry(self, spec: DatastoreSpec) -> RegistryClient:
+        client = self._client(spec)
+        if not isinstance(client, RegistryClient):
+            raise PermanentError(f"datastore {spec.uuid} is not a container registry")
+        return client
+
+    def fetch_blob(self, source: BlobSource, sha256: str, sink: Sink, *, progress: ProgressFn | None,
+                   cancel: threading.Event | None) -> None:
+        """One attempt to deliver the blob's bytes from ``sink.offset`` on."""
+        client = self._client(source.datastore)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if isinstance(client, RegistryClient):
+            client.fetch_blob(source.locator, f"sha256:{sha256}", sink, max_size=source.max_size,
+                              progress=progress, cancel=cancel)
+        else:
+            client.fetch(source.locator, sink, max_size=source.max_size, progress=progress, cancel=cancel)
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def _open(spec: DatastoreSpec) -> HttpDatastore | RegistryClient:
     if spec.kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         return HttpDatastore(spec.fqdn, spec.dpath, secure_default=spec.kind is DatastoreKind.HTTPS,
                              api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems)
+    if spec.kind is DatastoreKind.CONTAINER_REGISTRY:
+        scheme, host, _path = split_registry_address(spec.fqdn)
+        return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems)
     raise PermanentError(f"datastore kind {spec.kind.value} is not supported by this device yet")

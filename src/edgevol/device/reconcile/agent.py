@@ -22,19 +22,23 @@ import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore, Descriptor
-from edgevol.device.errors import error
+from edgevol.device.errors import error, mirror_error
 from edgevol.device.paths import DataDir
 from edgevol.device.reconcile.blobs import BlobDownloader
-from edgevol.device.reconcile.builders import VolumeBuilder
+from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.state import ErrorRecord, StateStore
+from edgevol.device.datastores.factory import BlobSource, DatastoreClients
+from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
 from edgevol.device.volumes import FileVolumes
+from edgevol.device.volumes.directories import DirectoryVolumes
 from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind, VolumeOrigin
 
 log = structlog.get_logger("edgevol.agent")
 S = m.ZSwState
 
 TERMINAL = {S.LOADED, S.CREATED_VOLUME, S.ERROR}
+MAX_PARALLEL_DOWNLOADS = 64  # the config item's upper bound
 USAGE_REFRESH_SECONDS = 10.0
 
 
@@ -42,16 +46,6 @@ USAGE_REFRESH_SECONDS = 10.0
 class AgentOptions:
     once: bool = False
     workers: int = 4
-
-
-def _mirror_error(err: dict[str, Any] | None, kind: str, ident: str, name: str, prefix: str) -> ErrorRecord | None:
-    """Restate a dependency's error as this object's own, keeping what and why."""
-    if not err:
-        return None
-    src = ErrorRecord.from_dict(err)
-    assert src is not None
-    return ErrorRecord(description=f"{prefix}: {src.description}", time=src.time, severity=src.severity,
-                       retry_condition=src.retry_condition, entity=kind, entity_id=ident, entity_name=name)
 
 
 def _standing(old: dict[str, Any] | None, new: ErrorRecord) -> ErrorRecord:
@@ -70,17 +64,21 @@ class Agent:
         self.store = StateStore(self.dirs.state_db)
         self.cas = ContentStore(self.dirs.cas)
         self.files = FileVolumes(self.dirs.volumes)
+        self.dirvols = DirectoryVolumes(self.dirs.volumes)
+        self.clients = DatastoreClients()
         self.reporter = Reporter(self.store, self.store.meta_get("device_id") or "")
         self.desired = DesiredState()
         self.wake = threading.Event()
         self._cancel = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="edgevol-work")
+        self._pool = ThreadPoolExecutor(max_workers=self.options.workers + MAX_PARALLEL_DOWNLOADS,
+                                        thread_name_prefix="edgevol-work")
         self._tasks: dict[str, Future[None]] = {}
         self._failed_this_run: set[str] = set()
         self._last_usage = 0.0
         self._roots: dict[str, Descriptor] | None = None
-        self.blobs = BlobDownloader(self.store, self.cas, self._cancel, self._task_failed)
-        self.builder = VolumeBuilder(self.store, self.cas, self.files, self._task_failed)
+        self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
+        self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
+        self.builder = VolumeBuilder(self.store, self.cas, self.files, self.dirvols, self._task_failed)
         self._recover()
 
     # -- lifecycle ------------------------------------------------------------
@@ -98,6 +96,7 @@ class Agent:
     def close(self) -> None:
         self._cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.clients.close()
         self.reporter.sync()
         self.store.close()
 
@@ -154,19 +153,29 @@ class Agent:
         self._sync_refcounts(d, now)
         self.reporter.sync()
 
-    def _wanted_blobs(self, d: DesiredState) -> dict[str, list[Any]]:
-        wanted: dict[str, list[Any]] = {}
+    def _wanted_blobs(self, d: DesiredState) -> dict[str, BlobSource]:
+        """Every blob the config needs and where to fetch it (the first content tree naming it wins)."""
+        wanted: dict[str, BlobSource] = {}
         for ct in d.content_trees.values():
-            if ct.sha256 and ct.format is not ImageFormat.CONTAINER:
-                wanted.setdefault(ct.sha256, []).append(ct)
+            ds = d.datastores[ct.datastore_id]
+            if ct.format is not ImageFormat.CONTAINER:
+                assert ct.sha256 is not None
+                wanted.setdefault(ct.sha256, BlobSource(ds, ct.url, max_size=ct.max_size_bytes))
+                continue
+            row = self.store.get("content_trees", ct.uuid)
+            if row and row["layout"] and (row["resolved"] or {}).get("spec") == tree_spec(ct):
+                for sha, source in layout_sources(row["layout"], ds).items():
+                    wanted.setdefault(sha, source)
         return wanted
 
     def _sync_blobs(self, d: DesiredState, now: float) -> None:
-        for sha, trees in self._wanted_blobs(d).items():
+        running = sum(1 for k in list(self._tasks) if k.startswith("blob:") and self._busy(k))
+        for sha, source in self._wanted_blobs(d).items():
             key = f"blob:{sha}"
             row = self.store.get("blobs", sha)
             if row is None:
-                self.store.insert("blobs", sha256=sha, state=S.INITIAL, create_time=now, ref_change_time=now)
+                self.store.insert("blobs", sha256=sha, state=S.INITIAL, create_time=now, ref_change_time=now,
+                                  size=source.expected_size or 0)
                 row = self.store.get("blobs", sha)
                 assert row is not None
             if self._busy(key):
@@ -179,41 +188,44 @@ class Agent:
             if row["state"] == S.LOADED:
                 log.warning("blob vanished from the store; fetching again", sha256=sha)
                 self.store.update("blobs", (sha,), state=S.INITIAL, progress=0, done_bytes=0)
-            if not self._may_retry(key, row, now):
+            if running >= d.settings.parallel_downloads or not self._may_retry(key, row, now):
                 continue
-            tree = trees[0]
-            self._submit(key, self.blobs.download, key, sha, tree, d.datastores[tree.datastore_id], d.settings,
-                         self.options.once)
+            running += 1
+            self._submit(key, self.blobs.download, key, sha, source, d.settings, self.options.once)
 
     def _sync_content_trees(self, d: DesiredState, now: float) -> None:
         for ct in d.content_trees.values():
-            spec = {"datastore": ct.datastore_id, "url": ct.url, "format": ct.format.value,
-                    "sha256": ct.sha256, "max_size": ct.max_size_bytes}
+            spec = tree_spec(ct)
             row = self.store.get("content_trees", ct.uuid)
             if row is None:
                 self.store.insert("content_trees", uuid=ct.uuid, state=S.INITIAL, create_time=now,
                                   ref_change_time=now, spec=spec)
-            elif row["spec"] != spec and ct.sha256 and self.store.get("blobs", ct.sha256):
-                # Where to fetch from changed: an errored download deserves a fresh try now.
-                self.store.update("blobs", (ct.sha256,), next_retry=0, attempts=0)
-            fields: dict[str, Any] = {"generation": ct.generation, "display_name": ct.display_name,
-                                      "sha256": ct.sha256 or "", "spec": spec}
+                row = self.store.get("content_trees", ct.uuid)
+                assert row is not None
+            elif row["spec"] != spec:
+                # The content tree changed: fetch afresh (an errored download gets a new try now).
+                self.store.update("content_trees", (ct.uuid,), spec=spec, attempts=0, next_retry=0, error=None,
+                                  state=S.INITIAL, progress=0)
+                self._failed_this_run.discard(f"tree:{ct.uuid}")
+                if ct.sha256 and self.store.get("blobs", ct.sha256):
+                    self.store.update("blobs", (ct.sha256,), next_retry=0, attempts=0)
+                row = self.store.get("content_trees", ct.uuid)
+                assert row is not None
+            self.store.update("content_trees", (ct.uuid,), generation=ct.generation, display_name=ct.display_name)
             if ct.format is ImageFormat.CONTAINER:
-                fields.update(state=S.ERROR, progress=0, component_shas=[], error=_standing(
-                    row["error"] if row else None, error(
-                        "CONTAINER content trees are not supported by this device yet", ObjectKind.CONTENT_TREE,
-                        ct.uuid, ct.display_name, retry="update the device software")))
+                self._sync_container_tree(ct, row, d, now)
+                continue
+            assert ct.sha256 is not None
+            blob = self.store.get("blobs", ct.sha256)
+            fields: dict[str, Any] = {"sha256": ct.sha256, "component_shas": [ct.sha256]}
+            if blob is None:
+                fields.update(state=S.INITIAL, progress=0, cur_size=0, error=None)
             else:
-                blob = self.store.get("blobs", ct.sha256) if ct.sha256 else None
-                fields["component_shas"] = [ct.sha256]
-                if blob is None:
-                    fields.update(state=S.INITIAL, progress=0, cur_size=0, error=None)
-                else:
-                    loaded = blob["state"] == S.LOADED
-                    fields.update(state=blob["state"], progress=blob["progress"],
-                                  cur_size=blob["size"] if loaded else blob["done_bytes"],
-                                  error=_mirror_error(blob["error"], ObjectKind.CONTENT_TREE, ct.uuid,
-                                                      ct.display_name, f"blob sha256:{ct.sha256[:12]}"))
+                loaded = blob["state"] == S.LOADED
+                fields.update(state=blob["state"], progress=blob["progress"],
+                              cur_size=blob["size"] if loaded else blob["done_bytes"],
+                              error=mirror_error(blob["error"], ObjectKind.CONTENT_TREE, ct.uuid,
+                                                 ct.display_name, f"blob sha256:{ct.sha256[:12]}"))
             self.store.update("content_trees", (ct.uuid,), **fields)
         for err in d.errors:
             if err.kind is ObjectKind.CONTENT_TREE and _is_uuid(err.object_id):
@@ -227,14 +239,31 @@ class Agent:
                     self.store.update("content_trees", (err.object_id,), state=S.ERROR,
                                       error=_standing(existing["error"], record))
 
+    def _sync_container_tree(self, ct: Any, row: dict[str, Any], d: DesiredState, now: float) -> None:
+        key = f"tree:{ct.uuid}"
+        latched = (row["resolved"] or {}).get("spec") == tree_spec(ct)
+        layout = row["layout"] if latched else None
+        if layout is not None and not all(self.cas.has(b["digest"]) for b in layout["manifests"]):
+            layout = None  # a manifest went missing from the store: walk the tree again
+        if layout is None:
+            if not self._busy(key) and self._may_retry(key, row, now):
+                self._submit(key, self.resolver.resolve, key, ct, d.datastores[ct.datastore_id], d.settings,
+                             self.options.once)
+            return
+        blobs = {b["digest"]: self.store.get("blobs", b["digest"]) for b in layout_blobs(layout)}
+        status = derive_status(layout, blobs)
+        failed = status.pop("failed_blob")
+        status["error"] = mirror_error(failed["error"], ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
+                                       f"blob sha256:{failed['sha256'][:12]}") if failed else None
+        self.store.update("content_trees", (ct.uuid,), **status)
+
     def _sync_volumes(self, d: DesiredState, now: float) -> None:
         refresh_usage = now - self._last_usage >= USAGE_REFRESH_SECONDS
         if refresh_usage:
             self._last_usage = now
         for v in d.volumes.values():
             key = f"volume:{v.uuid}#{v.generation}"
-            spec = {"origin": v.origin.value, "content_tree": v.content_tree_id, "max_size": v.max_size_bytes,
-                    "readonly": v.readonly}
+            spec = volume_spec(v)
             row = self.store.get("volumes", v.uuid, v.generation)
             if row is None:
                 self.store.insert("volumes", uuid=v.uuid, generation=v.generation, display_name=v.display_name,
@@ -246,7 +275,7 @@ class Agent:
             if self._busy(key):
                 continue
             if row["path"] is None:
-                adopted = self.files.find(v.uuid, v.generation)
+                adopted = self.builder.find(v.uuid, v.generation)
                 if adopted is not None:  # created, then interrupted before the database knew
                     self.builder.record_created(ident, adopted, spec)
                     row = self.store.get("volumes", *ident)
@@ -268,14 +297,14 @@ class Agent:
                 fields: dict[str, Any] = {"display_name": v.display_name, "state": S.CREATED_VOLUME,
                                           "progress": 100, "error": None}
                 if refresh_usage:
-                    fields["cur_size"] = self.files.usage(Path(row["path"])).allocated
+                    fields["cur_size"] = self.builder.usage(Path(row["path"]), v.max_size_bytes).allocated
                 self.store.update("volumes", ident, **fields)
                 continue
             self.store.update("volumes", ident, display_name=v.display_name, spec=spec,
                               max_size=v.max_size_bytes, readonly=v.readonly)
             if v.origin is VolumeOrigin.BLANK:
                 if self._may_retry(key, row, now):
-                    self._submit(key, self.builder.create, key, v, None, d.settings)
+                    self._submit(key, self.builder.create, key, v, None, d.settings, _serves_containers(v, d))
                 continue
             assert v.content_tree_id is not None
             ct = d.content_trees[v.content_tree_id]
@@ -284,10 +313,10 @@ class Agent:
                 continue
             if ct_row["state"] == S.LOADED:
                 if self._may_retry(key, row, now) or row["state"] != S.ERROR:
-                    self._submit(key, self.builder.create, key, v, ct, d.settings)
+                    self._submit(key, self.builder.create, key, v, ct, d.settings, False)
             elif row["state"] != S.ERROR or ct_row["state"] == S.ERROR or key not in self._failed_this_run:
                 self.store.update("volumes", ident, state=ct_row["state"], progress=ct_row["progress"],
-                                  error=_mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
+                                  error=mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
                                                       f"content tree {ct.display_name or ct.uuid}"))
         for err in d.errors:
             if err.kind is ObjectKind.VOLUME and _is_uuid(err.object_id):
@@ -311,7 +340,7 @@ class Agent:
                 continue
             if self._busy(f"volume:{row['uuid']}#{row['generation']}"):
                 continue
-            self.files.delete(*ident)
+            self.builder.delete(*ident)
             self.store.delete("volumes", *ident)
             self.reporter.deleted("volume", row["uuid"], row["generation"])
             log.info("volume deleted", volume=row["uuid"], generation=row["generation"])
@@ -320,7 +349,13 @@ class Agent:
             if row["uuid"] not in d.content_trees and row["uuid"] not in bad_trees:
                 self.store.delete("content_trees", row["uuid"])
                 self.reporter.deleted("content_tree", row["uuid"])
-        referenced = {r["sha256"] for r in self.store.all("content_trees") if r["sha256"]}
+        if any(k.startswith("tree:") and self._busy(k) for k in list(self._tasks)):
+            return  # a tree walk is adding blobs its content tree does not list yet
+        referenced = set()
+        for r in self.store.all("content_trees"):
+            referenced.update(r["component_shas"] or [])
+            if r["sha256"] and r["spec"] and r["spec"].get("format") != ImageFormat.CONTAINER.value:
+                referenced.add(r["sha256"])
         for row in self.store.all("blobs"):
             sha = row["sha256"]
             if sha in referenced or self._busy(f"blob:{sha}"):
@@ -330,9 +365,8 @@ class Agent:
             self.store.delete("blobs", sha)
             self.reporter.deleted("blob", sha)
             log.info("blob collected", sha256=sha)
-        roots = {row["uuid"]: Descriptor("application/octet-stream", row["sha256"], row["cur_size"],
-                                         {"io.edgevol.content-tree": row["uuid"]})
-                 for row in self.store.all("content_trees") if row["state"] == S.LOADED}
+        roots = {row["uuid"]: _root_descriptor(row) for row in self.store.all("content_trees")
+                 if row["state"] == S.LOADED}
         if roots != self._roots:
             self.cas.set_roots(roots)
             self._roots = roots
@@ -402,3 +436,26 @@ class Agent:
 
 def _is_uuid(value: str) -> bool:
     return len(value) == 36 and value.count("-") == 4
+
+
+def _root_descriptor(row: dict[str, Any]) -> Descriptor:
+    """index.json entry of a loaded content tree: its top manifest, or its single disk-image blob."""
+    annotations = {"io.edgevol.content-tree": row["uuid"]}
+    if row["layout"]:
+        top = row["layout"]["manifests"][0]
+        return Descriptor(top["media_type"], top["digest"], top["size"], annotations)
+    return Descriptor("application/octet-stream", row["sha256"], row["cur_size"], annotations)
+
+
+def _serves_containers(v: Any, d: DesiredState) -> bool:
+    """A blank volume is a directory when an app using it runs from a container image."""
+    for app in d.apps.values():
+        refs = {r.uuid for r in app.volume_refs}
+        if v.uuid not in refs:
+            continue
+        for other in refs:
+            vol = d.volumes.get(other)
+            tree = d.content_trees.get(vol.content_tree_id or "") if vol else None
+            if tree is not None and tree.format is ImageFormat.CONTAINER:
+                return True
+    return False

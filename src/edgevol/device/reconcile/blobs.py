@@ -19,11 +19,11 @@ import structlog
 from edgevol.api import messages as m
 from edgevol.device.cas import CasError, ContentStore, DigestMismatch, IngestBusy, SizeLimitExceeded, SizeMismatch
 from edgevol.device.datastores.base import Cancelled, PermanentError, TransientError
-from edgevol.device.datastores.factory import open_datastore
+from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.errors import error
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
-from edgevol.model.desired import ContentTree, Datastore, Settings
+from edgevol.model.desired import Settings
 
 log = structlog.get_logger("edgevol.download")
 S = m.ZSwState
@@ -31,17 +31,19 @@ PROGRESS_INTERVAL = 0.5
 
 
 class BlobDownloader:
-    def __init__(self, store: StateStore, cas: ContentStore, cancel: threading.Event,
+    def __init__(self, store: StateStore, cas: ContentStore, clients: DatastoreClients, cancel: threading.Event,
                  on_failure: Callable[[str], None]) -> None:
         self.store = store
         self.cas = cas
+        self.clients = clients
         self.cancel = cancel
         self.on_failure = on_failure
 
-    def _progress(self, sha: str) -> Callable[[int, int | None], None]:
+    def _progress(self, sha: str, expected: int | None) -> Callable[[int, int | None], None]:
         last = [0.0, -1]
 
         def report(done: int, total: int | None) -> None:
+            total = total or expected
             pct = min(99, done * 100 // total) if total else 0
             now = time.monotonic()
             if pct != last[1] or now - last[0] >= PROGRESS_INTERVAL:
@@ -49,27 +51,22 @@ class BlobDownloader:
                 self.store.update("blobs", (sha,), progress=pct, done_bytes=done, size=total or 0)
         return report
 
-    def download(self, key: str, sha: str, tree: ContentTree, ds: Datastore, settings: Settings,
-                 once: bool) -> None:
+    def download(self, key: str, sha: str, source: BlobSource, settings: Settings, once: bool) -> None:
         row = self.store.get("blobs", sha)
         if row is None:
             return
         backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds, settings.download_max_attempts)
         attempt = row["attempts"] + 1
-        what = f"download of {tree.url} (sha256:{sha[:12]})"
+        what = f"download of {source.describe()} (sha256:{sha[:12]})"
         try:
-            client = open_datastore(ds)
-            try:
-                with self.cas.ingest(sha, max_size=tree.max_size_bytes) as ingest:
-                    self.store.update("blobs", (sha,), state=S.DOWNLOAD_STARTED, done_bytes=ingest.offset)
-                    log.info("download started", sha256=sha, url=tree.url, resume_from=ingest.offset,
-                             attempt=attempt)
-                    client.fetch(tree.url, ingest, max_size=tree.max_size_bytes, progress=self._progress(sha),
-                                 cancel=self.cancel)
-                    self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
-                    path = ingest.commit()
-            finally:
-                client.close()
+            with self.cas.ingest(sha, expected_size=source.expected_size, max_size=source.max_size) as ingest:
+                self.store.update("blobs", (sha,), state=S.DOWNLOAD_STARTED, done_bytes=ingest.offset)
+                log.info("download started", sha256=sha, source=source.describe(), resume_from=ingest.offset,
+                         attempt=attempt)
+                self.clients.fetch_blob(source, sha, ingest, progress=self._progress(sha, source.expected_size),
+                                        cancel=self.cancel)
+                self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
+                path = ingest.commit()
         except Cancelled:
             return
         except IngestBusy:

@@ -1,4 +1,4 @@
-"""Create one volume (blank, or from a loaded content tree) and record the result."""
+"""Create one volume (blank, from a disk image, or from a container image) and record the result."""
 
 from __future__ import annotations
 
@@ -13,37 +13,60 @@ from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.errors import error
 from edgevol.device.state import StateStore
-from edgevol.device.volumes import FileVolumes, VolumeError
-from edgevol.model.desired import ContentTree, ObjectKind, Settings, Volume
+from edgevol.device.volumes import FileVolumes, VolumeError, VolumeUsage
+from edgevol.device.volumes.directories import DirectoryVolumes
+from edgevol.model.desired import ContentTree, ImageFormat, ObjectKind, Settings, Volume
 
 log = structlog.get_logger("edgevol.volumes")
 S = m.ZSwState
+MAX_IMAGE_CONFIG = 16 << 20  # an image config is JSON metadata; anything bigger is hostile
+
+
+def volume_spec(v: Volume) -> dict[str, Any]:
+    """The settings that fix a volume's content; changing one needs a new generation."""
+    return {"origin": v.origin.value, "content_tree": v.content_tree_id, "max_size": v.max_size_bytes,
+            "readonly": v.readonly}
 
 
 class VolumeBuilder:
-    def __init__(self, store: StateStore, cas: ContentStore, files: FileVolumes,
+    def __init__(self, store: StateStore, cas: ContentStore, files: FileVolumes, dirs: DirectoryVolumes,
                  on_failure: Callable[[str], None]) -> None:
         self.store = store
         self.cas = cas
         self.files = files
+        self.dirs = dirs
         self.on_failure = on_failure
 
-    def create(self, key: str, v: Volume, tree: ContentTree | None, settings: Settings) -> None:
+    def find(self, uuid: str, generation: int) -> Path | None:
+        return self.files.find(uuid, generation) or self.dirs.find(uuid, generation)
+
+    def delete(self, uuid: str, generation: int) -> bool:
+        return self.files.delete(uuid, generation) | self.dirs.delete(uuid, generation)
+
+    def usage(self, path: Path, max_size: int) -> VolumeUsage:
+        return self.dirs.usage(path, max_size) if path.is_dir() else self.files.usage(path)
+
+    def create(self, key: str, v: Volume, tree: ContentTree | None, settings: Settings, directory: bool) -> None:
+        """Build the volume; ``directory`` picks an empty directory for a blank volume of a container app."""
         ident = (v.uuid, v.generation)
         self.store.update("volumes", ident, state=S.CREATING_VOLUME, progress=0, error=None)
+        last = [-1]
+
+        def progress(pct: float) -> None:
+            if int(pct) != last[0]:
+                last[0] = int(pct)
+                self.store.update("volumes", ident, progress=min(99, int(pct)))
+
         try:
-            if tree is None:
+            if tree is None and directory:
+                path = self.dirs.create_blank(v.uuid, v.generation)
+            elif tree is None:
                 path = self.files.create_blank(v.uuid, v.generation, v.max_size_bytes,
                                                fmt=settings.blank_format.value, readonly=v.readonly)
+            elif tree.format is ImageFormat.CONTAINER:
+                path = self._unpack(v, tree, lambda done, total: progress(done * 100 / max(total, 1)))
             else:
                 assert tree.sha256 is not None
-                last = [-1]
-
-                def progress(pct: float) -> None:
-                    if int(pct) != last[0]:
-                        last[0] = int(pct)
-                        self.store.update("volumes", ident, progress=min(99, int(pct)))
-
                 path = self.files.create_from_image(v.uuid, v.generation, self.cas.blob_path(tree.sha256),
                                                     tree.format.value, v.max_size_bytes, readonly=v.readonly,
                                                     progress=progress)
@@ -57,12 +80,24 @@ class VolumeBuilder:
                               error=error(f"creating volume: {desc}", ObjectKind.VOLUME, v.uuid, v.display_name,
                                           retry=("free disk space; " if nospace else "") + f"retried in {slow:.0f}s"))
             return
-        spec = {"origin": v.origin.value, "content_tree": v.content_tree_id, "max_size": v.max_size_bytes,
-                "readonly": v.readonly}
-        self.record_created(ident, path, spec)
+        self.record_created(ident, path, volume_spec(v))
         log.info("volume created", volume=key, path=str(path))
 
+    def _unpack(self, v: Volume, tree: ContentTree, progress: Callable[[int, int], None]) -> Path:
+        row = self.store.get("content_trees", tree.uuid)
+        if row is None or not row["layout"]:
+            raise VolumeError(f"content tree {tree.uuid} has no resolved image")
+        layout = row["layout"]
+        config = layout["config"]
+        if config["size"] > MAX_IMAGE_CONFIG:
+            raise VolumeError(f"image config {config['digest'][:12]} is {config['size']} bytes; refusing it")
+        layers = [(self.cas.blob_path(layer["digest"]), layer["media_type"], f"sha256:{layer['digest']}")
+                  for layer in layout["layers"]]
+        return self.dirs.create_from_layers(v.uuid, v.generation, layers,
+                                            self.cas.blob_path(config["digest"]).read_bytes(),
+                                            v.max_size_bytes or None, progress)
+
     def record_created(self, ident: tuple[str, int], path: Path, spec: dict[str, Any]) -> None:
-        usage = self.files.usage(path)
+        usage = self.usage(path, spec["max_size"])
         self.store.update("volumes", ident, state=S.CREATED_VOLUME, progress=100, path=str(path),
                           max_size=usage.virtual_size, cur_size=usage.allocated, next_retry=0, error=None, spec=spec)
