@@ -17,10 +17,11 @@ from pathlib import Path
 from edgevol.device.datastores.oci_manifest import (
     MEDIA_DOCKER_MANIFEST,
     MEDIA_DOCKER_MANIFEST_LIST,
+    MEDIA_OCI_CONFIG,
     MEDIA_OCI_MANIFEST,
     host_platform,
 )
-from edgevol.tools.oci_image import Image, Index, Layer, build_image, build_index, push
+from edgevol.tools.oci_image import Image, Index, Layer, build_image, build_index, push, sha256_digest
 from tests.conftest import by_name, device_status, run_cli
 from tests.configs import ConfigBuilder, new_id
 from tests.registry_fixture import free_port, registry  # noqa: F401  (fixture)
@@ -37,8 +38,13 @@ def _run(tmp_path: Path, b: ConfigBuilder, data: Path) -> int:
 
 
 def _run_proc(tmp_path: Path, b: ConfigBuilder, data: Path) -> subprocess.CompletedProcess[str]:
-    cfg = b.save(tmp_path / "config.json")
-    return run_cli("device", "run", "--data-dir", str(data), "--config", str(cfg), "--once", timeout=60)
+    return _run_file(b.save(tmp_path / "config.json"), data)
+
+
+def _run_file(cfg: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    proc = run_cli("device", "run", "--data-dir", str(data), "--config", str(cfg), "--once", timeout=60)
+    assert "task crashed" not in proc.stderr, proc.stderr  # every failure must land in a state
+    return proc
 
 
 def _host_key() -> str:
@@ -122,15 +128,14 @@ def _tar(*members: tuple) -> bytes:
     return buf.getvalue()
 
 
-def _tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Relative path -> (mode, size) of everything under ``root`` (links not followed)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath, name)
-            st = p.lstat()
-            out[str(p.relative_to(root))] = (st.st_mode, st.st_size)
-    return out
+def _image_with_config(layers: list[Layer], config: bytes) -> Image:
+    """An OCI image whose config blob is exactly ``config`` (valid or not)."""
+    digest = sha256_digest(config)
+    manifest = {"schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,
+                "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": digest, "size": len(config)},
+                "layers": [layer.descriptor() for layer in layers]}
+    body = json.dumps(manifest, sort_keys=True).encode()
+    return Image(body, MEDIA_OCI_MANIFEST, {digest: config, **{l.digest: l.blob for l in layers}}, config)
 
 
 # -- 1 + 6: file kinds, compressions, media types; status lists every blob -----
@@ -191,7 +196,8 @@ def test_entry_kinds_whiteouts_compressions_and_docker_media_types(tmp_path, reg
         "var/cache": ("opaque",),          # hide everything below var/cache of lower layers ...
         "var/cache/c": b"c",               # ... but keep what this layer adds
     }, compression="zstd")
-    upper = Layer.from_files({"data/orig": b"v2", "lib/new": ("file", b"new", 0o640)}, compression=None)
+    upper = Layer.from_files({"data/orig": b"v2", "lib/new": ("file", b"new", 0o640)}, compression=None,
+                             uid=1234, gid=2345)
     oci = build_image([lower, middle, upper], {"Cmd": ["/bin/tool"]})
     push(registry.url, "kinds/oci", "v1", oci)
 
@@ -226,6 +232,8 @@ def test_entry_kinds_whiteouts_compressions_and_docker_media_types(tmp_path, reg
     assert (r / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert (r / "lib/new").stat().st_mode & 0o7777 == 0o640 and (r / "lib/new").read_bytes() == b"new"
     assert (r / "data/orig").read_bytes() == b"v2"  # an upper layer replaces a lower file
+    if os.geteuid() == 0:  # owners are only honoured when the agent may set them
+        assert ((r / "lib/new").stat().st_uid, (r / "lib/new").stat().st_gid) == (1234, 2345)
     tool, alias = (r / "bin/tool").stat(), (r / "bin/tool-alias").lstat()
     assert (tool.st_ino, tool.st_nlink) == (alias.st_ino, 2)
     assert os.readlink(r / "srv/link") == "app.conf" and (r / "srv/link").read_bytes() == b"port=80\n"
@@ -290,6 +298,31 @@ def test_shared_base_layer_is_fetched_and_stored_once(tmp_path, registry):  # no
         assert (r / "base/marker").read_bytes() == b"shared-base" and (r / own).is_file()
 
 
+def test_same_image_in_several_trees_is_walked_and_fetched_once(tmp_path, registry):  # noqa: F811
+    image = build_image([Layer.from_files({"same/big": os.urandom(256 << 10)}), Layer.from_files({"same/x": b"x"})])
+    index = build_index({_host_key(): image})
+    push(registry.url, "same/app", "v1", index)
+    b = ConfigBuilder()
+    reg = b.registry(registry.host)
+    for i in range(4):  # four apps on one image: their trees resolve at the same time
+        b.download_volume(b.content_tree(reg, "same/app:v1", "", "container", name=f"same-{i}"), 8 * MiB,
+                          name=f"same-vol-{i}")
+    data = tmp_path / "data"
+
+    assert _run(tmp_path, b, data) == 0  # and no task crashed on the shared manifests
+
+    st = device_status(data)
+    components = _expected_components(index)
+    for i in range(4):
+        _assert_tree_complete(st, f"same-{i}", index, refs={sha: 4 for sha in components})
+        assert (_rootfs(_volume(st, f"same-vol-{i}")) / "same/x").read_bytes() == b"x"
+    assert _cas_blobs(data) == set(components)
+    for digest in (index.digest, image.digest):
+        assert len([r for r in registry.requests() if r.method == "GET" and r.path.endswith(digest)]) == 1
+    for layer in json.loads(image.manifest)["layers"]:
+        assert len(registry.blob_gets(layer["digest"])) == 1
+
+
 # -- 3: a multi-platform index yields this device's image ------------------------
 
 
@@ -349,8 +382,7 @@ def test_tag_is_latched_until_the_content_tree_changes(tmp_path, registry):  # n
     cfg_bytes = (tmp_path / "config.json").read_bytes()
     (tmp_path / "config.json").unlink()
     (tmp_path / "config.json").write_bytes(cfg_bytes)  # a re-written file with identical content
-    assert run_cli("device", "run", "--data-dir", str(data), "--config", str(tmp_path / "config.json"),
-                   "--once").returncode == 0
+    assert _run_file(tmp_path / "config.json", data).returncode == 0
     st = device_status(data)
     assert by_name(st["content_trees"], "latched")["sha256"] == _hex(img_a.digest)
     assert len(manifest_requests()) == seen  # the tag was not asked for again
@@ -416,24 +448,33 @@ def test_hostile_layers_fail_their_volume_and_touch_nothing_outside(tmp_path, re
     up = "../../../../sentinel"  # from volumes/<tmp>/rootfs/ this climbs to tmp_path/sentinel
     bomb = Layer.from_tar(_tar(*[("file", f"zeros{i}", bytes(MiB)) for i in range(16)]))
     assert bomb.size < MiB // 4  # a small download that would unpack to 16 MiB
-    hostile = {
-        "traversal": ([Layer.from_tar(_tar(("file", "../../../../evil-trav", b"evil")))],
-                      "'..' would climb out of the root"),
-        "symlink-write": ([Layer.from_tar(_tar(("symlink", "esc", str(sentinel)),
-                                               ("file", "esc/pwned", b"evil")))],
-                          "'esc' is a symlink; refusing to go through it"),
-        "symlink-across-layers": ([Layer.from_tar(_tar(("symlink", "up", up))),
-                                   Layer.from_tar(_tar(("file", "up/pwned2", b"evil")))],
-                                  "'up' is a symlink"),
-        "hardlink-escape": ([Layer.from_tar(_tar(("hardlink", "hl", f"{up}/secret")))],
-                            "hardlink target"),
-        "hardlink-via-symlink": ([Layer.from_tar(_tar(("symlink", "s", str(sentinel)),
-                                                      ("hardlink", "hl2", "s/secret")))],
-                                 "'s' is a symlink"),
-        "whiteout-traversal": ([Layer.from_tar(_tar(("file", f"{up}/.wh.secret", b"")))],
-                               "'..' would climb out of the root"),
-        "bomb": ([bomb], "would unpack more than 4194304 bytes (maxsizebytes)"),
-    }
+    symlink_layer = Layer.from_tar(_tar(("symlink", "up", up)))
+    write_through = Layer.from_tar(_tar(("file", "up/pwned2", b"evil")))
+    crc = bytearray(Layer.from_files({"crc": b"y" * 1000}).blob)
+    crc[-8] ^= 0xFF  # the gzip trailer's CRC no longer matches (the blob digest still does)
+    corrupt = Layer.raw(bytes(crc))
+    hostile: dict[str, tuple[Image, str, Layer | None]] = {}
+
+    def bad(name: str, layers: list[Layer], phrase: str, culprit: int | None = 0) -> None:
+        hostile[name] = (build_image(layers), phrase, None if culprit is None else layers[culprit])
+
+    bad("traversal", [Layer.from_tar(_tar(("file", "../../../../evil-trav", b"evil")))],
+        "entry '../../../../evil-trav': '..' would climb out of the root")
+    bad("symlink-write", [Layer.from_tar(_tar(("symlink", "esc", str(sentinel)), ("file", "esc/pwned", b"evil")))],
+        "entry 'esc/pwned': 'esc' is a symlink; refusing to go through it")
+    bad("symlink-across-layers", [symlink_layer, write_through], "'up' is a symlink; refusing", culprit=1)
+    bad("hardlink-escape", [Layer.from_tar(_tar(("hardlink", "hl", f"{up}/secret")))],
+        f"entry 'hl': hardlink target '{up}/secret': '..' would climb out of the root")
+    bad("hardlink-via-symlink", [Layer.from_tar(_tar(("symlink", "s", str(sentinel)),
+                                                    ("hardlink", "hl2", "s/secret")))],
+        "entry 'hl2': hardlink target 's/secret': 's' is a symlink")
+    bad("whiteout-traversal", [Layer.from_tar(_tar(("file", f"{up}/.wh.secret", b"")))],
+        "'..' would climb out of the root")
+    bad("bomb", [bomb], "would unpack more than 4194304 bytes (maxsizebytes)")
+    bad("corrupt-gzip", [corrupt], "corrupt or truncated archive")
+    not_json = b"{not json"
+    hostile["config-not-json"] = (_image_with_config([Layer.from_files({"ok": b"ok"})], not_json),
+                                  "image config is not valid JSON", None)
     # Contained, so these are fine: an absolute name lands inside the rootfs (as
     # containerd does), whiteouts below a symlink cannot reach what the link points
     # at, and a directory entry replaces a symlink rather than following it.
@@ -448,8 +489,10 @@ def test_hostile_layers_fail_their_volume_and_touch_nothing_outside(tmp_path, re
     }
     b = ConfigBuilder()
     reg = b.registry(registry.host)
-    for name, layers in [*((n, ls) for n, (ls, _) in hostile.items()), *harmless.items()]:
-        push(registry.url, f"hostile/{name}", "v1", build_image(layers))
+    images = {**{n: image for n, (image, _, _) in hostile.items()},
+              **{n: build_image(layers) for n, layers in harmless.items()}}
+    for name, image in images.items():
+        push(registry.url, f"hostile/{name}", "v1", image)
         ct = b.content_tree(reg, f"hostile/{name}:v1", "", "container", name=f"img-{name}")
         b.download_volume(ct, 4 * MiB, name=name)
     data = tmp_path / "data"
@@ -458,11 +501,13 @@ def test_hostile_layers_fail_their_volume_and_touch_nothing_outside(tmp_path, re
 
     assert proc.returncode == 1
     st = device_status(data)
-    for name, (_layers, phrase) in hostile.items():
+    for name, (_image, phrase, culprit) in hostile.items():
         vol = _volume(st, name)
         assert vol["state"] == "ERROR" and vol["path"] is None, vol
         desc = vol["error"]["description"]
-        assert desc.startswith("creating volume: layer sha256:") and phrase in desc, (name, desc)
+        assert desc.startswith("creating volume: ") and phrase in desc, (name, desc)
+        if culprit is not None:
+            assert f"layer {culprit.digest}" in desc, (name, desc)
         assert by_name(st["content_trees"], f"img-{name}")["state"] == "LOADED"
     assert (_rootfs(_volume(st, "good")) / "hello").read_bytes() == b"world"
     assert (_rootfs(_volume(st, "absolute")) / str(sentinel).lstrip("/") / "evil-abs").read_bytes() == b"inside"
@@ -600,7 +645,7 @@ def test_unreachable_registry_fails_the_tree_after_bounded_retries(tmp_path):
     tree = by_name(st["content_trees"], "down")
     assert tree["state"] == "ERROR", tree
     desc = tree["error"]["description"]
-    assert f"127.0.0.1:{port}" in desc and "gave up after 2 attempts" in desc, desc
+    assert f"127.0.0.1:{port}" in desc and "cannot connect" in desc and "gave up after 2 attempts" in desc, desc
     vol = _volume(st, "down-vol")
     assert vol["state"] == "ERROR" and "gave up after 2 attempts" in vol["error"]["description"]
     assert vol["path"] is None and os.listdir(data / "volumes") == []

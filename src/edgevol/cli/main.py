@@ -65,17 +65,42 @@ def _lock_data_dir(data_dir: Path) -> int:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+@click.option("--controller", "controller_url", help="Controller URL (EVE API v2), e.g. https://ctrl:8443.")
+@click.option("--root-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The controller's root CA certificate (PEM); required with --controller.")
+@click.option("--serial", default="", help="Serial number presented when registering.")
+@click.option("--onboard-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Onboarding certificate (default: created under DATA/identity).")
+@click.option("--onboard-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--poll-interval", type=float, default=10.0, show_default=True, help="Seconds between config polls.")
+@click.option("--metrics-interval", type=float, default=60.0, show_default=True)
 def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: float, log_format: str,
-               log_level: str, progress: bool | None) -> None:
-    """Reconcile the device with its config: download content, create volumes, report."""
+               log_level: str, progress: bool | None, controller_url: str | None, root_ca: Path | None,
+               serial: str, onboard_cert: Path | None, onboard_key: Path | None, poll_interval: float,
+               metrics_interval: float) -> None:
+    """Reconcile the device with its config: download content, create volumes, report.
+
+    The config comes from --config (a file) or --controller (EVE API v2).
+    """
     from edgevol.cli.progress import ProgressView
     from edgevol.device.configsource import ConfigSource
     from edgevol.device.reconcile.agent import Agent, AgentOptions
 
+    if bool(config_path) == bool(controller_url):
+        raise click.UsageError("give exactly one of --config FILE or --controller URL")
+    if controller_url and root_ca is None:
+        raise click.UsageError("--controller needs --root-ca (the controller's root CA certificate)")
     logsetup.configure(log_format, log_level)
     lock_fd = _lock_data_dir(data_dir)
     agent = Agent(data_dir, AgentOptions(once=once))
-    source = ConfigSource(config_path, agent.dirs.checkpoint)
+    uplink = None
+    if controller_url:
+        assert root_ca is not None
+        uplink = _start_uplink(agent, controller_url, root_ca, serial, onboard_cert, onboard_key,
+                               poll_interval, metrics_interval)
+        source: Any = uplink
+    else:
+        source = ConfigSource(config_path, agent.dirs.checkpoint)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -105,9 +130,26 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
             click.echo(f"error: {source.error}", err=True)
             status = EXIT_OBJECT_ERRORS
     finally:
+        if uplink is not None:
+            uplink.stop()
         agent.close()
         os.close(lock_fd)
     sys.exit(status)
+
+
+def _start_uplink(agent: Any, url: str, root_ca: Path, serial: str, onboard_cert: Path | None,
+                  onboard_key: Path | None, poll_interval: float, metrics_interval: float) -> Any:
+    from edgevol.device.uplink.client import ControllerClient
+    from edgevol.device.uplink.identity import device_credential, onboarding_credential
+    from edgevol.device.uplink.online import Uplink, UplinkOptions
+
+    data_dir = agent.dirs.root
+    client = ControllerClient(url, root_ca.read_bytes(), device_credential(data_dir))
+    uplink = Uplink(client, agent.store, onboarding_credential(data_dir, onboard_cert, onboard_key),
+                    agent.dirs.checkpoint, UplinkOptions(serial=serial, poll_interval=poll_interval,
+                                                         metrics_interval=metrics_interval))
+    uplink.start()
+    return uplink
 
 
 def _open_store(data_dir: Path) -> Any:
@@ -158,6 +200,28 @@ def device_outbox(data_dir: Path, output: str) -> None:
             rows.append([str(it["seq"]), it["key"], content.get("state", "(deleted)" if len(content) <= 2 else ""),
                          str(content.get("progressPercentage", ""))])
         print_table(console(), "OUTBOX", ["SEQ", "OBJECT", "STATE", "PROGRESS"], rows)
+
+
+@device.command("identity")
+@data_dir_option
+@output_option
+def device_identity(data_dir: Path, output: str) -> None:
+    """Show (creating on first use) the onboarding and device certificates to register at a controller."""
+    from edgevol.device.uplink.identity import device_credential, identity_dir, onboarding_credential
+    from edgevol.trust.pki import fingerprint
+
+    onboarding = onboarding_credential(data_dir)
+    dev = device_credential(data_dir)
+    doc = {"onboarding_cert_path": str(identity_dir(data_dir) / "onboard.pem"),
+           "onboarding_cert_fingerprint": fingerprint(onboarding.cert_pem),
+           "device_cert_fingerprint": fingerprint(dev.cert_pem),
+           "onboarding_cert_pem": onboarding.cert_pem.decode()}
+    if output == "json":
+        print_json(doc)
+    else:
+        click.echo(f"onboarding certificate: {doc['onboarding_cert_path']}\n"
+                   f"  sha256 {doc['onboarding_cert_fingerprint']}\n"
+                   f"device certificate sha256 {doc['device_cert_fingerprint']}")
 
 
 @main.group()

@@ -39,6 +39,7 @@ S = m.ZSwState
 
 TERMINAL = {S.LOADED, S.CREATED_VOLUME, S.ERROR}
 MAX_PARALLEL_DOWNLOADS = 64  # the config item's upper bound
+CRASH_COOLDOWN_SECONDS = 10.0
 USAGE_REFRESH_SECONDS = 10.0
 
 
@@ -74,6 +75,7 @@ class Agent:
                                         thread_name_prefix="edgevol-work")
         self._tasks: dict[str, Future[None]] = {}
         self._failed_this_run: set[str] = set()
+        self._cooldown: dict[str, float] = {}
         self._last_usage = 0.0
         self._roots: dict[str, Descriptor] | None = None
         self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
@@ -129,13 +131,16 @@ class Agent:
         if fut.done():
             del self._tasks[key]
             exc = fut.exception()
-            if exc is not None:  # the workers catch everything they expect
+            if exc is not None:  # the workers catch everything they expect; back off on anything else
                 log.error("task crashed", task=key, error=repr(exc))
+                self._cooldown[key] = time.time() + CRASH_COOLDOWN_SECONDS
             return False
         return True
 
     def _may_retry(self, key: str, row: dict[str, Any], now: float) -> bool:
         """An object in ERROR gets one fresh try per run; after that it waits for its slow retry."""
+        if self._cooldown.get(key, 0) > now:
+            return False
         if row["state"] == S.ERROR:
             if key not in self._failed_this_run:
                 return True
@@ -304,7 +309,8 @@ class Agent:
                               max_size=v.max_size_bytes, readonly=v.readonly)
             if v.origin is VolumeOrigin.BLANK:
                 if self._may_retry(key, row, now):
-                    self._submit(key, self.builder.create, key, v, None, d.settings, _serves_containers(v, d))
+                    self._submit(key, self.builder.create, key, v, None, d.settings, _serves_containers(v, d),
+                                 self.options.once)
                 continue
             assert v.content_tree_id is not None
             ct = d.content_trees[v.content_tree_id]
@@ -313,7 +319,7 @@ class Agent:
                 continue
             if ct_row["state"] == S.LOADED:
                 if self._may_retry(key, row, now) or row["state"] != S.ERROR:
-                    self._submit(key, self.builder.create, key, v, ct, d.settings, False)
+                    self._submit(key, self.builder.create, key, v, ct, d.settings, False, self.options.once)
             elif row["state"] != S.ERROR or ct_row["state"] == S.ERROR or key not in self._failed_this_run:
                 self.store.update("volumes", ident, state=ct_row["state"], progress=ct_row["progress"],
                                   error=mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,

@@ -46,7 +46,8 @@ class VolumeBuilder:
     def usage(self, path: Path, max_size: int) -> VolumeUsage:
         return self.dirs.usage(path, max_size) if path.is_dir() else self.files.usage(path)
 
-    def create(self, key: str, v: Volume, tree: ContentTree | None, settings: Settings, directory: bool) -> None:
+    def create(self, key: str, v: Volume, tree: ContentTree | None, settings: Settings, directory: bool,
+               once: bool) -> None:
         """Build the volume; ``directory`` picks an empty directory for a blank volume of a container app."""
         ident = (v.uuid, v.generation)
         self.store.update("volumes", ident, state=S.CREATING_VOLUME, progress=0, error=None)
@@ -76,9 +77,10 @@ class VolumeBuilder:
             slow = settings.slow_retry_seconds
             log.error("volume creation failed", volume=key, error=desc)
             self.on_failure(key)
+            retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
             self.store.update("volumes", ident, state=S.ERROR, progress=0, next_retry=time.time() + slow,
                               error=error(f"creating volume: {desc}", ObjectKind.VOLUME, v.uuid, v.display_name,
-                                          retry=("free disk space; " if nospace else "") + f"retried in {slow:.0f}s"))
+                                          retry=("free disk space; " if nospace else "") + retry))
             return
         self.record_created(ident, path, volume_spec(v))
         log.info("volume created", volume=key, path=str(path))

@@ -11,6 +11,7 @@ ordinary blobs that the blob downloader fetches in parallel.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Any, Callable
 
@@ -76,6 +77,9 @@ class ContainerResolver:
         self.cas = cas
         self.clients = clients
         self.on_failure = on_failure
+        # Trees naming the same image walk the same manifests at once: one fetch and store per digest.
+        self._guard = threading.Lock()
+        self._digest_locks: dict[str, threading.Lock] = {}
 
     def resolve(self, key: str, ct: ContentTree, ds: Datastore, settings: Settings, once: bool) -> None:
         row = self.store.get("content_trees", ct.uuid)
@@ -141,6 +145,13 @@ class ContainerResolver:
     def _manifest(self, client: RegistryClient, repository: str, digest: str,
                   media_type: str | None) -> tuple[str, bytes]:
         hexd = _hex(digest)
+        with self._guard:
+            lock = self._digest_locks.setdefault(hexd, threading.Lock())
+        with lock:
+            return self._manifest_locked(client, repository, digest, hexd, media_type)
+
+    def _manifest_locked(self, client: RegistryClient, repository: str, digest: str, hexd: str,
+                         media_type: str | None) -> tuple[str, bytes]:
         row = self.store.get("blobs", hexd)
         if self.cas.has(hexd) and row is not None and row["media_type"]:
             return row["media_type"], self.cas.blob_path(hexd).read_bytes()

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from edgevol.api import messages as m
-from edgevol.trust.envelope import AuthError, open_message, seal_message, trusted_signer
-from edgevol.trust.pki import Credential, TrustError, cert_hash
+from edgevol.trust.envelope import AuthError, cert_lookup, open_controller_certs, open_message, seal_message
+from edgevol.trust.pki import Credential, TrustError
 
 PROTO = "application/x-proto-binary"
 
@@ -74,23 +74,14 @@ class ControllerClient:
             if resp.status_code != 200:
                 raise self._refused(resp, "certs")
             try:
-                certs = m.ZControllerCert.FromString(self._unsigned_payload(resp.content))
-                self._signer_pem = trusted_signer(certs, self.root_ca_pem)
-            except (TrustError, AuthError, ValueError) as exc:
+                _certs, self._signer_pem = open_controller_certs(resp.content, self.root_ca_pem)
+            except (TrustError, AuthError) as exc:
                 raise ControllerError(f"controller certificates are not trusted: {exc}", 495) from exc
         return self._signer_pem
 
-    @staticmethod
-    def _unsigned_payload(data: bytes) -> bytes:
-        """The certs answer is an AuthContainer too; its payload carries the chain we then verify."""
-        container = m.AuthContainer.FromString(data)
-        return container.protectedPayload.payload
-
     def _verify(self, data: bytes, msg_type: Any) -> Any:
-        signer = self.signer()
-        want = {cert_hash(signer, 16): signer, cert_hash(signer, 32): signer}
         try:
-            msg, _ = open_message(data, msg_type, lambda h: want.get(bytes(h)))
+            msg, _ = open_message(data, msg_type, cert_lookup([self.signer()]))
         except AuthError as exc:
             raise ControllerError(f"answer not signed by the controller: {exc}", 495) from exc
         return msg

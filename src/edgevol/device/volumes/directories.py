@@ -83,7 +83,10 @@ class DirectoryVolumes:
                            progress: Callable[[int, int], None] | None = None) -> Path:
         """Unpack ``layers`` (path, media type, digest) in order; cap total bytes at ``max_bytes``."""
         def fill(d: Path) -> None:
-            json.loads(config)  # refuse a config that is not JSON before it lands beside the rootfs
+            try:  # refuse a config that is not JSON before it lands beside the rootfs
+                json.loads(config)
+            except ValueError as exc:  # a VolumeError, so the volume fails instead of its task crashing
+                raise VolumeError(f"image config is not valid JSON: {exc}") from None
             try:
                 unpack_layers(d / "rootfs", layers, UnpackLimits(max_bytes=max_bytes), progress)
             except UnpackError as exc:

@@ -292,7 +292,7 @@ def _guarded_tarinfo() -> type[tarfile.TarInfo]:
     return _Guarded
 
 
-_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, _HeaderTooBig)
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, _HeaderTooBig)
 
 
 def apply_layer(
