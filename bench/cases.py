@@ -24,7 +24,8 @@ from bench.harness import Runs, run_timed
 from bench.report import Table, derived_cells, fmt_bytes, fmt_mb, fmt_ratio, fmt_s, runs_cells
 from tests.configs import ConfigBuilder, sha256_file
 
-__all__ = ["Env", "blank_volumes", "download", "startup_table", "volume_from_qcow2"]
+__all__ = ["Env", "blank_volumes", "display_cmd", "download", "edgevol_cmd", "log_span", "net_row", "spans_row",
+           "startup_table", "volume_from_qcow2"]
 
 GiB = 1 << 30
 # What `edgevol device run` imports before it does any work (cli.main at top level, the rest in the command).
@@ -89,7 +90,7 @@ def display_cmd(data: str, config: str) -> str:
     return f"edgevol device run --data-dir {data} --config {config} --once"
 
 
-def _log_span(log: Path, start_event: str, end_event: str) -> float | None:
+def log_span(log: Path, start_event: str, end_event: str) -> float | None:
     """Seconds between two structured log events of the agent (first start, last end)."""
     start = end = None
     for line in log.read_text(errors="replace").splitlines():
@@ -133,7 +134,7 @@ def startup_table(env: Env) -> Table:
     t = Table("Agent start-up overhead",
               "`edgevol device run --once` with a valid config that lists no objects, on a fresh data dir: "
               "interpreter start, imports, creating the state database and CAS layout, one reconcile pass, "
-              "exit. One such run is made in every repetition of benchmarks 1 and 2, right before the run it "
+              "exit. One such run is made in every repetition of benchmarks 1, 2 and 4, right before the run it "
               "is subtracted from; this table pools them all.")
     t.rows.append(runs_cells(display_cmd("D", "empty.pb"), env.startup))
     t.rows.append(runs_cells("python -c pass", env.interpreter))
@@ -142,7 +143,7 @@ def startup_table(env: Env) -> Table:
     return t
 
 
-def _net(label: str, totals: list[float], refs: list[float], n_bytes: int | None = None) -> tuple[list[str], float]:
+def net_row(label: str, totals: list[float], refs: list[float], n_bytes: int | None = None) -> tuple[list[str], float]:
     """Row and median of per-repetition differences (run minus its own reference run)."""
     diffs = [a - b for a, b in zip(totals, refs)]
     net = statistics.median(diffs)
@@ -175,7 +176,7 @@ DOWNLOAD_FLOORS = [
 UNHASHED = {"floor-net", "floor-disk"}  # the only commands that print no digest
 
 
-def _spans_row(label: str, spans: list[float], n_bytes: int | None) -> list[str]:
+def spans_row(label: str, spans: list[float], n_bytes: int | None) -> list[str]:
     row = derived_cells(label, statistics.median(spans), n_bytes)
     row[2] = ", ".join(f"{x:.3f}" for x in spans)
     return row
@@ -201,7 +202,7 @@ def download(env: Env) -> list[Table]:
         ev.add(run_timed(edgevol_cmd(data, cfg), log))
         if sha256_file(data / "cas" / "blobs" / "sha256" / digest) != digest:
             raise RuntimeError("edgevol's blob does not match the source")
-        span = _log_span(log, "download started", "blob loaded")
+        span = log_span(log, "download started", "blob loaded")
         if span is not None:
             inner.append(span)
         shutil.rmtree(data)
@@ -220,10 +221,10 @@ def download(env: Env) -> list[Table]:
               "same URL from the same `edgevol.tools.httpserve` process. Ratios: edgevol time ÷ baseline time "
               "(above 1 means edgevol is slower); *gross* uses the whole process, *net* subtracts start-up.")
     t.rows.append(runs_cells(display_cmd("D", "download.pb"), ev, size))
-    row, net = _net(f"edgevol net of start-up (median {fmt_s(statistics.median(refs))} s)", ev.seconds, refs, size)
+    row, net = net_row(f"edgevol net of start-up (median {fmt_s(statistics.median(refs))} s)", ev.seconds, refs, size)
     t.rows.append(row)
     if inner:
-        t.rows.append(_spans_row("edgevol, agent log: `download started` → `blob loaded`", inner, size))
+        t.rows.append(spans_row("edgevol, agent log: `download started` → `blob loaded`", inner, size))
     for name, _, label in DOWNLOAD_BASELINES:
         runs = measured[name]
         ratio = f"{fmt_ratio(ev.median, runs.median)} gross, {fmt_ratio(net, runs.median)} net"
@@ -291,7 +292,7 @@ def blank_volumes(env: Env, blank_size: int) -> Table:
             data = env.scratch(f"blank-{fmt}")
             log = env.log(f"blank-{fmt}-edgevol-{i}")
             ev[fmt].add(run_timed(edgevol_cmd(data, cfg), log))
-            span = _log_span(log, "config applied", "volume created")
+            span = log_span(log, "config applied", "volume created")
             if span is not None:
                 spans[fmt].append(span)
             ev_disk[fmt] = _disk_use(_only_volume(data))
@@ -311,11 +312,11 @@ def blank_volumes(env: Env, blank_size: int) -> Table:
     in_agent: dict[str, float | None] = {}
     for fmt in configs:
         t.rows.append(runs_cells(f"edgevol, {fmt}", ev[fmt], disk=ev_disk[fmt]))
-        row, net = _net(f"edgevol, {fmt}, net of start-up", ev[fmt].seconds, refs)
+        row, net = net_row(f"edgevol, {fmt}, net of start-up", ev[fmt].seconds, refs)
         t.rows.append(row)
         in_agent[fmt] = statistics.median(spans[fmt]) if spans[fmt] else None
         if spans[fmt]:
-            t.rows.append(_spans_row(f"edgevol, {fmt}, agent log: `config applied` → `volume created`",
+            t.rows.append(spans_row(f"edgevol, {fmt}, agent log: `config applied` → `volume created`",
                                      spans[fmt], None))
         label = " ".join(baselines[fmt]).replace(str(base), "X").replace(str(blank_size), f"{blank_size // GiB}G")
         ratio = f"{fmt_ratio(ev[fmt].median, bl[fmt].median)} gross"
@@ -372,7 +373,7 @@ def volume_from_qcow2(env: Env) -> Table:
         noop.add(run_timed(edgevol_cmd(data, load_cfg), env.log(f"qcow2-noop-{i}")))
         log = env.log(f"qcow2-volume-{i}")
         ev.add(run_timed(edgevol_cmd(data, vol_cfg), log))
-        span = _log_span(log, "config applied", "volume created")
+        span = log_span(log, "config applied", "volume created")
         if span is not None:
             inner.append(span)
         volume = _only_volume(data)
@@ -401,10 +402,10 @@ def volume_from_qcow2(env: Env) -> Table:
               "÷ time.")
     t.rows.append(runs_cells(display_cmd("D", "qcow2-load.pb") + " (re-run, nothing to do)", noop))
     t.rows.append(runs_cells(display_cmd("D", "qcow2-volume.pb"), ev, image_size, disk=ev_disk))
-    row, net = _net("edgevol volume step, net of re-run", ev.seconds, noop.seconds, image_size)
+    row, net = net_row("edgevol volume step, net of re-run", ev.seconds, noop.seconds, image_size)
     t.rows.append(row)
     if inner:
-        t.rows.append(_spans_row("edgevol, agent log: `config applied` → `volume created`", inner, image_size))
+        t.rows.append(spans_row("edgevol, agent log: `config applied` → `volume created`", inner, image_size))
     for name, template in rows_spec:
         label = template.format(src="BLOB", dst="X")
         t.rows.append(runs_cells(label, base[name], image_size, disk=base_disk[name],

@@ -74,6 +74,9 @@ def facts(work_dir: Path, repo: Path) -> list[tuple[str, str]]:
         ("Python", sys.version.split()[0]),
         ("qemu-img", _first_line(["qemu-img", "--version"])),
         ("curl", _first_line(["curl", "--version"])),
+        ("Container tools", "; ".join(_first_line(c) for c in (["skopeo", "--version"], ["umoci", "--version"],
+                                                               ["tar", "--version"], ["/usr/bin/docker-registry",
+                                                                                     "--version"]))),
         ("Work dir filesystem", _filesystem(work_dir)),
         ("edgevol", f"{_edgevol_version()}, {_git_commit(repo)}"),
     ]

@@ -1,8 +1,9 @@
 """Run the edgevol benchmarks and write BENCHMARKS.md.
 
-    .venv/bin/python bench/run.py [--size-gib 1] [--reps 3] [--blank-gib 100] [--out BENCHMARKS.md] [--keep]
+    .venv/bin/python bench/run.py [--size-gib 1] [--reps 3] [--blank-gib 100] [--image-mb 300]
+                                  [--only download,blank,qcow2,pull,unpack|container] [--out BENCHMARKS.md] [--keep]
 
-Everything (the loopback datastore server, edgevol, the baselines) runs as
+Everything (the loopback datastore server and registry, edgevol, the baselines) runs as
 children of this one process on this machine, one command at a time. Data
 goes under bench/out/ and is deleted at the end unless --keep is given.
 Not a test: nothing here asserts on time.
@@ -11,6 +12,7 @@ Not a test: nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -20,11 +22,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for the bench package and tests.configs (the shared ConfigBuilder)
 
-from bench import cases, machine  # noqa: E402
+from bench import cases, containers, machine  # noqa: E402
 from bench.report import render  # noqa: E402
 
 GiB = 1 << 30
+MB = 1_000_000
 OUT_DIR = REPO / "bench" / "out"
+
+
+BENCHMARKS = {"download": "download", "blank": "blank volumes", "qcow2": "volume from qcow2",
+              "pull": "container pull", "unpack": "rootfs unpack"}  # --only name -> progress label
+ALIASES = {"container": ["pull", "unpack"]}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -32,11 +40,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size-gib", type=float, default=1.0, help="blob / image size for benchmarks 1 and 3")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
     p.add_argument("--blank-gib", type=int, default=100, help="size of the blank volume in benchmark 2")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown report to write")
+    p.add_argument("--image-mb", type=int, default=300, help="container image content for benchmarks 4 and 5")
+    p.add_argument("--only", default="", metavar="NAMES",
+                   help=f"comma-separated subset of {', '.join(BENCHMARKS)} ('container' = pull,unpack); "
+                        "default: all. A partial report needs --out")
+    p.add_argument("--out", type=Path, default=None, help="markdown report to write (default BENCHMARKS.md)")
     p.add_argument("--keep", action="store_true", help="leave bench/out/ (data, logs) in place")
     args = p.parse_args(argv)
-    if args.reps < 1 or args.size_gib <= 0 or args.blank_gib <= 0:
-        p.error("--reps, --size-gib and --blank-gib must be positive")
+    if args.reps < 1 or args.size_gib <= 0 or args.blank_gib <= 0 or args.image_mb <= 0:
+        p.error("--reps, --size-gib, --blank-gib and --image-mb must be positive")
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    names = [x for n in names for x in (ALIASES.get(n) or [n])]
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    args.only = [n for n in BENCHMARKS if n in names] if names else list(BENCHMARKS)
+    if args.out is None:
+        if names:
+            p.error("--only writes a partial report: give --out (so BENCHMARKS.md keeps every benchmark)")
+        args.out = REPO / "BENCHMARKS.md"
     return args
 
 
@@ -44,8 +66,9 @@ def _command(args: argparse.Namespace) -> str:
     out = args.out.resolve()
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
     size = f"{args.size_gib:g}"
+    only = "" if args.only == list(BENCHMARKS) else f" --only {','.join(args.only)}"
     return (f"cd {REPO} && .venv/bin/python bench/run.py --size-gib {size} --reps {args.reps} "
-            f"--blank-gib {args.blank_gib} --out {shown}")
+            f"--blank-gib {args.blank_gib} --image-mb {args.image_mb}{only} --out {shown}")
 
 
 def _start_server(root: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
@@ -64,7 +87,8 @@ METHOD = [
     "Each measurement is repeated `--reps` times; tables show the median and every run. Repetitions "
     "interleave edgevol and its baselines.",
     "All processes are children of `bench/run.py`, run one at a time; the HTTP datastore is "
-    "`python -m edgevol.tools.httpserve` on 127.0.0.1 in its own process, shared by edgevol and curl.",
+    "`python -m edgevol.tools.httpserve` on 127.0.0.1 in its own process, shared by edgevol and curl; the OCI "
+    "registry is Debian's `/usr/bin/docker-registry` on 127.0.0.1, shared by edgevol and skopeo.",
     "`sync` is called (untimed) before every timed command so dirty pages of the previous one are not billed "
     "to it. Page caches are warm: inputs were just written, as on a device that just received them.",
     "Wall time is measured around the child process with `time.perf_counter`; CPU time is the `wait4()` "
@@ -89,18 +113,33 @@ def main(argv: list[str] | None = None) -> int:
         env = cases.Env(out=OUT_DIR, datastore=datastore, url=url, reps=args.reps, size=int(args.size_gib * GiB))
         print(f"datastore at {url}; {args.reps} reps", flush=True)
         tables = []
-        for name, run in (("download", lambda: cases.download(env)),
-                          ("blank volumes", lambda: cases.blank_volumes(env, args.blank_gib * GiB)),
-                          ("volume from qcow2", lambda: cases.volume_from_qcow2(env))):
-            t0 = time.monotonic()
-            result = run()
-            tables.extend(result if isinstance(result, list) else [result])
-            print(f"{name}: done in {time.monotonic() - t0:.0f} s", flush=True)
-        tables.insert(0, cases.startup_table(env))
-        env.summary.append(f"Agent start-up (`device run --once`, empty config, fresh data dir): "
-                           f"{env.startup.median:.3f} s median, of which importing its modules takes "
-                           f"{env.imports.median:.3f} s (bare interpreter {env.interpreter.median:.3f} s). It is "
-                           "paid once per process: it matters for `--once` jobs, not for the daemon.")
+        with contextlib.ExitStack() as stack:
+            image: list[containers.PublishedImage] = []
+
+            def container_image() -> containers.PublishedImage:
+                """Generated and pushed on first use; the registry stops when the stack closes."""
+                if not image:
+                    t0 = time.monotonic()
+                    image.append(stack.enter_context(containers.published_image(env, args.image_mb * MB)))
+                    print(f"image generated and pushed in {time.monotonic() - t0:.0f} s", flush=True)
+                return image[0]
+
+            runners = {"download": lambda: cases.download(env),
+                       "blank": lambda: cases.blank_volumes(env, args.blank_gib * GiB),
+                       "qcow2": lambda: cases.volume_from_qcow2(env),
+                       "pull": lambda: containers.pull_image(env, container_image()),
+                       "unpack": lambda: containers.unpack_rootfs(env, container_image())}
+            for name in args.only:
+                t0 = time.monotonic()
+                result = runners[name]()
+                tables.extend(result if isinstance(result, list) else [result])
+                print(f"{BENCHMARKS[name]}: done in {time.monotonic() - t0:.0f} s", flush=True)
+        if env.startup.samples:
+            tables.insert(0, cases.startup_table(env))
+            env.summary.append(f"Agent start-up (`device run --once`, empty config, fresh data dir): "
+                               f"{env.startup.median:.3f} s median, of which importing its modules takes "
+                               f"{env.imports.median:.3f} s (bare interpreter {env.interpreter.median:.3f} s). It "
+                               "is paid once per process: it matters for `--once` jobs, not for the daemon.")
         text = render(machine.facts(OUT_DIR, REPO), _command(args), METHOD, tables, env.summary)
         args.out.write_text(text)
         print(f"wrote {args.out} after {time.monotonic() - began:.0f} s", flush=True)

@@ -255,6 +255,33 @@ def config_validate(path: Path, output: str) -> None:
 
 
 @main.group()
+def controller() -> None:
+    """The controller: EVE API v2 for devices, admin API for operators."""
+
+
+@controller.command("run")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              envvar="EDGEVOL_CONTROLLER_DIR", help="Keys, admin token and (by default) the SQLite database.")
+@click.option("--db", "db_url", envvar="EDGEVOL_DB", help="Database URL (default: SQLite in --data-dir); "
+              "postgresql://user@host/db for fleets.")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
+@click.option("--tls/--no-tls", default=None, help="Default: TLS unless listening on loopback.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | None, log_format: str) -> None:
+    """Serve devices and operators until stopped."""
+    from edgevol.controller.context import load_context
+    from edgevol.controller.server import serve
+
+    logsetup.configure(log_format, "info")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.UsageError(f"--listen wants HOST:PORT, not {listen!r}")
+    ctx = load_context(data_dir, db_url)
+    click.echo(f"root CA for devices: {ctx.root_ca_path}\nadmin token: {data_dir / 'admin.token'}", err=True)
+    serve(ctx, host.strip("[]"), int(port), tls=tls)
+
+
+@main.group()
 def datastore() -> None:
     """Local datastores, for demos and tests."""
 

@@ -1,0 +1,119 @@
+"""Input checks for the store: names, UUIDs, sizes, digests, enums, certificates.
+
+Why reuse the device's validators (``edgevol.model.parse``): the controller
+should refuse exactly what a device would refuse, with the same words.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography import x509
+
+from edgevol.controller.db.errors import Invalid
+from edgevol.controller.db.models import NAME_LEN
+from edgevol.model import parse
+
+MAX_NAME = NAME_LEN
+INT64_MAX = (1 << 63) - 1
+
+
+def check_name(value: str, what: str) -> str:
+    """Names are what operators type and see: non-empty, bounded, printable."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"{what} name must not be empty")
+    if len(value) > MAX_NAME:
+        raise Invalid(f"{what} name is longer than {MAX_NAME} characters")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise Invalid(f"{what} name {value!r} contains control characters")
+    return value
+
+
+def new_uuid(value: str | None, what: str) -> str:
+    """A fresh uuid4, or the caller's one in canonical form (for imports)."""
+    if value is None:
+        return str(uuidlib.uuid4())
+    try:
+        return parse.canonical_uuid(value, f"{what} uuid")
+    except parse.Invalid as exc:
+        raise Invalid(str(exc)) from None
+
+
+def is_uuid(ref: str) -> bool:
+    try:
+        parse.canonical_uuid(ref)
+        return True
+    except parse.Invalid:
+        return False
+
+
+def check_size(value: int, what: str) -> int:
+    """A byte size or counter: an int, not negative, not absurd."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"{what} must be an integer, not {value!r}")
+    try:
+        return parse.check_size(value, what)
+    except parse.Invalid as exc:
+        raise Invalid(str(exc)) from None
+
+
+def check_sha256(value: str | None) -> str | None:
+    """Lowercase hex digest, or ``None`` for none."""
+    try:
+        return parse.canonical_sha256(value or "")
+    except parse.Invalid as exc:
+        raise Invalid(str(exc)) from None
+
+
+def enum_number(wrapper: Any, value: int | str, what: str) -> int:
+    """Accept an enum's number or name (``2``, ``"DsHttps"``); refuse unknown and 0 (unspecified)."""
+    try:
+        number = wrapper.Value(value) if isinstance(value, str) else int(value)
+        wrapper.Name(number)
+    except (ValueError, TypeError):
+        raise Invalid(f"{what} {value!r} is unknown (known: {', '.join(wrapper.keys()[1:])})") from None
+    if number == 0:
+        raise Invalid(f"{what} must not be {wrapper.Name(0)}")
+    return number
+
+
+def check_cert_pem(pem: bytes, what: str) -> bytes:
+    """Parse to be sure it is a certificate, but keep the exact bytes: their sha256 is the identity."""
+    if not isinstance(pem, bytes) or not pem:
+        raise Invalid(f"{what} must be PEM bytes")
+    try:
+        x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise Invalid(f"{what} is not a PEM X.509 certificate: {exc}") from None
+    return pem
+
+
+def check_ca_pems(pems: Iterable[bytes | str]) -> list[str]:
+    """Datastore CA certificates, kept as PEM text (JSON column)."""
+    out = []
+    for pem in pems:
+        text = pem.decode("ascii", "replace") if isinstance(pem, bytes) else pem
+        if "\ufffd" in text or "-----BEGIN CERTIFICATE-----" not in text:
+            raise Invalid("a datastore CA certificate must be an ASCII PEM certificate")
+        check_cert_pem(text.encode("ascii"), "datastore CA certificate")
+        out.append(text)
+    return out
+
+
+def prefix_range(column: Any, prefix: bytes) -> Any:
+    """``column`` starts with ``prefix``, written as a range so the index is used."""
+    cond = column >= prefix
+    upper = bytearray(prefix)
+    while upper and upper[-1] == 0xFF:
+        upper.pop()
+    if upper:
+        upper[-1] += 1
+        cond = cond & (column < bytes(upper))
+    return cond
+
+
+def clamp(value: int) -> int:
+    """uint64 from the wire into a signed 64-bit column."""
+    return min(int(value), INT64_MAX)

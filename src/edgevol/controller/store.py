@@ -1,0 +1,792 @@
+"""The controller's storage API: desired objects per device, and what devices report.
+
+Why this shape:
+- Every method is one transaction and returns frozen records, never ORM objects.
+- Every change to what a device should run bumps that device's
+  ``config_version`` (so its config hash changes and it downloads again).
+- Before committing a create or update, the store builds the config the
+  device would receive and runs the device's own parser on it: the operator
+  hears "sha256 is required for RAW content" now, not as a device error later.
+- Refusals are exceptions with messages meant for the operator:
+  :class:`NotFound`, :class:`Conflict` (in use, duplicate, already
+  registered) and :class:`Invalid` (a value the device would refuse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from edgevol.api import messages as m
+from edgevol.controller import records as r
+from edgevol.controller.configbuild import config_from_snapshot
+from edgevol.controller.db import checks as ck
+from edgevol.controller.db import convert as cv
+from edgevol.controller.db import infomsg
+from edgevol.controller.db import models as db
+from edgevol.controller.db.errors import Conflict, Invalid, NotFound, StoreError
+from edgevol.controller.db.session import WRITE_OPTION, make_engine, migrate, normalize_url, session_factory
+from edgevol.model import parse
+from edgevol.model.desired import ObjectKind
+
+__all__ = ["UNSET", "Conflict", "ControllerStore", "Invalid", "NotFound", "StoreError"]
+
+MAX_NAME = ck.MAX_NAME
+
+T = TypeVar("T")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # "leave this field as it is" in update_* calls
+
+
+# ---------------------------------------------------------------- the store
+
+
+class ControllerStore:
+    """All controller state, in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://...``)."""
+
+    def __init__(self, url: str, *, history_limit: int = 50,
+                 metrics_retention: timedelta = timedelta(days=7), metrics_per_volume: int = 1000,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url)
+        self._sessions = session_factory(self.engine)
+        self.history_limit = history_limit
+        self.metrics_retention = metrics_retention
+        self.metrics_per_volume = metrics_per_volume
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (idempotent)."""
+        migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> ControllerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    # -- transactions
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            yield s
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            s.connection(execution_options={WRITE_OPTION: True})
+            try:
+                yield s
+                s.commit()
+            except IntegrityError as exc:
+                s.rollback()
+                # Checks before each write give the clear messages; this catches races.
+                raise Conflict(f"the change conflicts with what is stored (a concurrent change?): "
+                               f"{exc.orig}") from None
+
+    # -- lookups inside a session
+
+    def _device(self, s: Session, ref: str) -> db.Device:
+        q = select(db.Device)
+        found = None
+        if ck.is_uuid(ref):
+            found = s.scalars(q.where(db.Device.uuid == ref.lower())).one_or_none()
+        if found is None:
+            found = s.scalars(q.where(db.Device.name == ref)).one_or_none()
+        if found is None:
+            raise NotFound(f"device {ref!r} not found")
+        return found
+
+    def _datastore(self, s: Session, ref: str) -> db.Datastore:
+        found = s.get(db.Datastore, ref.lower()) if ck.is_uuid(ref) else None
+        if found is None:
+            found = s.scalars(select(db.Datastore).where(db.Datastore.name == ref)).one_or_none()
+        if found is None:
+            raise NotFound(f"datastore {ref!r} not found")
+        return found
+
+    def _owned(self, s: Session, model: type[T], what: str, ref: str, device: str | None) -> T:
+        """A content tree, volume or app by uuid, or by name on ``device``."""
+        dev = self._device(s, device) if device is not None else None
+        found: Any = s.get(model, ref.lower()) if ck.is_uuid(ref) else None
+        if found is not None and dev is not None and found.device_uuid != dev.uuid:
+            found = None
+        if found is None and dev is not None:
+            found = s.scalars(select(model).where(model.device_uuid == dev.uuid,  # type: ignore[attr-defined]
+                                                  model.name == ref)).one_or_none()  # type: ignore[attr-defined]
+        if found is None:
+            where = f" on device {device!r}" if device is not None else ""
+            hint = "" if device is not None or ck.is_uuid(ref) else " (give the device to look up by name)"
+            raise NotFound(f"{what} {ref!r} not found{where}{hint}")
+        return found  # type: ignore[no-any-return]
+
+    def _app_rec(self, s: Session, a: db.App) -> r.App:
+        refs = s.scalars(select(db.AppVolumeRef).where(db.AppVolumeRef.app_uuid == a.uuid)
+                         .order_by(db.AppVolumeRef.position)).all()
+        return r.App(uuid=a.uuid, device_uuid=a.device_uuid, name=a.name, activate=a.activate,
+                     purge_counter=a.purge_counter,
+                     volume_refs=tuple(r.VolumeRef(x.volume_uuid, x.generation_count) for x in refs),
+                     created_at=a.created_at)
+
+    def _name_free(self, s: Session, model: Any, what: str, name: str, device_uuid: str | None = None,
+                   but: str | None = None) -> None:
+        q = select(model.uuid).where(model.name == name)
+        if device_uuid is not None:
+            q = q.where(model.device_uuid == device_uuid)
+        if but is not None:
+            q = q.where(model.uuid != but)
+        if s.scalars(q).first() is not None:
+            where = " on this device" if device_uuid is not None else ""
+            raise Conflict(f"a {what} named {name!r} already exists{where}")
+
+    def _bump(self, s: Session, device_uuids: Iterable[str]) -> None:
+        ids = sorted(set(device_uuids))
+        if ids:
+            s.execute(update(db.Device).where(db.Device.uuid.in_(ids))
+                      .values(config_version=db.Device.config_version + 1))
+
+    def _snapshot(self, s: Session, dev: db.Device) -> r.ConfigSnapshot:
+        trees = s.scalars(select(db.ContentTree).where(db.ContentTree.device_uuid == dev.uuid)
+                          .order_by(db.ContentTree.name, db.ContentTree.uuid)).all()
+        ds_ids = {t.datastore_uuid for t in trees}
+        stores = s.scalars(select(db.Datastore).where(db.Datastore.uuid.in_(ds_ids))
+                           .order_by(db.Datastore.name, db.Datastore.uuid)).all() if ds_ids else []
+        vols = s.scalars(select(db.Volume).where(db.Volume.device_uuid == dev.uuid)
+                         .order_by(db.Volume.name, db.Volume.uuid)).all()
+        apps = s.scalars(select(db.App).where(db.App.device_uuid == dev.uuid)
+                         .order_by(db.App.name, db.App.uuid)).all()
+        return r.ConfigSnapshot(device=cv.device_rec(dev), datastores=tuple(cv.ds_rec(d) for d in stores),
+                                content_trees=tuple(cv.ct_rec(t) for t in trees),
+                                volumes=tuple(cv.vol_rec(v) for v in vols),
+                                apps=tuple(self._app_rec(s, a) for a in apps))
+
+    def _validate(self, s: Session, device_uuid: str, touched: set[tuple[ObjectKind, str]], label: str) -> None:
+        """Refuse the change if the device's parser would reject one of the ``touched`` objects."""
+        s.flush()
+        dev = s.get(db.Device, device_uuid)
+        assert dev is not None
+        s.refresh(dev)
+        state = parse.parse_config(config_from_snapshot(self._snapshot(s, dev)))
+        bad = [e.message for e in state.errors if (e.kind, e.object_id) in touched]
+        if bad:
+            raise Invalid(f"{label}: {'; '.join(bad)}")
+
+    # ================================================================ devices
+
+    def create_device(self, name: str, serial: str = "", onboard_cert_pem: bytes | None = None, *,
+                      uuid: str | None = None) -> r.Device:
+        """A device the controller expects; it registers later with ``onboard_cert_pem`` and ``serial``."""
+        ck.check_name(name, "device")
+        if len(serial) > MAX_NAME:
+            raise Invalid(f"serial is longer than {MAX_NAME} characters")
+        pem = ck.check_cert_pem(onboard_cert_pem, "onboarding certificate") if onboard_cert_pem is not None else None
+        digest = hashlib.sha256(pem).digest() if pem is not None else None
+        with self._write() as s:
+            self._name_free(s, db.Device, "device", name)
+            dev_uuid = ck.new_uuid(uuid, "device")
+            if s.get(db.Device, dev_uuid) is not None:
+                raise Conflict(f"a device with uuid {dev_uuid} already exists")
+            if digest is not None:
+                other = s.scalars(select(db.Device).where(db.Device.onboard_cert_hash == digest,
+                                                          db.Device.serial == serial)).first()
+                if other is not None:
+                    raise Conflict(f"device {other.name!r} already uses this onboarding certificate "
+                                   f"with serial {serial!r}")
+            dev = db.Device(uuid=dev_uuid, name=name, serial=serial, onboard_cert_pem=pem,
+                            onboard_cert_hash=digest, created_at=self.now(), config_version=1)
+            s.add(dev)
+            s.flush()
+            return cv.device_rec(dev)
+
+    def get_device(self, ref: str) -> r.Device:
+        """By uuid or name."""
+        with self._read() as s:
+            return cv.device_rec(self._device(s, ref))
+
+    def list_devices(self) -> list[r.Device]:
+        with self._read() as s:
+            return [cv.device_rec(d) for d in s.scalars(select(db.Device).order_by(db.Device.name))]
+
+    def update_device(self, ref: str, *, name: str = UNSET, serial: str = UNSET,
+                      onboard_cert_pem: bytes | None = UNSET) -> r.Device:
+        """Rename, or change what the device onboards with (nothing the device's config carries)."""
+        with self._write() as s:
+            dev = self._device(s, ref)
+            if name is not UNSET:
+                self._name_free(s, db.Device, "device", ck.check_name(name, "device"), but=dev.uuid)
+                dev.name = name
+            if serial is not UNSET:
+                if len(serial) > MAX_NAME:
+                    raise Invalid(f"serial is longer than {MAX_NAME} characters")
+                dev.serial = serial
+            if onboard_cert_pem is not UNSET:
+                pem = ck.check_cert_pem(onboard_cert_pem, "onboarding certificate") if onboard_cert_pem else None
+                dev.onboard_cert_pem = pem
+                dev.onboard_cert_hash = hashlib.sha256(pem).digest() if pem else None
+            if dev.onboard_cert_hash is not None:
+                other = s.scalars(select(db.Device).where(db.Device.onboard_cert_hash == dev.onboard_cert_hash,
+                                                          db.Device.serial == dev.serial,
+                                                          db.Device.uuid != dev.uuid)).first()
+                if other is not None:
+                    raise Conflict(f"device {other.name!r} already uses this onboarding certificate "
+                                   f"with serial {dev.serial!r}")
+            s.flush()
+            return cv.device_rec(dev)
+
+    def delete_device(self, ref: str) -> None:
+        """Remove the device with everything it owns and everything it reported."""
+        with self._write() as s:
+            dev = self._device(s, ref)
+            s.execute(delete(db.Device).where(db.Device.uuid == dev.uuid))
+
+    def register(self, onboard_cert_hash: bytes, serial: str, device_cert_pem: bytes) -> r.Device:
+        """Bind a device certificate to the device expecting this onboarding cert and serial.
+
+        Idempotent for the same device certificate (a device retries when it
+        missed the answer); :class:`Conflict` for a different one.
+        """
+        if len(onboard_cert_hash) not in (16, 32):
+            raise Invalid("the onboarding certificate hash must be 16 or 32 bytes of sha256")
+        pem = ck.check_cert_pem(device_cert_pem, "device certificate")
+        digest = hashlib.sha256(pem).digest()
+        with self._write() as s:
+            found = s.scalars(select(db.Device).where(ck.prefix_range(db.Device.onboard_cert_hash, onboard_cert_hash),
+                                                      db.Device.serial == serial).with_for_update()).all()
+            if not found:
+                raise NotFound(f"no device expects onboarding certificate {onboard_cert_hash.hex()} "
+                               f"with serial {serial!r}")
+            if len(found) > 1:
+                raise Conflict("the short onboarding certificate hash matches several devices; use 32 bytes")
+            dev = found[0]
+            if dev.device_cert_hash == digest:
+                return cv.device_rec(dev)
+            if dev.device_cert_pem is not None:
+                raise Conflict(f"device {dev.name!r} is already registered with a different certificate")
+            other = s.scalars(select(db.Device).where(db.Device.device_cert_hash == digest)).first()
+            if other is not None:
+                raise Conflict(f"this device certificate is already registered to device {other.name!r}")
+            dev.device_cert_pem, dev.device_cert_hash, dev.registered_at = pem, digest, self.now()
+            s.flush()
+            return cv.device_rec(dev)
+
+    def device_by_cert_hash(self, cert_hash: bytes) -> r.Device | None:
+        """The registered device whose certificate's sha256 starts with ``cert_hash`` (16 or 32 bytes)."""
+        if len(cert_hash) not in (16, 32):
+            return None
+        with self._read() as s:
+            found = s.scalars(select(db.Device).where(ck.prefix_range(db.Device.device_cert_hash, cert_hash))
+                              .limit(2)).all()
+            return cv.device_rec(found[0]) if len(found) == 1 else None
+
+    def onboarding_cert(self, cert_hash: bytes) -> bytes | None:
+        """The onboarding certificate PEM whose sha256 starts with ``cert_hash`` (to verify a register call)."""
+        if len(cert_hash) not in (16, 32):
+            return None
+        with self._read() as s:
+            found = s.scalars(select(db.Device.onboard_cert_pem)
+                              .where(ck.prefix_range(db.Device.onboard_cert_hash, cert_hash))).all()
+            return found[0] if found and all(p == found[0] for p in found) else None
+
+    def touch(self, ref: str) -> None:
+        """Note that the device was just heard from."""
+        with self._write() as s:
+            dev = self._device(s, ref)
+            dev.last_seen_at = self.now()
+
+    def config_snapshot(self, device: str) -> r.ConfigSnapshot:
+        """Everything the device's config is built from (see :func:`configbuild.build_config`)."""
+        with self._read() as s:
+            return self._snapshot(s, self._device(s, device))
+
+    # ================================================================ datastores
+
+    def _validate_datastore(self, ds: db.Datastore) -> None:
+        cfg = m.EdgeDevConfig()
+        cfg.datastores.add(id=ds.uuid, dType=ds.type, fqdn=ds.fqdn, apiKey=ds.api_key, password=ds.password,
+                           dpath=ds.dpath, region=ds.region, dsCertPEM=[p.encode() for p in ds.ca_pems])
+        errors = parse.parse_config(cfg).errors
+        if errors:
+            raise Invalid(f"datastore {ds.name!r}: {'; '.join(e.message for e in errors)}")
+
+    def create_datastore(self, name: str, type: int | str, fqdn: str, *, dpath: str = "", api_key: str = "",
+                         password: str = "", region: str = "", ca_pems: Sequence[bytes | str] = (),
+                         uuid: str | None = None) -> r.Datastore:
+        """A datastore any device's content trees can use; ``type`` is a DsType number or name."""
+        ds = db.Datastore(uuid=ck.new_uuid(uuid, "datastore"), name=ck.check_name(name, "datastore"),
+                          type=ck.enum_number(m.DsType, type, "datastore type"), fqdn=fqdn, dpath=dpath, api_key=api_key,
+                          password=password, region=region, ca_pems=ck.check_ca_pems(ca_pems), created_at=self.now())
+        self._validate_datastore(ds)
+        with self._write() as s:
+            self._name_free(s, db.Datastore, "datastore", name)
+            if s.get(db.Datastore, ds.uuid) is not None:
+                raise Conflict(f"a datastore with uuid {ds.uuid} already exists")
+            s.add(ds)
+            s.flush()
+            return cv.ds_rec(ds)
+
+    def get_datastore(self, ref: str) -> r.Datastore:
+        with self._read() as s:
+            return cv.ds_rec(self._datastore(s, ref))
+
+    def list_datastores(self) -> list[r.Datastore]:
+        with self._read() as s:
+            return [cv.ds_rec(d) for d in s.scalars(select(db.Datastore).order_by(db.Datastore.name))]
+
+    def update_datastore(self, ref: str, *, name: str = UNSET, type: int | str = UNSET, fqdn: str = UNSET,
+                         dpath: str = UNSET, api_key: str = UNSET, password: str = UNSET, region: str = UNSET,
+                         ca_pems: Sequence[bytes | str] = UNSET) -> r.Datastore:
+        """Change some fields; every device with a content tree on it gets a new config version."""
+        with self._write() as s:
+            ds = self._datastore(s, ref)
+            new: dict[str, Any] = {}
+            if name is not UNSET:
+                self._name_free(s, db.Datastore, "datastore", ck.check_name(name, "datastore"), but=ds.uuid)
+                new["name"] = name
+            if type is not UNSET:
+                new["type"] = ck.enum_number(m.DsType, type, "datastore type")
+            if ca_pems is not UNSET:
+                new["ca_pems"] = ck.check_ca_pems(ca_pems)
+            for key, value in (("fqdn", fqdn), ("dpath", dpath), ("api_key", api_key), ("password", password),
+                               ("region", region)):
+                if value is not UNSET:
+                    new[key] = value
+            changed = {k: v for k, v in new.items() if getattr(ds, k) != v}
+            for key, value in changed.items():
+                setattr(ds, key, value)
+            self._validate_datastore(ds)
+            if set(changed) - {"name"}:  # the name is not part of any config
+                users = s.scalars(select(db.ContentTree).where(db.ContentTree.datastore_uuid == ds.uuid)).all()
+                by_device: dict[str, set[tuple[ObjectKind, str]]] = {}
+                for t in users:
+                    by_device.setdefault(t.device_uuid, {(ObjectKind.DATASTORE, ds.uuid)}).add(
+                        (ObjectKind.CONTENT_TREE, t.uuid))
+                self._bump(s, by_device)
+                for dev_uuid, touched in by_device.items():
+                    self._validate(s, dev_uuid, touched, f"datastore {ds.name!r}")
+            s.flush()
+            return cv.ds_rec(ds)
+
+    def delete_datastore(self, ref: str) -> None:
+        """Refused while a content tree uses it."""
+        with self._write() as s:
+            ds = self._datastore(s, ref)
+            users = s.execute(select(db.Device.name, db.ContentTree.name)
+                              .join(db.Device, db.Device.uuid == db.ContentTree.device_uuid)
+                              .where(db.ContentTree.datastore_uuid == ds.uuid)
+                              .order_by(db.Device.name, db.ContentTree.name)).all()
+            if users:
+                names = ", ".join(f"{d}/{t}" for d, t in users)
+                raise Conflict(f"datastore {ds.name!r} is used by content trees {names}; delete them first")
+            s.delete(ds)
+
+    # ================================================================ content trees
+
+    def create_content_tree(self, device: str, name: str, datastore: str, url: str, format: int | str, *,
+                            sha256: str | None = None, max_size_bytes: int = 0, generation_count: int = 0,
+                            uuid: str | None = None) -> r.ContentTree:
+        """Content ``url`` (relative to the datastore) for ``device``; ``format`` is a Format number or name."""
+        ck.check_name(name, "content tree")
+        fmt = ck.enum_number(m.Format, format, "format")
+        digest, size = ck.check_sha256(sha256), ck.check_size(max_size_bytes, "max_size_bytes")
+        gen = ck.check_size(generation_count, "generation_count")
+        with self._write() as s:
+            dev = self._device(s, device)
+            ds = self._datastore(s, datastore)
+            self._name_free(s, db.ContentTree, "content tree", name, dev.uuid)
+            ct_uuid = ck.new_uuid(uuid, "content tree")
+            if s.get(db.ContentTree, ct_uuid) is not None:
+                raise Conflict(f"a content tree with uuid {ct_uuid} already exists")
+            ct = db.ContentTree(uuid=ct_uuid, device_uuid=dev.uuid, name=name, datastore_uuid=ds.uuid, url=url,
+                                format=fmt, sha256=digest, max_size_bytes=size, generation_count=gen,
+                                created_at=self.now())
+            s.add(ct)
+            self._bump(s, [dev.uuid])
+            self._validate(s, dev.uuid, {(ObjectKind.CONTENT_TREE, ct.uuid)}, f"content tree {name!r}")
+            return cv.ct_rec(ct)
+
+    def get_content_tree(self, ref: str, device: str | None = None) -> r.ContentTree:
+        """By uuid, or by name on ``device``."""
+        with self._read() as s:
+            return cv.ct_rec(self._owned(s, db.ContentTree, "content tree", ref, device))
+
+    def list_content_trees(self, device: str) -> list[r.ContentTree]:
+        with self._read() as s:
+            dev = self._device(s, device)
+            return [cv.ct_rec(t) for t in s.scalars(select(db.ContentTree).where(db.ContentTree.device_uuid == dev.uuid)
+                                                  .order_by(db.ContentTree.name))]
+
+    def update_content_tree(self, ref: str, *, device: str | None = None, name: str = UNSET,
+                            datastore: str = UNSET, url: str = UNSET, format: int | str = UNSET,
+                            sha256: str | None = UNSET, max_size_bytes: int = UNSET,
+                            generation_count: int = UNSET) -> r.ContentTree:
+        with self._write() as s:
+            ct = self._owned(s, db.ContentTree, "content tree", ref, device)
+            new: dict[str, Any] = {}
+            if name is not UNSET:
+                self._name_free(s, db.ContentTree, "content tree", ck.check_name(name, "content tree"),
+                                ct.device_uuid, but=ct.uuid)
+                new["name"] = name
+            if datastore is not UNSET:
+                new["datastore_uuid"] = self._datastore(s, datastore).uuid
+            if url is not UNSET:
+                new["url"] = url
+            if format is not UNSET:
+                new["format"] = ck.enum_number(m.Format, format, "format")
+            if sha256 is not UNSET:
+                new["sha256"] = ck.check_sha256(sha256)
+            if max_size_bytes is not UNSET:
+                new["max_size_bytes"] = ck.check_size(max_size_bytes, "max_size_bytes")
+            if generation_count is not UNSET:
+                new["generation_count"] = ck.check_size(generation_count, "generation_count")
+            changed = {k: v for k, v in new.items() if getattr(ct, k) != v}
+            if changed:
+                for key, value in changed.items():
+                    setattr(ct, key, value)
+                self._bump(s, [ct.device_uuid])
+                self._validate(s, ct.device_uuid, {(ObjectKind.CONTENT_TREE, ct.uuid)},
+                               f"content tree {ct.name!r}")
+            return cv.ct_rec(ct)
+
+    def delete_content_tree(self, ref: str, device: str | None = None) -> None:
+        """Refused while a volume is made from it."""
+        with self._write() as s:
+            ct = self._owned(s, db.ContentTree, "content tree", ref, device)
+            users = s.scalars(select(db.Volume.name).where(db.Volume.content_tree_uuid == ct.uuid)
+                              .order_by(db.Volume.name)).all()
+            if users:
+                raise Conflict(f"content tree {ct.name!r} is used by volumes {', '.join(users)}; "
+                               "delete them first")
+            s.delete(ct)
+            self._bump(s, [ct.device_uuid])
+
+    # ================================================================ volumes
+
+    def create_volume(self, device: str, name: str, *, max_size_bytes: int = 0, content_tree: str | None = None,
+                      readonly: bool = False, generation_count: int = 0, uuid: str | None = None) -> r.Volume:
+        """A blank volume, or one made from ``content_tree`` (uuid or name on the same device)."""
+        ck.check_name(name, "volume")
+        size, gen = ck.check_size(max_size_bytes, "max_size_bytes"), ck.check_size(generation_count, "generation_count")
+        with self._write() as s:
+            dev = self._device(s, device)
+            tree = self._owned(s, db.ContentTree, "content tree", content_tree, dev.uuid) if content_tree else None
+            self._name_free(s, db.Volume, "volume", name, dev.uuid)
+            vol_uuid = ck.new_uuid(uuid, "volume")
+            if s.get(db.Volume, vol_uuid) is not None:
+                raise Conflict(f"a volume with uuid {vol_uuid} already exists")
+            vol = db.Volume(uuid=vol_uuid, device_uuid=dev.uuid, name=name,
+                            origin="download" if tree else "blank", content_tree_uuid=tree.uuid if tree else None,
+                            max_size_bytes=size, readonly=bool(readonly), generation_count=gen,
+                            created_at=self.now())
+            s.add(vol)
+            self._bump(s, [dev.uuid])
+            self._validate(s, dev.uuid, {(ObjectKind.VOLUME, vol.uuid)}, f"volume {name!r}")
+            return cv.vol_rec(vol)
+
+    def get_volume(self, ref: str, device: str | None = None) -> r.Volume:
+        with self._read() as s:
+            return cv.vol_rec(self._owned(s, db.Volume, "volume", ref, device))
+
+    def list_volumes(self, device: str) -> list[r.Volume]:
+        with self._read() as s:
+            dev = self._device(s, device)
+            return [cv.vol_rec(v) for v in s.scalars(select(db.Volume).where(db.Volume.device_uuid == dev.uuid)
+                                                   .order_by(db.Volume.name))]
+
+    def update_volume(self, ref: str, *, device: str | None = None, name: str = UNSET,
+                      max_size_bytes: int = UNSET, readonly: bool = UNSET,
+                      content_tree: str | None = UNSET) -> r.Volume:
+        """Change some fields; ``content_tree=None`` makes it blank. Use purge_volume to recreate it."""
+        with self._write() as s:
+            vol = self._owned(s, db.Volume, "volume", ref, device)
+            new: dict[str, Any] = {}
+            if name is not UNSET:
+                self._name_free(s, db.Volume, "volume", ck.check_name(name, "volume"), vol.device_uuid, but=vol.uuid)
+                new["name"] = name
+            if max_size_bytes is not UNSET:
+                new["max_size_bytes"] = ck.check_size(max_size_bytes, "max_size_bytes")
+            if readonly is not UNSET:
+                new["readonly"] = bool(readonly)
+            if content_tree is not UNSET:
+                tree = (self._owned(s, db.ContentTree, "content tree", content_tree, vol.device_uuid)
+                        if content_tree else None)
+                new["content_tree_uuid"] = tree.uuid if tree else None
+                new["origin"] = "download" if tree else "blank"
+            changed = {k: v for k, v in new.items() if getattr(vol, k) != v}
+            if changed:
+                for key, value in changed.items():
+                    setattr(vol, key, value)
+                self._bump(s, [vol.device_uuid])
+                self._validate(s, vol.device_uuid, {(ObjectKind.VOLUME, vol.uuid)}, f"volume {vol.name!r}")
+            return cv.vol_rec(vol)
+
+    def purge_volume(self, ref: str, device: str | None = None) -> r.Volume:
+        """Ask the device to recreate the volume from scratch: a new generation.
+
+        App references that followed the old generation move to the new one,
+        so the apps use the fresh volume.
+        """
+        with self._write() as s:
+            vol = self._owned(s, db.Volume, "volume", ref, device)
+            old = vol.generation_count
+            vol.generation_count = old + 1
+            s.execute(update(db.AppVolumeRef).where(db.AppVolumeRef.volume_uuid == vol.uuid,
+                                                    db.AppVolumeRef.generation_count == old)
+                      .values(generation_count=old + 1).execution_options(synchronize_session=False))
+            self._bump(s, [vol.device_uuid])
+            s.flush()
+            return cv.vol_rec(vol)
+
+    def delete_volume(self, ref: str, device: str | None = None) -> None:
+        """Refused while an app refers to it."""
+        with self._write() as s:
+            vol = self._owned(s, db.Volume, "volume", ref, device)
+            users = s.scalars(select(db.App.name).join(db.AppVolumeRef, db.AppVolumeRef.app_uuid == db.App.uuid)
+                              .where(db.AppVolumeRef.volume_uuid == vol.uuid).distinct()
+                              .order_by(db.App.name)).all()
+            if users:
+                raise Conflict(f"volume {vol.name!r} is used by apps {', '.join(users)}; "
+                               "remove it from them first")
+            s.delete(vol)
+            self._bump(s, [vol.device_uuid])
+
+    # ================================================================ apps
+
+    def _set_refs(self, s: Session, app: db.App, volumes: Sequence[str | tuple[str, int]]) -> None:
+        rows, seen = [], set()
+        for pos, item in enumerate(volumes):
+            ref, gen = (item, None) if isinstance(item, str) else item
+            vol = self._owned(s, db.Volume, "volume", ref, app.device_uuid)
+            if vol.uuid in seen:
+                raise Invalid(f"volume {vol.name!r} is listed twice")
+            seen.add(vol.uuid)
+            gen = vol.generation_count if gen is None else ck.check_size(gen, "volume ref generation")
+            rows.append(db.AppVolumeRef(app_uuid=app.uuid, position=pos, device_uuid=app.device_uuid,
+                                        volume_uuid=vol.uuid, generation_count=gen))
+        s.execute(delete(db.AppVolumeRef).where(db.AppVolumeRef.app_uuid == app.uuid))
+        s.add_all(rows)
+
+    def create_app(self, device: str, name: str, *, activate: bool = True,
+                   volumes: Sequence[str | tuple[str, int]] = (), uuid: str | None = None) -> r.App:
+        """An app instance using ``volumes`` (uuid/name, or (uuid/name, generation); default: current)."""
+        ck.check_name(name, "app")
+        with self._write() as s:
+            dev = self._device(s, device)
+            self._name_free(s, db.App, "app", name, dev.uuid)
+            app_uuid = ck.new_uuid(uuid, "app")
+            if s.get(db.App, app_uuid) is not None:
+                raise Conflict(f"an app with uuid {app_uuid} already exists")
+            app = db.App(uuid=app_uuid, device_uuid=dev.uuid, name=name, activate=bool(activate), purge_counter=0,
+                         created_at=self.now())
+            s.add(app)
+            s.flush()
+            self._set_refs(s, app, volumes)
+            self._bump(s, [dev.uuid])
+            self._validate(s, dev.uuid, {(ObjectKind.APP, app.uuid)}, f"app {name!r}")
+            return self._app_rec(s, app)
+
+    def get_app(self, ref: str, device: str | None = None) -> r.App:
+        with self._read() as s:
+            return self._app_rec(s, self._owned(s, db.App, "app", ref, device))
+
+    def list_apps(self, device: str) -> list[r.App]:
+        with self._read() as s:
+            dev = self._device(s, device)
+            return [self._app_rec(s, a) for a in s.scalars(select(db.App).where(db.App.device_uuid == dev.uuid)
+                                                           .order_by(db.App.name))]
+
+    def update_app(self, ref: str, *, device: str | None = None, name: str = UNSET,
+                   activate: bool = UNSET) -> r.App:
+        with self._write() as s:
+            app = self._owned(s, db.App, "app", ref, device)
+            changed = False
+            if name is not UNSET and name != app.name:
+                self._name_free(s, db.App, "app", ck.check_name(name, "app"), app.device_uuid, but=app.uuid)
+                app.name, changed = name, True
+            if activate is not UNSET and bool(activate) != app.activate:
+                app.activate, changed = bool(activate), True
+            if changed:
+                self._bump(s, [app.device_uuid])
+                self._validate(s, app.device_uuid, {(ObjectKind.APP, app.uuid)}, f"app {app.name!r}")
+            return self._app_rec(s, app)
+
+    def set_app_volume_refs(self, ref: str, volumes: Sequence[str | tuple[str, int]],
+                            device: str | None = None) -> r.App:
+        """Replace the app's ordered volume list."""
+        with self._write() as s:
+            app = self._owned(s, db.App, "app", ref, device)
+            before = self._app_rec(s, app).volume_refs
+            self._set_refs(s, app, volumes)
+            s.flush()
+            after = self._app_rec(s, app)
+            if after.volume_refs != before:
+                self._bump(s, [app.device_uuid])
+                self._validate(s, app.device_uuid, {(ObjectKind.APP, app.uuid)}, f"app {app.name!r}")
+            return after
+
+    def purge_app(self, ref: str, device: str | None = None) -> r.App:
+        """Bump the app's purge counter (the device recreates the app's state)."""
+        with self._write() as s:
+            app = self._owned(s, db.App, "app", ref, device)
+            app.purge_counter += 1
+            self._bump(s, [app.device_uuid])
+            s.flush()
+            return self._app_rec(s, app)
+
+    def delete_app(self, ref: str, device: str | None = None) -> None:
+        with self._write() as s:
+            app = self._owned(s, db.App, "app", ref, device)
+            s.delete(app)
+            self._bump(s, [app.device_uuid])
+
+    # ================================================================ reports
+
+    def record_info(self, device: str, info: Any) -> int:
+        """Store a ``ZInfoMsg``'s volume / content tree / blob reports; returns how many objects changed.
+
+        The newest report (by the device's timestamp) wins: a retried older
+        message does not overwrite a newer state. A report with only the
+        identity set means the object is gone, and its row is removed.
+        Each new state is appended to the object's history (last N kept).
+        """
+        items = infomsg.decode_info(info)
+        if not items:
+            return 0
+        reported_at = infomsg.to_datetime(info.atTimeStamp) if info.HasField("atTimeStamp") else None
+        for attempt in range(3):  # two first reports of the same object racing: the loser retries
+            try:
+                return self._record_info(device, info.devId, items, reported_at)
+            except Conflict:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_info(self, device: str, dev_id: str, items: list[infomsg.ObjectReport],
+                     reported_at: datetime | None) -> int:
+        changed = 0
+        now = self.now()
+        with self._write() as s:
+            dev = self._device(s, device)
+            if dev_id and dev_id.lower() != dev.uuid:
+                raise Invalid(f"the info message is for device {dev_id}, not {dev.uuid}")
+            for item in items:
+                values = item.values
+                ident = dict(device_uuid=dev.uuid, kind=item.kind, object_key=item.key, generation=item.generation)
+                row = s.scalars(select(db.ReportedObject).filter_by(**ident).with_for_update()).one_or_none()
+                if row is not None and reported_at and row.reported_at and reported_at < row.reported_at:
+                    continue  # older than what we have
+                if values is None:
+                    if row is not None:
+                        s.delete(row)
+                        changed += 1
+                    continue
+                new_state = row is None or row.state != values["state"]
+                if row is None:
+                    row = db.ReportedObject(**ident)
+                    s.add(row)
+                for k, v in values.items():
+                    setattr(row, k, v)
+                row.payload, row.updated_at, row.reported_at = item.payload, now, reported_at
+                changed += 1
+                if new_state:
+                    s.add(db.StateChange(**ident, state=values["state"], at=reported_at or now))
+                    s.flush()
+                    self._trim_history(s, ident)
+        return changed
+
+    def _trim_history(self, s: Session, ident: dict[str, Any]) -> None:
+        same = [getattr(db.StateChange, k) == v for k, v in ident.items()]
+        keep = (select(db.StateChange.id).where(*same)
+                .order_by(db.StateChange.at.desc(), db.StateChange.id.desc()).limit(self.history_limit))
+        s.execute(delete(db.StateChange).where(*same, db.StateChange.id.not_in(keep))
+                  .execution_options(synchronize_session=False))
+
+    def reported(self, device: str, kind: str | None = None) -> list[r.Reported]:
+        """The latest report of every object the device told us about (optionally one kind)."""
+        with self._read() as s:
+            dev = self._device(s, device)
+            q = select(db.ReportedObject).where(db.ReportedObject.device_uuid == dev.uuid)
+            if kind is not None:
+                if kind not in db.KINDS:
+                    raise Invalid(f"kind {kind!r} is not one of {', '.join(db.KINDS)}")
+                q = q.where(db.ReportedObject.kind == kind)
+            q = q.order_by(db.ReportedObject.kind, db.ReportedObject.object_key, db.ReportedObject.generation)
+            return [cv.reported_rec(o) for o in s.scalars(q)]
+
+    def history(self, device: str, kind: str, key: str, generation: int | None = None) -> list[r.StateChange]:
+        """The states one object went through, oldest first (all generations unless one is given)."""
+        with self._read() as s:
+            dev = self._device(s, device)
+            q = select(db.StateChange).where(db.StateChange.device_uuid == dev.uuid, db.StateChange.kind == kind,
+                                             db.StateChange.object_key == key.lower())
+            if generation is not None:
+                q = q.where(db.StateChange.generation == generation)
+            q = q.order_by(db.StateChange.at, db.StateChange.id)
+            return [r.StateChange(kind=c.kind, object_key=c.object_key, generation=c.generation, state=c.state,
+                                  at=c.at) for c in s.scalars(q)]
+
+    # ================================================================ metrics
+
+    def record_metrics(self, device: str, msg: Any) -> int:
+        """Store a ``ZMetricMsg``'s volume samples; drops samples past retention. Returns samples stored."""
+        samples = infomsg.decode_metrics(msg)
+        now = self.now()
+        at = (infomsg.to_datetime(msg.atTimeStamp) if msg.HasField("atTimeStamp") else None) or now
+        with self._write() as s:
+            dev = self._device(s, device)
+            if msg.devID and msg.devID.lower() != dev.uuid:
+                raise Invalid(f"the metrics message is for device {msg.devID}, not {dev.uuid}")
+            for vol_uuid, values in samples:
+                s.add(db.VolumeMetric(device_uuid=dev.uuid, volume_uuid=vol_uuid, at=at, **values))
+            s.flush()
+            s.execute(delete(db.VolumeMetric).where(db.VolumeMetric.device_uuid == dev.uuid,
+                                                    db.VolumeMetric.at < now - self.metrics_retention)
+                      .execution_options(synchronize_session=False))
+            for vol_uuid in {u for u, _ in samples}:
+                same = (db.VolumeMetric.device_uuid == dev.uuid, db.VolumeMetric.volume_uuid == vol_uuid)
+                keep = (select(db.VolumeMetric.id).where(*same)
+                        .order_by(db.VolumeMetric.at.desc(), db.VolumeMetric.id.desc())
+                        .limit(self.metrics_per_volume))
+                s.execute(delete(db.VolumeMetric).where(*same, db.VolumeMetric.id.not_in(keep))
+                          .execution_options(synchronize_session=False))
+            return len(samples)
+
+    def volume_metrics(self, device: str, volume_uuid: str, limit: int = 100) -> list[r.VolumeMetric]:
+        """The newest ``limit`` samples of one volume, oldest first (ready to plot)."""
+        with self._read() as s:
+            dev = self._device(s, device)
+            rows = s.scalars(select(db.VolumeMetric)
+                             .where(db.VolumeMetric.device_uuid == dev.uuid,
+                                    db.VolumeMetric.volume_uuid == volume_uuid.lower())
+                             .order_by(db.VolumeMetric.at.desc(), db.VolumeMetric.id.desc())
+                             .limit(limit)).all()
+            return [r.VolumeMetric(volume_uuid=x.volume_uuid, at=x.at, total_bytes=x.total_bytes,
+                                   used_bytes=x.used_bytes, free_bytes=x.free_bytes, read_bytes=x.read_bytes,
+                                   write_bytes=x.write_bytes) for x in reversed(rows)]
+
+    def count(self, table: str) -> int:
+        """Rows in one of the controller's tables (for tests and the status page)."""
+        model = {mapper.class_.__tablename__: mapper.class_ for mapper in db.Base.registry.mappers}.get(table)
+        if model is None:
+            raise Invalid(f"no table {table!r}")
+        with self._read() as s:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)

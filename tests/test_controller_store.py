@@ -1,0 +1,558 @@
+"""The controller's storage layer, on a real SQLite file and a real PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from edgevol.api import messages as m
+from edgevol.controller.configbuild import build_config, config_hash
+from edgevol.controller.db.models import Base
+from edgevol.controller.db.session import current_revision, make_engine, migrate
+from edgevol.controller.store import Conflict, ControllerStore, Invalid, NotFound
+from edgevol.device.report.info import timestamp
+from edgevol.model.desired import DatastoreKind, ImageFormat, VolumeOrigin
+from edgevol.model.desired import VolumeRef as ModelRef
+from edgevol.model.parse import parse_config
+from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
+
+SHA_A = hashlib.sha256(b"image a").hexdigest()
+SHA_B = hashlib.sha256(b"image b").hexdigest()
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+TABLES = {"devices", "datastores", "content_trees", "volumes", "apps", "app_volume_refs", "reported_objects",
+          "state_changes", "volume_metrics"}
+
+
+def make_cert(cn: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(T0 - timedelta(days=1))
+            .not_valid_after(T0 + timedelta(days=365)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: Clock):  # noqa: F811
+    s = ControllerStore(db_url, clock=clock)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def populated(store: ControllerStore, device: str = "dev1") -> dict[str, str]:
+    """A device with an HTTP and a registry datastore, three trees, two volumes and an app."""
+    store.create_device(device, "SN-" + device)
+    http = store.get_datastore("http") if any(d.name == "http" for d in store.list_datastores()) else \
+        store.create_datastore("http", "DsHttp", "127.0.0.1:8080", dpath="images")
+    reg = store.get_datastore("reg") if any(d.name == "reg" for d in store.list_datastores()) else \
+        store.create_datastore("reg", m.DsType.DsContainerRegistry, "registry.example.com:5000")
+    raw = store.create_content_tree(device, "raw-img", http.uuid, "disk.raw", "RAW", sha256=SHA_A.upper())
+    qcow = store.create_content_tree(device, "qcow-img", "http", "os/disk.qcow2", m.Format.QCOW2, sha256=SHA_B,
+                                     max_size_bytes=1 << 30)
+    oci = store.create_content_tree(device, "alpine", "reg", "library/alpine:3.19", "CONTAINER")
+    blank = store.create_volume(device, "scratch", max_size_bytes=64 << 20)
+    disk = store.create_volume(device, "disk", content_tree="qcow-img", max_size_bytes=2 << 30, readonly=True)
+    app = store.create_app(device, "web", volumes=["disk", blank.uuid])
+    return {"http": http.uuid, "reg": reg.uuid, "raw": raw.uuid, "qcow": qcow.uuid, "oci": oci.uuid,
+            "blank": blank.uuid, "disk": disk.uuid, "app": app.uuid}
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def test_migrate_from_empty_twice_matches_the_models(db_url: str) -> None:  # noqa: F811
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) is None
+        migrate(engine)
+        assert current_revision(engine) == "0001"
+        migrate(db_url)  # again, through a URL: nothing to do
+        assert current_revision(engine) == "0001"
+        assert TABLES <= set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diffs == []
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_migrations_both_succeed(db_url: str) -> None:  # noqa: F811
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(db_url)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    engine = make_engine(db_url)
+    assert current_revision(engine) == "0001"
+    engine.dispose()
+
+
+# ---------------------------------------------------------------- devices and registration
+
+
+def test_device_crud_and_refusals(store: ControllerStore) -> None:
+    onboard = make_cert("onboard")
+    a = store.create_device("edge-a", "SN1", onboard)
+    assert len(a.uuid) == 36 and a.config_version == 1 and not a.registered
+    assert a.onboard_cert_hash == hashlib.sha256(onboard).digest()
+    assert a.created_at == T0 and a.created_at.tzinfo is not None
+    assert store.get_device(a.uuid) == a == store.get_device("edge-a") == store.get_device(a.uuid.upper())
+    store.create_device("edge-b", "SN2", onboard)  # one onboarding cert, many serials
+    assert [d.name for d in store.list_devices()] == ["edge-a", "edge-b"]
+
+    with pytest.raises(Conflict, match="named 'edge-a' already exists"):
+        store.create_device("edge-a", "SN9")
+    with pytest.raises(Conflict, match="'edge-a' already uses this onboarding certificate with serial 'SN1'"):
+        store.create_device("edge-c", "SN1", onboard)
+    with pytest.raises(Invalid, match="not a PEM X.509 certificate"):
+        store.create_device("edge-c", "SN3", b"-----BEGIN CERTIFICATE-----\nnope\n")
+    with pytest.raises(Invalid, match="must not be empty"):
+        store.create_device(" ", "SN3")
+    with pytest.raises(NotFound, match="device 'nope' not found"):
+        store.get_device("nope")
+
+    renamed = store.update_device("edge-b", name="edge-bee")
+    assert renamed.name == "edge-bee" and renamed.config_version == 1
+    store.delete_device("edge-a")
+    with pytest.raises(NotFound):
+        store.get_device(a.uuid)
+    with pytest.raises(NotFound):
+        store.delete_device(a.uuid)
+    assert [d.name for d in store.list_devices()] == ["edge-bee"]
+
+
+def test_register_semantics(store: ControllerStore, clock: Clock) -> None:
+    onboard, dev_cert, other_cert = make_cert("onboard"), make_cert("dev"), make_cert("other")
+    onboard_hash = hashlib.sha256(onboard).digest()
+    dev = store.create_device("edge", "SN1", onboard)
+    store.create_device("edge2", "SN2", onboard)
+
+    with pytest.raises(NotFound, match="serial 'SN-wrong'"):
+        store.register(onboard_hash, "SN-wrong", dev_cert)
+    with pytest.raises(NotFound):
+        store.register(hashlib.sha256(other_cert).digest(), "SN1", dev_cert)
+    assert store.device_by_cert_hash(hashlib.sha256(dev_cert).digest()) is None
+    assert store.onboarding_cert(onboard_hash) == onboard
+    assert store.onboarding_cert(onboard_hash[:16]) == onboard
+    assert store.onboarding_cert(hashlib.sha256(dev_cert).digest()) is None
+
+    clock.now = T0 + timedelta(minutes=5)
+    reg = store.register(onboard_hash, "SN1", dev_cert)
+    assert reg.uuid == dev.uuid and reg.registered and reg.registered_at == clock.now
+    assert reg.device_cert_hash == hashlib.sha256(dev_cert).digest()
+    assert reg.config_version == 1  # registering changes nothing the device should run
+
+    clock.now = T0 + timedelta(minutes=9)
+    again = store.register(onboard_hash[:16], "SN1", dev_cert)  # a retry, with a short hash
+    assert again.registered_at == T0 + timedelta(minutes=5)
+    with pytest.raises(Conflict, match="already registered with a different certificate"):
+        store.register(onboard_hash, "SN1", other_cert)
+    with pytest.raises(Conflict, match="already registered to device 'edge'"):
+        store.register(onboard_hash, "SN2", dev_cert)
+
+    digest = hashlib.sha256(dev_cert).digest()
+    assert store.device_by_cert_hash(digest).uuid == dev.uuid  # type: ignore[union-attr]
+    assert store.device_by_cert_hash(digest[:16]).uuid == dev.uuid  # type: ignore[union-attr]
+    assert store.device_by_cert_hash(digest[:8]) is None
+    assert store.device_by_cert_hash(hashlib.sha256(other_cert).digest()) is None
+    assert store.device_by_cert_hash(onboard_hash) is None  # the onboarding cert is not a device identity
+
+    clock.now = T0 + timedelta(hours=1)
+    store.touch(dev.uuid)
+    assert store.get_device("edge").last_seen_at == clock.now
+
+
+# ---------------------------------------------------------------- desired objects
+
+
+def test_crud_of_datastores_trees_volumes_apps(store: ControllerStore) -> None:
+    ids = populated(store)
+    ds = store.get_datastore("http")
+    assert (ds.type_name, ds.fqdn, ds.dpath) == ("DsHttp", "127.0.0.1:8080", "images")
+    raw = store.get_content_tree("raw-img", "dev1")
+    assert (raw.sha256, raw.format_name, raw.datastore_uuid) == (SHA_A, "RAW", ids["http"])
+    assert [t.name for t in store.list_content_trees("dev1")] == ["alpine", "qcow-img", "raw-img"]
+    disk = store.get_volume(ids["disk"])
+    assert (disk.origin, disk.content_tree_uuid, disk.readonly) == ("download", ids["qcow"], True)
+    assert store.get_volume("scratch", "dev1").origin == "blank"
+    app = store.get_app("web", "dev1")
+    assert [(x.volume_uuid, x.generation_count) for x in app.volume_refs] == [(ids["disk"], 0), (ids["blank"], 0)]
+
+    with pytest.raises(NotFound, match="give the device"):
+        store.get_volume("scratch")
+    with pytest.raises(Conflict, match="volume named 'disk' already exists on this device"):
+        store.create_volume("dev1", "disk", max_size_bytes=1)
+    assert store.update_volume("disk", device="dev1", name="root").name == "root"
+    assert store.update_content_tree(ids["raw"], url="v2/disk.raw").url == "v2/disk.raw"
+    assert store.update_app(ids["app"], activate=False).activate is False
+    app = store.set_app_volume_refs(ids["app"], [(ids["blank"], 0)])
+    assert [x.volume_uuid for x in app.volume_refs] == [ids["blank"]]
+    assert store.purge_app(ids["app"]).purge_counter == 1
+    with pytest.raises(Invalid, match="listed twice"):
+        store.set_app_volume_refs(ids["app"], ["scratch", ids["blank"]])
+    store.delete_app(ids["app"])
+    store.delete_volume(ids["disk"])
+    store.delete_content_tree(ids["qcow"])
+    assert store.list_apps("dev1") == []
+    assert [v.name for v in store.list_volumes("dev1")] == ["scratch"]
+
+
+def test_values_the_device_would_refuse_are_refused(store: ControllerStore) -> None:
+    populated(store)
+    with pytest.raises(Invalid, match="sha256 is required for RAW"):
+        store.create_content_tree("dev1", "nosha", "http", "x.raw", "RAW")
+    with pytest.raises(Invalid, match=r"'\.\.'"):
+        store.create_content_tree("dev1", "escape", "http", "../etc/passwd", "RAW", sha256=SHA_A)
+    with pytest.raises(Invalid, match="format 'VMDKX' is unknown"):
+        store.create_content_tree("dev1", "odd", "http", "x", "VMDKX", sha256=SHA_A)
+    with pytest.raises(Invalid, match="not 64 hexadecimal"):
+        store.create_content_tree("dev1", "badsha", "http", "x", "RAW", sha256="abc")
+    with pytest.raises(Invalid, match="CONTAINER content needs a container registry"):
+        store.create_content_tree("dev1", "oci-on-http", "http", "library/alpine:3", "CONTAINER")
+    with pytest.raises(Invalid, match="BLANK volume needs maxsizebytes > 0"):
+        store.create_volume("dev1", "empty")
+    with pytest.raises(Invalid, match="negative"):
+        store.create_volume("dev1", "neg", max_size_bytes=-1)
+    with pytest.raises(Invalid, match="datastore type"):
+        store.create_datastore("bad", 0, "example.com")
+    with pytest.raises(Invalid, match="fqdn is empty"):
+        store.create_datastore("bad", "DsHttps", "  ")
+    # An update that would break the trees on a datastore is refused and rolled back.
+    with pytest.raises(Invalid, match="RAW content cannot come from a container registry"):
+        store.update_datastore("http", type="DsContainerRegistry")
+    assert store.get_datastore("http").type == m.DsType.DsHttp
+    assert [t.name for t in store.list_content_trees("dev1")] == ["alpine", "qcow-img", "raw-img"]
+
+
+def test_objects_in_use_cannot_be_deleted(store: ControllerStore, db_url: str) -> None:  # noqa: F811
+    ids = populated(store)
+    with pytest.raises(Conflict, match=r"datastore 'http' is used by content trees dev1/qcow-img, dev1/raw-img"):
+        store.delete_datastore("http")
+    with pytest.raises(Conflict, match="content tree 'qcow-img' is used by volumes disk; delete them first"):
+        store.delete_content_tree("qcow-img", "dev1")
+    with pytest.raises(Conflict, match="volume 'disk' is used by apps web"):
+        store.delete_volume(ids["disk"])
+
+    # The database itself refuses too, whatever code tries it.
+    engine = make_engine(db_url)
+    try:
+        for sql in (f"DELETE FROM content_trees WHERE uuid = '{ids['qcow']}'",
+                    f"DELETE FROM datastores WHERE uuid = '{ids['http']}'",
+                    f"DELETE FROM volumes WHERE uuid = '{ids['disk']}'"):
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+    # A volume cannot use another device's content tree.
+    store.create_device("dev2")
+    with pytest.raises(NotFound, match="content tree .* not found on device"):
+        store.create_volume("dev2", "borrowed", content_tree=ids["qcow"], max_size_bytes=1 << 30)
+
+    store.delete_app("web", "dev1")
+    store.delete_volume("disk", "dev1")
+    store.delete_content_tree("qcow-img", "dev1")
+    store.delete_content_tree("raw-img", "dev1")
+    store.delete_datastore("http")
+    assert [d.name for d in store.list_datastores()] == ["reg"]
+
+
+def test_deleting_a_device_removes_everything_it_owns(store: ControllerStore) -> None:
+    ids = populated(store)
+    populated(store, "dev2")
+    info = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiVolume)
+    info.vinfo.uuid, info.vinfo.state = ids["disk"], m.ZSwState.CREATED_VOLUME
+    store.record_info("dev1", info)
+    metrics = m.ZMetricMsg()
+    metrics.vm.add(uuid=ids["disk"], totalBytes=10)
+    store.record_metrics("dev1", metrics)
+    before = {t: store.count(t) for t in TABLES}
+    store.delete_device("dev1")
+    after = {t: store.count(t) for t in TABLES}
+    assert after == {**before, "devices": 1, "content_trees": 3, "volumes": 2, "apps": 1, "app_volume_refs": 2,
+                     "reported_objects": 0, "state_changes": 0, "volume_metrics": 0}
+    assert after["datastores"] == 2  # shared, still used by dev2
+
+
+def test_config_version_bumps_on_every_change_to_a_devices_objects(store: ControllerStore) -> None:
+    ids = populated(store)
+    populated(store, "dev2")
+    store.create_device("bystander")
+
+    def v(dev: str = "dev1") -> int:
+        return store.get_device(dev).config_version
+
+    start = v()
+    assert start == 1 + 3 + 2 + 1  # three trees, two volumes, one app
+    store.update_volume(ids["disk"], readonly=True)  # no change: no bump
+    assert v() == start
+    store.update_volume(ids["disk"], max_size_bytes=3 << 30)
+    assert v() == start + 1
+    purged = store.purge_volume(ids["disk"])
+    assert purged.generation_count == 1 and v() == start + 2
+    refs = store.get_app("web", "dev1").volume_refs
+    assert (refs[0].volume_uuid, refs[0].generation_count) == (ids["disk"], 1)  # the app follows the purge
+    store.set_app_volume_refs(ids["app"], [ids["blank"]])
+    assert v() == start + 3
+    store.set_app_volume_refs(ids["app"], [ids["blank"]])  # same list: no bump
+    assert v() == start + 3
+    dev2 = v("dev2")
+    store.update_datastore("http", name="web-files")  # the name is not in any config
+    assert (v(), v("dev2")) == (start + 3, dev2)
+    store.update_datastore("web-files", fqdn="127.0.0.1:9090")  # used by both devices' trees
+    assert (v(), v("dev2"), v("bystander")) == (start + 4, dev2 + 1, 1)
+    store.update_datastore("reg", password="s3cret")
+    assert (v(), v("dev2")) == (start + 5, dev2 + 2)
+    store.touch("dev1")
+    store.purge_app(ids["app"])
+    store.delete_app(ids["app"])
+    store.delete_volume(ids["disk"])
+    assert v() == start + 8
+    assert v("dev2") == dev2 + 2 and v("bystander") == 1
+
+
+def test_concurrent_writers_lose_no_update(store: ControllerStore) -> None:
+    store.create_device("busy")
+    errors: list[BaseException] = []
+
+    def add(i: int) -> None:
+        try:
+            for j in range(4):
+                store.create_volume("busy", f"v{i}-{j}", max_size_bytes=1 << 20)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.list_volumes("busy")) == 24
+    assert store.get_device("busy").config_version == 1 + 24
+
+
+# ---------------------------------------------------------------- config building
+
+
+def test_build_config_round_trips_through_the_device_parser(store: ControllerStore) -> None:
+    ids = populated(store)
+    store.create_datastore("unused", "DsHttps", "files.example.com")
+    store.purge_volume(ids["blank"])
+    dev = store.get_device("dev1")
+    cfg = build_config(store, dev.uuid)
+    assert (cfg.id.uuid, cfg.id.version) == (dev.uuid, str(dev.config_version))
+    wire = m.EdgeDevConfig.FromString(cfg.SerializeToString())
+    state = parse_config(wire)
+    assert state.errors == []
+    assert state.device_id == dev.uuid
+    assert set(state.datastores) == {ids["http"], ids["reg"]}  # only what the trees use
+    http = state.datastores[ids["http"]]
+    assert (http.kind, http.fqdn, http.dpath) == (DatastoreKind.HTTP, "127.0.0.1:8080", "images")
+    assert state.datastores[ids["reg"]].kind is DatastoreKind.CONTAINER_REGISTRY
+    raw, qcow, oci = (state.content_trees[ids[k]] for k in ("raw", "qcow", "oci"))
+    assert (raw.format, raw.sha256, raw.url, raw.datastore_id, raw.display_name) == (
+        ImageFormat.RAW, SHA_A, "disk.raw", ids["http"], "raw-img")
+    assert (qcow.format, qcow.max_size_bytes, qcow.sha256) == (ImageFormat.QCOW2, 1 << 30, SHA_B)
+    assert (oci.format, oci.sha256, oci.url) == (ImageFormat.CONTAINER, None, "library/alpine:3.19")
+    blank, disk = state.volumes[ids["blank"]], state.volumes[ids["disk"]]
+    assert (blank.origin, blank.generation, blank.max_size_bytes, blank.display_name) == (
+        VolumeOrigin.BLANK, 1, 64 << 20, "scratch")
+    assert (disk.origin, disk.content_tree_id, disk.readonly, disk.max_size_bytes) == (
+        VolumeOrigin.DOWNLOAD, ids["qcow"], True, 2 << 30)
+    app = state.apps[ids["app"]]
+    assert app.display_name == "web"
+    assert app.volume_refs == (ModelRef(ids["disk"], 0), ModelRef(ids["blank"], 1))
+    ct = next(c for c in wire.contentInfo if c.uuid == ids["raw"])
+    assert (ct.dsId, list(ct.ds_ids_list)) == (ids["http"], [ids["http"]])
+    assert wire.apps[0].activate is True
+
+
+def test_config_hash_follows_the_content(store: ControllerStore) -> None:
+    ids = populated(store)
+    h1 = config_hash(build_config(store, "dev1"))
+    assert h1 == config_hash(build_config(store, "dev1"))
+    assert len(h1) == 64 and int(h1, 16) >= 0
+    store.touch("dev1")
+    store.update_device("dev1", name="renamed")
+    assert config_hash(build_config(store, "renamed")) == h1  # nothing the device runs changed
+    store.update_volume(ids["blank"], max_size_bytes=128 << 20)
+    assert config_hash(build_config(store, "renamed")) != h1
+    with pytest.raises(NotFound):
+        build_config(store, "nope")
+
+
+# ---------------------------------------------------------------- reports
+
+
+def vinfo(uuid: str, state: int, at: datetime, gen: int = 0, progress: int = 0, name: str = "disk") -> m.ZInfoMsg:
+    msg = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiVolume)
+    v = msg.vinfo
+    v.uuid, v.generation_count, v.state, v.progressPercentage, v.displayName = uuid, gen, state, progress, name
+    v.resources.maxSizeBytes, v.resources.curSizeBytes, v.usage.refCount = 1 << 30, progress << 20, 1
+    msg.atTimeStamp.CopyFrom(timestamp(at.timestamp()))
+    return msg
+
+
+def test_record_info_latest_wins_and_keeps_history(store: ControllerStore, clock: Clock) -> None:
+    dev = store.create_device("edge")
+    vol = "7b8f3a52-0c0e-4f0e-9a11-3c1d2e4f5a6b"
+    store.record_info(dev.uuid, vinfo(vol, m.ZSwState.DOWNLOAD_STARTED, T0 + timedelta(seconds=1), progress=10))
+    store.record_info(dev.uuid, vinfo(vol, m.ZSwState.DOWNLOAD_STARTED, T0 + timedelta(seconds=2), progress=50))
+    clock.now = T0 + timedelta(minutes=1)
+    store.record_info(dev.uuid, vinfo(vol, m.ZSwState.CREATED_VOLUME, T0 + timedelta(seconds=3), progress=100))
+    stale = vinfo(vol, m.ZSwState.LOADING, T0 + timedelta(seconds=2, milliseconds=500), progress=70)
+    assert store.record_info(dev.uuid, stale) == 0  # a retried older message changes nothing
+
+    [rep] = store.reported(dev.uuid)
+    assert (rep.kind, rep.object_key, rep.generation, rep.state_name, rep.progress) == (
+        "volume", vol, 0, "CREATED_VOLUME", 100)
+    assert (rep.max_size_bytes, rep.cur_size_bytes, rep.ref_count, rep.error) == (1 << 30, 100 << 20, 1, None)
+    assert rep.reported_at == T0 + timedelta(seconds=3) and rep.updated_at == clock.now
+    assert rep.message().state == m.ZSwState.CREATED_VOLUME
+    assert [c.state_name for c in store.history(dev.uuid, "volume", vol)] == ["DOWNLOAD_STARTED", "CREATED_VOLUME"]
+
+    # A new generation is a new object; "deleted" (identity only) removes just that one.
+    store.record_info(dev.uuid, vinfo(vol, m.ZSwState.INITIAL, T0 + timedelta(seconds=4), gen=1))
+    assert [(x.generation, x.state_name) for x in store.reported(dev.uuid, "volume")] == [
+        (0, "CREATED_VOLUME"), (1, "INITIAL")]
+    gone = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiVolume)
+    gone.vinfo.uuid, gone.vinfo.generation_count = vol.upper(), 0
+    gone.atTimeStamp.CopyFrom(timestamp((T0 + timedelta(seconds=5)).timestamp()))
+    assert store.record_info(dev.uuid, gone) == 1
+    assert [(x.generation, x.state_name) for x in store.reported(dev.uuid)] == [(1, "INITIAL")]
+
+
+def test_content_tree_and_blob_reports(store: ControllerStore) -> None:
+    dev = store.create_device("edge")
+    tree = "0d6c2a0e-5b1f-4a8e-8f3c-2b7d9e1a4c55"
+    msg = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiContentTree, devId=dev.uuid)
+    c = msg.cinfo
+    c.uuid, c.displayName, c.state, c.sha256 = tree, "alpine", m.ZSwState.ERROR, SHA_A
+    c.err.description, c.err.retry_condition = "404 from datastore", "retrying"
+    c.err.severity = m.Severity.SEVERITY_ERROR
+    c.err.timestamp.CopyFrom(timestamp((T0 + timedelta(seconds=7)).timestamp()))
+    store.record_info(dev.uuid, msg)
+    blobs = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiBlobList)
+    blobs.binfo.blob.add(sha256=SHA_A, state=m.ZSwState.LOADED).resources.curSizeBytes = 4096
+    blobs.binfo.blob.add(sha256=SHA_B.upper(), state=m.ZSwState.DOWNLOAD_STARTED, progressPercentage=30)
+    assert store.record_info(dev.uuid, blobs) == 2
+
+    [ct] = store.reported("edge", "content_tree")
+    assert (ct.object_key, ct.display_name, ct.state_name, ct.max_size_bytes) == (tree, "alpine", "ERROR", None)
+    assert ct.error is not None and ct.error.description == "404 from datastore"
+    assert (ct.error.severity_name, ct.error.retry_condition, ct.error.time) == (
+        "SEVERITY_ERROR", "retrying", T0 + timedelta(seconds=7))
+    got = {(b.object_key, b.state_name, b.cur_size_bytes, b.progress) for b in store.reported("edge", "blob")}
+    assert got == {(SHA_A, "LOADED", 4096, 0), (SHA_B, "DOWNLOAD_STARTED", 0, 30)}
+
+    gone = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiBlobList)
+    gone.binfo.blob.add(sha256=SHA_A)
+    store.record_info("edge", gone)
+    assert [b.object_key for b in store.reported("edge", "blob")] == [SHA_B]
+    gone_tree = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiContentTree)
+    gone_tree.cinfo.uuid = tree
+    store.record_info("edge", gone_tree)
+    assert store.reported("edge", "content_tree") == []
+    assert [h.state_name for h in store.history("edge", "content_tree", tree)] == ["ERROR"]  # history stays
+
+
+def test_history_is_bounded_per_object(db_url: str) -> None:  # noqa: F811
+    with ControllerStore(db_url, history_limit=5) as store:
+        store.migrate()
+        dev = store.create_device("edge")
+        a, b = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+        states = [m.ZSwState.DOWNLOAD_STARTED, m.ZSwState.VERIFYING] * 5 + [m.ZSwState.CREATED_VOLUME]
+        for i, st in enumerate(states):
+            store.record_info(dev.uuid, vinfo(a, st, T0 + timedelta(seconds=i)))
+        store.record_info(dev.uuid, vinfo(b, m.ZSwState.INITIAL, T0))
+        hist = store.history(dev.uuid, "volume", a)
+        assert [h.state for h in hist] == states[-5:]
+        assert hist[-1].at == T0 + timedelta(seconds=len(states) - 1)
+        assert len(store.history(dev.uuid, "volume", b)) == 1
+
+
+def test_bad_info_messages_are_refused_whole(store: ControllerStore) -> None:
+    dev = store.create_device("edge")
+    blobs = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiBlobList)
+    blobs.binfo.blob.add(sha256=SHA_A, state=m.ZSwState.LOADED)
+    blobs.binfo.blob.add(sha256="not-a-digest", state=m.ZSwState.LOADED)
+    with pytest.raises(Invalid, match="not 64 hexadecimal"):
+        store.record_info(dev.uuid, blobs)
+    with pytest.raises(Invalid, match="not a UUID"):
+        store.record_info(dev.uuid, vinfo("../etc", m.ZSwState.INITIAL, T0))
+    other = vinfo("11111111-1111-4111-8111-111111111111", m.ZSwState.INITIAL, T0)
+    other.devId = "33333333-3333-4333-8333-333333333333"
+    with pytest.raises(Invalid, match="is for device"):
+        store.record_info(dev.uuid, other)
+    with pytest.raises(NotFound):
+        store.record_info("44444444-4444-4444-8444-444444444444", vinfo(other.vinfo.uuid, 1, T0))
+    assert store.reported(dev.uuid) == []
+    assert store.record_info(dev.uuid, m.ZInfoMsg(ztype=m.ZInfoTypes.ZiDevice)) == 0
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def metric(vol: str, at: datetime, used: int) -> m.ZMetricMsg:
+    msg = m.ZMetricMsg()
+    msg.atTimeStamp.CopyFrom(timestamp(at.timestamp()))
+    msg.vm.add(uuid=vol, totalBytes=1 << 30, usedBytes=used, freeBytes=(1 << 30) - used, readBytes=7,
+               writeBytes=9)
+    return msg
+
+
+def test_metrics_retention_and_per_volume_cap(db_url: str, clock: Clock) -> None:  # noqa: F811
+    a, b = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+    with ControllerStore(db_url, clock=clock, metrics_per_volume=3) as store:
+        store.migrate()
+        dev = store.create_device("edge")
+        store.record_metrics(dev.uuid, metric(a, T0 - timedelta(days=8), 1))  # already past retention
+        assert store.volume_metrics(dev.uuid, a) == []
+        for i in range(5):
+            store.record_metrics(dev.uuid, metric(a, T0 + timedelta(minutes=i), 100 + i))
+        store.record_metrics(dev.uuid, metric(b, T0, 5))
+        got = store.volume_metrics(dev.uuid, a)
+        assert [x.used_bytes for x in got] == [102, 103, 104]  # newest three, oldest first
+        assert (got[-1].at, got[-1].free_bytes, got[-1].read_bytes, got[-1].write_bytes) == (
+            T0 + timedelta(minutes=4), (1 << 30) - 104, 7, 9)
+        assert [x.used_bytes for x in store.volume_metrics(dev.uuid, a, limit=2)] == [103, 104]
+
+        clock.now = T0 + timedelta(days=7, minutes=3, seconds=30)
+        store.record_metrics(dev.uuid, metric(b, clock.now, 6))
+        assert [x.used_bytes for x in store.volume_metrics(dev.uuid, a)] == [104]  # older than 7 days: gone
+        assert [x.used_bytes for x in store.volume_metrics(dev.uuid, b)] == [6]
+        assert store.count("volume_metrics") == 2
