@@ -21,35 +21,9 @@ from edgevol.device.datastores import (
     TransientError,
 )
 from edgevol.tools.httpserve import RangeHTTPServer, serve
+from tests.sinks import FileSink
 
 MiB = 1 << 20
-
-
-class FileSink:
-    """A minimal file-backed Sink (the real one is the CAS ingest)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._f = open(path, "wb")
-        self.offset = 0
-        self.resets = 0
-
-    def write(self, data: bytes) -> None:
-        self._f.write(data)
-        self.offset += len(data)
-
-    def reset(self) -> None:
-        self._f.seek(0)
-        self._f.truncate()
-        self.offset = 0
-        self.resets += 1
-
-    def content(self) -> bytes:
-        self._f.flush()
-        return self.path.read_bytes()
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def sha(data: bytes) -> str:

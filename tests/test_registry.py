@@ -30,6 +30,7 @@ from edgevol.device.datastores.oci_manifest import (
 from edgevol.device.datastores.oci_refs import ImageRef, parse_image_ref
 from edgevol.device.datastores.registry import RegistryClient, parse_www_authenticate
 from edgevol.tools.oci_image import Image, Index, Layer, build_image, build_index, make_tar, push
+from tests.sinks import FileSink
 from tests.registry_fixture import (  # noqa: F401  (fixtures)
     TEST_PASSWORD,
     TEST_USER,
@@ -43,37 +44,6 @@ from tests.registry_fixture import (  # noqa: F401  (fixtures)
 )
 
 MiB = 1 << 20
-
-
-class FileSink:
-    """A minimal file-backed Sink (the real one is the CAS ingest)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._f = open(path, "wb")
-        self.offset = 0
-        self.resets = 0
-
-    def write(self, data: bytes) -> None:
-        self._f.write(data)
-        self.offset += len(data)
-
-    def reset(self) -> None:
-        self._f.seek(0)
-        self._f.truncate()
-        self.offset = 0
-        self.resets += 1
-
-    def sha256(self) -> str:
-        self._f.flush()
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while chunk := f.read(MiB):
-                h.update(chunk)
-        return "sha256:" + h.hexdigest()
-
-    def close(self) -> None:
-        self._f.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from edgevol.device.datastores.base import ConfigError
@@ -250,57 +250,43 @@ def _drop_refused(found: dict[str, Any], errors: list[ObjectError], kind: Object
             found.pop(e.object_id, None)
 
 
+def _collect(items: Any, parse: Callable[[Any], Any], kind: ObjectKind, what: str, raw_id: Callable[[Any], str],
+             describe: Callable[[Any], dict[str, Any]], errors: list[ObjectError]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Parse one section object by object: the valid ones by id, and why each refused id was refused."""
+    found: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    for item in items:
+        try:
+            obj = parse(item)
+            if obj.uuid in found:
+                raise Invalid(f"duplicate {what}")
+            found[obj.uuid] = obj
+        except Invalid as exc:
+            object_id = _id_or_raw(raw_id(item))
+            refused[object_id] = str(exc)
+            errors.append(ObjectError(kind, object_id, str(exc), **describe(item)))
+    _drop_refused(found, errors, kind)
+    return found, refused
+
+
 def parse_config(cfg: Any) -> DesiredState:
     """Validate ``cfg`` (an ``EdgeDevConfig``) object by object."""
     errors: list[ObjectError] = []
     state = DesiredState(device_id=_id_or_raw(cfg.id.uuid) if cfg.id.uuid else "")
     state.settings = _parse_settings(cfg, errors)
-
-    bad_ds: dict[str, str] = {}
-    for ds in cfg.datastores:
-        try:
-            parsed = _parse_datastore(ds)
-            if parsed.uuid in state.datastores:
-                raise Invalid("duplicate datastore id")
-            state.datastores[parsed.uuid] = parsed
-        except Invalid as exc:
-            bad_ds[_id_or_raw(ds.id)] = str(exc)
-            errors.append(ObjectError(ObjectKind.DATASTORE, _id_or_raw(ds.id), str(exc)))
-    _drop_refused(state.datastores, errors, ObjectKind.DATASTORE)
-
-    bad_trees: dict[str, str] = {}
-    for ct in cfg.contentInfo:
-        try:
-            tree = _parse_content_tree(ct, state.datastores, bad_ds)
-            if tree.uuid in state.content_trees:
-                raise Invalid("duplicate content tree uuid")
-            state.content_trees[tree.uuid] = tree
-        except Invalid as exc:
-            bad_trees[_id_or_raw(ct.uuid)] = str(exc)
-            errors.append(ObjectError(ObjectKind.CONTENT_TREE, _id_or_raw(ct.uuid), str(exc),
-                                      name=ct.displayName, generation=max(ct.generation_count, 0)))
-    _drop_refused(state.content_trees, errors, ObjectKind.CONTENT_TREE)
-
-    for v in cfg.volumes:
-        try:
-            vol = _parse_volume(v, state.content_trees, bad_trees)
-            if vol.uuid in state.volumes:
-                raise Invalid("duplicate volume uuid")
-            state.volumes[vol.uuid] = vol
-        except Invalid as exc:
-            errors.append(ObjectError(ObjectKind.VOLUME, _id_or_raw(v.uuid), str(exc),
-                                      name=v.displayName, generation=max(v.generationCount, 0)))
-    _drop_refused(state.volumes, errors, ObjectKind.VOLUME)
-
-    for app in cfg.apps:
-        try:
-            parsed_app = _parse_app(app, state.volumes)
-            if parsed_app.uuid in state.apps:
-                raise Invalid("duplicate app instance uuid")
-            state.apps[parsed_app.uuid] = parsed_app
-        except Invalid as exc:
-            errors.append(ObjectError(ObjectKind.APP, _id_or_raw(app.uuidandversion.uuid), str(exc),
-                                      name=app.displayname))
-    _drop_refused(state.apps, errors, ObjectKind.APP)
+    state.datastores, bad_ds = _collect(
+        cfg.datastores, _parse_datastore, ObjectKind.DATASTORE, "datastore id", lambda ds: ds.id,
+        lambda ds: {}, errors)
+    state.content_trees, bad_trees = _collect(
+        cfg.contentInfo, lambda ct: _parse_content_tree(ct, state.datastores, bad_ds), ObjectKind.CONTENT_TREE,
+        "content tree uuid", lambda ct: ct.uuid,
+        lambda ct: {"name": ct.displayName, "generation": max(ct.generation_count, 0)}, errors)
+    state.volumes, _ = _collect(
+        cfg.volumes, lambda v: _parse_volume(v, state.content_trees, bad_trees), ObjectKind.VOLUME,
+        "volume uuid", lambda v: v.uuid,
+        lambda v: {"name": v.displayName, "generation": max(v.generationCount, 0)}, errors)
+    state.apps, _ = _collect(
+        cfg.apps, lambda app: _parse_app(app, state.volumes), ObjectKind.APP, "app instance uuid",
+        lambda app: app.uuidandversion.uuid, lambda app: {"name": app.displayname}, errors)
     state.errors = errors
     return state
