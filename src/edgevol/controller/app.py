@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from edgevol.controller import admin_api, device_api
+from edgevol.controller import admin_api, device_api, web
 from edgevol.controller.context import ControllerContext
 
 
@@ -13,5 +13,6 @@ def create_app(ctx: ControllerContext) -> FastAPI:
                   description="EVE API v2 for devices; admin API for operators (Bearer token).")
     app.include_router(device_api.router(ctx))
     app.include_router(admin_api.router(ctx))
+    app.include_router(web.router())
     admin_api.install_error_handlers(app)
     return app
