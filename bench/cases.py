@@ -275,6 +275,7 @@ def blank_volumes(env: Env, blank_size: int) -> Table:
         b = ConfigBuilder()
         if fmt == "raw":
             b.item("edgevol.volume.blank.format", "raw")
+        b.item("edgevol.disk.thin.overcommit", "true")  # the disk may be smaller than the thin volume
         b.blank_volume(blank_size, name="scratch")
         configs[fmt] = b.save(env.out / f"blank-{fmt}.pb")
     base = env.out / "work" / "base.img"

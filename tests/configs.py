@@ -24,6 +24,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+DRIVE_TYPES = {"unclassified": m.DriveType.Unclassified, "cdrom": m.DriveType.CDROM, "hdd": m.DriveType.HDD,
+               "net": m.DriveType.NET, "hdd_empty": m.DriveType.HDD_EMPTY}
+
+
+def drive(ds_id: str = "", url: str = "", sha256: str = "", fmt: str = "qcow2", *, drvtype: str = "hdd",
+          max_size: int = 0, size_bytes: int = 0, readonly: bool = False, preserve: bool = False,
+          image_id: str | None = None) -> m.Drive:
+    """A legacy Drive; it carries an Image when ``url`` or ``image_id`` is given (new image id if only url)."""
+    d = m.Drive(drvtype=DRIVE_TYPES[drvtype], maxsizebytes=max_size, readonly=readonly, preserve=preserve)
+    if url or image_id:
+        d.image.uuidandversion.uuid = image_id or new_id()
+        d.image.uuidandversion.version = "1"
+        d.image.name = url
+        d.image.sha256 = sha256
+        d.image.iformat = FMT[fmt]
+        d.image.dsId = ds_id
+        d.image.sizeBytes = size_bytes
+    return d
+
+
 class ConfigBuilder:
     def __init__(self, device_id: str | None = None) -> None:
         self.cfg = m.EdgeDevConfig()
@@ -93,6 +113,15 @@ class ConfigBuilder:
         a.uuidandversion.version = "1"
         for vid in volume_ids:
             a.volumeRefList.add(uuid=vid)
+        return app_id
+
+    def app_with_drives(self, drives: list[m.Drive], name: str = "app", app_id: str | None = None,
+                        volume_ids: list[str] | None = None) -> str:
+        """An app the legacy way (``drives``); with ``volume_ids`` too, as a phase-1 controller sends it."""
+        app_id = self.app(volume_ids or [], name=name, app_id=app_id)
+        a = self.cfg.apps[-1]
+        for d in drives:
+            a.drives.add().CopyFrom(d)
         return app_id
 
     def save(self, path: Path) -> Path:

@@ -323,8 +323,10 @@ def test_config_version_bumps_on_every_change_to_a_devices_objects(store: Contro
     assert v() == start + 1
     purged = store.purge_volume(ids["disk"])
     assert purged.generation_count == 1 and v() == start + 2
-    refs = store.get_app("web", "dev1").volume_refs
+    app = store.get_app("web", "dev1")
+    refs = app.volume_refs
     assert (refs[0].volume_uuid, refs[0].generation_count) == (ids["disk"], 1)  # the app follows the purge
+    assert app.purge_counter == 1  # ... with a purge counter bump, so the device moves it
     store.set_app_volume_refs(ids["app"], [ids["blank"]])
     assert v() == start + 3
     store.set_app_volume_refs(ids["app"], [ids["blank"]])  # same list: no bump

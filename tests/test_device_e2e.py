@@ -30,6 +30,7 @@ def test_blank_and_downloaded_volumes_are_created(tmp_path, datastore_dir, http_
     ds = b.datastore(http_server.url)
     ct_q = b.content_tree(ds, "disk.qcow2", sha256_file(image), "qcow2", name="qcow2-image")
     ct_r = b.content_tree(ds, "data.raw", sha256_file(raw), "raw", name="raw-image")
+    b.item("edgevol.disk.thin.overcommit", "true")  # 100 GiB thin volume on a smaller disk
     b.blank_volume(100 * GiB, name="scratch")
     b.download_volume(ct_q, 64 * MiB, name="root")
     b.download_volume(ct_r, 16 * MiB, name="data", readonly=True)

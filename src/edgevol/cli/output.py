@@ -44,6 +44,11 @@ def print_status_tables(console: Console, doc: dict[str, Any]) -> None:
          human_bytes(c["cur_size_bytes"]), str(c["ref_count"]), err(c)] for c in doc["content_trees"]])
     print_table(console, "BLOBS", ["SHA256", "STATE", "SIZE", "REFS"], [
         [b["sha256"][:12], b["state"], human_bytes(b["size"]), str(b["ref_count"])] for b in doc["blobs"]])
+    if doc.get("apps"):
+        print_table(console, "APPS", ["UUID", "NAME", "PURGE", "VOLUMES IN USE", "ERROR"], [
+            [a["uuid"], a["display_name"], str(a["purge_counter"]),
+             ", ".join(f"{r['uuid'][:8]}#{r['generation_count']}" for r in a["volume_refs"]), err(a)]
+            for a in doc["apps"]])
     if doc["config_errors"] or doc["config_source_error"]:
         rows = [[e["kind"], e["id"], e["message"]] for e in doc["config_errors"]]
         if doc["config_source_error"]:

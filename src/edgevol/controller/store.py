@@ -542,13 +542,19 @@ class ControllerStore:
     def purge_volume(self, ref: str, device: str | None = None) -> r.Volume:
         """Ask the device to recreate the volume from scratch: a new generation.
 
-        App references that followed the old generation move to the new one,
-        so the apps use the fresh volume.
+        App references that followed the old generation move to the new one
+        and those apps' purge counters are bumped: a device moves an app to a
+        new generation only together with a purge counter bump, and keeps the
+        old generation serving until the new one is ready.
         """
         with self._write() as s:
             vol = self._owned(s, db.Volume, "volume", ref, device)
             old = vol.generation_count
             vol.generation_count = old + 1
+            users = select(db.AppVolumeRef.app_uuid).where(db.AppVolumeRef.volume_uuid == vol.uuid,
+                                                           db.AppVolumeRef.generation_count == old)
+            s.execute(update(db.App).where(db.App.uuid.in_(users))
+                      .values(purge_counter=db.App.purge_counter + 1).execution_options(synchronize_session=False))
             s.execute(update(db.AppVolumeRef).where(db.AppVolumeRef.volume_uuid == vol.uuid,
                                                     db.AppVolumeRef.generation_count == old)
                       .values(generation_count=old + 1).execution_options(synchronize_session=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from typing import Any
@@ -33,3 +34,11 @@ def mirror_error(err: dict[str, Any] | None, kind: str, ident: str, name: str, p
     assert src is not None
     return ErrorRecord(description=f"{prefix}: {src.description}", time=src.time, severity=src.severity,
                        retry_condition=src.retry_condition, entity=kind, entity_id=ident, entity_name=name)
+
+
+def standing(old: dict[str, Any] | None, new: ErrorRecord | None) -> ErrorRecord | None:
+    """The stored error if ``new`` only restates it: a fresh timestamp every pass would requeue a report."""
+    prev = ErrorRecord.from_dict(old)
+    if prev is not None and new is not None and dataclasses.replace(prev, time=new.time) == new:
+        return prev
+    return new

@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS volumes (
     error TEXT,
     PRIMARY KEY (uuid, generation)
 );
+CREATE TABLE IF NOT EXISTS apps (
+    uuid TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL DEFAULT '',
+    purge_counter INTEGER NOT NULL DEFAULT 0,
+    refs TEXT NOT NULL DEFAULT '[]',
+    create_time REAL NOT NULL,
+    error TEXT
+);
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -85,8 +93,8 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-_KEYS = {"blobs": ("sha256",), "content_trees": ("uuid",), "volumes": ("uuid", "generation")}
-_JSON_COLUMNS = {"error", "spec", "component_shas", "resolved", "layout"}
+_KEYS = {"blobs": ("sha256",), "content_trees": ("uuid",), "volumes": ("uuid", "generation"), "apps": ("uuid",)}
+_JSON_COLUMNS = {"error", "spec", "component_shas", "resolved", "layout", "refs"}
 
 # Columns added after a table first shipped: (table, column, declaration).
 _ADDED_COLUMNS = [
@@ -95,6 +103,8 @@ _ADDED_COLUMNS = [
     ("content_trees", "next_retry", "REAL NOT NULL DEFAULT 0"),
     ("content_trees", "resolved", "TEXT"),
     ("content_trees", "layout", "TEXT"),
+    ("content_trees", "unreferenced_since", "REAL"),
+    ("blobs", "unreferenced_since", "REAL"),
 ]
 
 

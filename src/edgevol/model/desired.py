@@ -78,10 +78,21 @@ class Volume:
     max_size_bytes: int
     readonly: bool
     display_name: str = ""
+    # A legacy Drive's ``preserve``; kept for later use, not acted on yet.
+    preserve: bool = False
+    # Set only for an implicit volume made from a legacy Drive (see edgevol.model.legacy):
+    # the app instance it belongs to and the drive's image ("" for a blank drive without one).
+    app_uuid: str = ""
+    image_uuid: str = ""
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.uuid, self.generation)
+
+    @property
+    def implicit(self) -> bool:
+        """True for a volume the device made from an app's Drive rather than one the controller named."""
+        return bool(self.app_uuid)
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,9 @@ class Settings:
     retry_cap_seconds: float = 300.0
     slow_retry_seconds: float = 600.0
     parallel_downloads: int = 2
+    gc_delay_seconds: float = 0.0
+    disk_reserve_bytes: int = 256 << 20
+    thin_overcommit: bool = False
 
 
 @dataclass

@@ -109,9 +109,17 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         "edgevol.download.retry.cap.seconds": ("retry_cap_seconds", float, 0.0, 86400),
         "edgevol.download.slow.retry.seconds": ("slow_retry_seconds", float, 0.0, 86400 * 7),
         "edgevol.download.parallel": ("parallel_downloads", int, 1, 64),
+        "edgevol.gc.delay.seconds": ("gc_delay_seconds", float, 0.0, 86400 * 30),
+        "edgevol.disk.reserve.bytes": ("disk_reserve_bytes", int, 0, 1 << 50),
     }
     for item in cfg.configItems:
         key, raw = item.key, item.value
+        if key == "edgevol.disk.thin.overcommit":
+            if raw in ("true", "false"):
+                values["thin_overcommit"] = raw == "true"
+            else:
+                errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want true or false"))
+            continue
         if key == "edgevol.volume.blank.format":
             if raw in ("qcow2", "raw"):
                 values["blank_format"] = ImageFormat(raw)
@@ -289,4 +297,7 @@ def parse_config(cfg: Any) -> DesiredState:
         cfg.apps, lambda app: _parse_app(app, state.volumes), ObjectKind.APP, "app instance uuid",
         lambda app: app.uuidandversion.uuid, lambda app: {"name": app.displayname}, errors)
     state.errors = errors
+    # Imported here because legacy.py builds on this module's validators.
+    from edgevol.model.legacy import add_implicit_volumes
+    add_implicit_volumes(cfg.apps, state, bad_ds, bad_trees)
     return state

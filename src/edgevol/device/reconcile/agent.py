@@ -9,7 +9,6 @@ idempotent, so a restart after ``kill -9`` simply carries on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -21,12 +20,16 @@ from typing import Any, Callable
 import structlog
 
 from edgevol.api import messages as m
-from edgevol.device.cas import ContentStore, Descriptor
-from edgevol.device.errors import error, mirror_error
+from edgevol.device.cas import ContentStore
+from edgevol.device.errors import error, mirror_error, standing
+from edgevol.device.migrate import load_checkpointed_config, migrate_legacy_layout
 from edgevol.device.paths import DataDir
+from edgevol.device.reconcile.apps import app_references, sync_apps
 from edgevol.device.reconcile.blobs import BlobDownloader
+from edgevol.device.reconcile.gc import GarbageCollector
 from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
+from edgevol.device.space import SpaceLedger
 from edgevol.device.state import ErrorRecord, StateStore
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
@@ -49,14 +52,6 @@ class AgentOptions:
     workers: int = 4
 
 
-def _standing(old: dict[str, Any] | None, new: ErrorRecord) -> ErrorRecord:
-    """The stored error if ``new`` only restates it: a fresh timestamp every pass would requeue a report."""
-    prev = ErrorRecord.from_dict(old)
-    if prev is not None and dataclasses.replace(prev, time=new.time) == new:
-        return prev
-    return new
-
-
 class Agent:
     def __init__(self, data_dir: Path, options: AgentOptions | None = None) -> None:
         self.options = options or AgentOptions()
@@ -77,15 +72,20 @@ class Agent:
         self._failed_this_run: set[str] = set()
         self._cooldown: dict[str, float] = {}
         self._last_usage = 0.0
-        self._roots: dict[str, Descriptor] | None = None
         self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
         self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
         self.builder = VolumeBuilder(self.store, self.cas, self.files, self.dirvols, self._task_failed)
+        self.gc = GarbageCollector(self.store, self.cas, self.builder, self.reporter, self._busy, self._any_busy)
+        self.space = SpaceLedger(self.dirs.root, self.store)
         self._recover()
 
     # -- lifecycle ------------------------------------------------------------
     def _recover(self) -> None:
-        """Clean up after an interrupted run; keep partial downloads for resume."""
+        """Migrate a legacy layout once, then clean up after an interrupted run (partials stay for resume)."""
+        report = migrate_legacy_layout(self.dirs.root, load_checkpointed_config(self.dirs.checkpoint), self.store)
+        if report.ran:
+            log.info("legacy layout migrated", moved=len(report.moved), kept=len(report.kept_unmapped),
+                     errors=len(report.errors))
         removed = self.files.clean_temps()
         pending = {r["sha256"] for r in self.store.all("blobs") if r["state"] != S.LOADED}
         dropped = self.cas.clean_ingests(keep=pending)
@@ -137,6 +137,9 @@ class Agent:
             return False
         return True
 
+    def _any_busy(self, prefix: str) -> bool:
+        return any(self._busy(k) for k in list(self._tasks) if k.startswith(prefix))
+
     def _may_retry(self, key: str, row: dict[str, Any], now: float) -> bool:
         """An object in ERROR gets one fresh try per run; after that it waits for its slow retry."""
         if self._cooldown.get(key, 0) > now:
@@ -154,7 +157,8 @@ class Agent:
         self._sync_blobs(d, now)
         self._sync_content_trees(d, now)
         self._sync_volumes(d, now)
-        self._collect_garbage(d)
+        sync_apps(self.store, d, now)
+        self.gc.collect(d, now)
         self._sync_refcounts(d, now)
         self.reporter.sync()
 
@@ -194,6 +198,9 @@ class Agent:
                 log.warning("blob vanished from the store; fetching again", sha256=sha)
                 self.store.update("blobs", (sha,), state=S.INITIAL, progress=0, done_bytes=0)
             if running >= d.settings.parallel_downloads or not self._may_retry(key, row, now):
+                continue
+            need = (source.expected_size or source.max_size or 0) - row["done_bytes"]
+            if not self._space_for("blobs", (sha,), row, need, d, "blob", sha, blob=sha):
                 continue
             running += 1
             self._submit(key, self.blobs.download, key, sha, source, d.settings, self.options.once)
@@ -242,7 +249,7 @@ class Agent:
                                       state=S.ERROR, create_time=now, ref_change_time=now, error=record)
                 else:
                     self.store.update("content_trees", (err.object_id,), state=S.ERROR,
-                                      error=_standing(existing["error"], record))
+                                      error=standing(existing["error"], record))
 
     def _sync_container_tree(self, ct: Any, row: dict[str, Any], d: DesiredState, now: float) -> None:
         key = f"tree:{ct.uuid}"
@@ -297,7 +304,7 @@ class Agent:
                         "as it was", ObjectKind.VOLUME, v.uuid, v.display_name,
                         retry="restore the previous settings or bump generationCount")
                     self.store.update("volumes", ident, display_name=v.display_name, state=S.ERROR,
-                                      error=_standing(row["error"], record))
+                                      error=standing(row["error"], record))
                     continue
                 fields: dict[str, Any] = {"display_name": v.display_name, "state": S.CREATED_VOLUME,
                                           "progress": 100, "error": None}
@@ -308,7 +315,7 @@ class Agent:
             self.store.update("volumes", ident, display_name=v.display_name, spec=spec,
                               max_size=v.max_size_bytes, readonly=v.readonly)
             if v.origin is VolumeOrigin.BLANK:
-                if self._may_retry(key, row, now):
+                if self._may_retry(key, row, now) and self._volume_fits(v, None, row, d):
                     self._submit(key, self.builder.create, key, v, None, d.settings, _serves_containers(v, d),
                                  self.options.once)
                 continue
@@ -318,7 +325,7 @@ class Agent:
             if ct_row is None:
                 continue
             if ct_row["state"] == S.LOADED:
-                if self._may_retry(key, row, now) or row["state"] != S.ERROR:
+                if (self._may_retry(key, row, now) or row["state"] != S.ERROR) and self._volume_fits(v, ct_row, row, d):
                     self._submit(key, self.builder.create, key, v, ct, d.settings, False, self.options.once)
             elif row["state"] != S.ERROR or ct_row["state"] == S.ERROR or key not in self._failed_this_run:
                 self.store.update("volumes", ident, state=ct_row["state"], progress=ct_row["progress"],
@@ -335,63 +342,43 @@ class Agent:
                                       ref_change_time=now, error=record)
                 for r in rows:  # an existing volume is kept, never touched by a bad config
                     self.store.update("volumes", (r["uuid"], r["generation"]), state=S.ERROR,
-                                      error=_standing(r["error"], record))
+                                      error=standing(r["error"], record))
 
-    def _collect_garbage(self, d: DesiredState) -> None:
-        bad_volumes = {e.object_id for e in d.errors if e.kind is ObjectKind.VOLUME}
-        for row in self.store.all("volumes"):
-            ident = (row["uuid"], row["generation"])
-            wanted = d.volumes.get(row["uuid"])
-            if (wanted and wanted.generation == row["generation"]) or row["uuid"] in bad_volumes:
-                continue
-            if self._busy(f"volume:{row['uuid']}#{row['generation']}"):
-                continue
-            self.builder.delete(*ident)
-            self.store.delete("volumes", *ident)
-            self.reporter.deleted("volume", row["uuid"], row["generation"])
-            log.info("volume deleted", volume=row["uuid"], generation=row["generation"])
-        bad_trees = {e.object_id for e in d.errors if e.kind is ObjectKind.CONTENT_TREE}
-        for row in self.store.all("content_trees"):
-            if row["uuid"] not in d.content_trees and row["uuid"] not in bad_trees:
-                self.store.delete("content_trees", row["uuid"])
-                self.reporter.deleted("content_tree", row["uuid"])
-        if any(k.startswith("tree:") and self._busy(k) for k in list(self._tasks)):
-            return  # a tree walk is adding blobs its content tree does not list yet
-        referenced = set()
-        for r in self.store.all("content_trees"):
-            referenced.update(r["component_shas"] or [])
-            if r["sha256"] and r["spec"] and r["spec"].get("format") != ImageFormat.CONTAINER.value:
-                referenced.add(r["sha256"])
-        for row in self.store.all("blobs"):
-            sha = row["sha256"]
-            if sha in referenced or self._busy(f"blob:{sha}"):
-                continue
-            self.cas.delete(sha)
-            self.cas.discard_ingest(sha)
-            self.store.delete("blobs", sha)
-            self.reporter.deleted("blob", sha)
-            log.info("blob collected", sha256=sha)
-        roots = {row["uuid"]: _root_descriptor(row) for row in self.store.all("content_trees")
-                 if row["state"] == S.LOADED}
-        if roots != self._roots:
-            self.cas.set_roots(roots)
-            self._roots = roots
+    def _space_for(self, table: str, key: tuple[Any, ...], row: dict[str, Any], need: int, d: DesiredState,
+                   kind: str, ident: str, name: str = "", **which: Any) -> bool:
+        """Admit a job only if it fits beside what is promised; otherwise the object waits in ERROR."""
+        if need <= 0:
+            return True
+        verdict = self.space.check(need, d.settings.disk_reserve_bytes, thin=d.settings.thin_overcommit, **which)
+        if verdict.ok:
+            return True
+        self.store.update(table, key, state=S.ERROR, error=standing(row["error"], error(
+            verdict.describe(), kind, ident, name, retry="proceeds by itself once space is freed")))
+        return False
+
+    def _volume_fits(self, v: Any, ct_row: dict[str, Any] | None, row: dict[str, Any], d: DesiredState) -> bool:
+        image = ct_row["cur_size"] if ct_row else 0
+        writable_room = 0 if v.readonly or d.settings.thin_overcommit else v.max_size_bytes
+        need = max(writable_room, image)
+        return self._space_for("volumes", (v.uuid, v.generation), row, need, d, ObjectKind.VOLUME, v.uuid,
+                               v.display_name, volume=(v.uuid, v.generation))
 
     def _sync_refcounts(self, d: DesiredState, now: float) -> None:
-        app_refs: dict[tuple[str, int], int] = {}
-        for app in d.apps.values():
-            for ref in app.volume_refs:
-                app_refs[(ref.uuid, ref.generation)] = app_refs.get((ref.uuid, ref.generation), 0) + 1
+        """refCount = the config's own reference (while it names the object) + each user of it."""
+        app_refs = app_references(self.store)
         tree_refs: dict[str, int] = {}
         for v in d.volumes.values():
             if v.content_tree_id:
                 tree_refs[v.content_tree_id] = tree_refs.get(v.content_tree_id, 0) + 1
         for row in self.store.all("volumes"):
-            count = 1 + app_refs.get((row["uuid"], row["generation"]), 0)
+            wanted = d.volumes.get(row["uuid"])
+            own = 1 if wanted is not None and wanted.generation == row["generation"] else 0
+            count = own + app_refs.get((row["uuid"], row["generation"]), 0)
             self._set_refcount("volumes", (row["uuid"], row["generation"]), row, count, now)
         blob_refs: dict[str, int] = {}
         for row in self.store.all("content_trees"):
-            self._set_refcount("content_trees", (row["uuid"],), row, 1 + tree_refs.get(row["uuid"], 0), now)
+            own = 1 if row["uuid"] in d.content_trees else 0
+            self._set_refcount("content_trees", (row["uuid"],), row, own + tree_refs.get(row["uuid"], 0), now)
             for sha in row["component_shas"] or []:
                 blob_refs[sha] = blob_refs.get(sha, 0) + 1
         for row in self.store.all("blobs"):
@@ -421,7 +408,9 @@ class Agent:
         if self.desired.errors:
             return True
         tables = (("volumes", "state"), ("content_trees", "state"), ("blobs", "state"))
-        return any(row[col] == S.ERROR for table, col in tables for row in self.store.all(table))
+        if any(row[col] == S.ERROR for table, col in tables for row in self.store.all(table)):
+            return True
+        return any(row["error"] and row["error"]["severity"] == "error" for row in self.store.all("apps"))
 
     def run(self, poll: Callable[[], None] | None = None, interval: float = 0.5,
             stop: threading.Event | None = None) -> int:
@@ -442,15 +431,6 @@ class Agent:
 
 def _is_uuid(value: str) -> bool:
     return len(value) == 36 and value.count("-") == 4
-
-
-def _root_descriptor(row: dict[str, Any]) -> Descriptor:
-    """index.json entry of a loaded content tree: its top manifest, or its single disk-image blob."""
-    annotations = {"io.edgevol.content-tree": row["uuid"]}
-    if row["layout"]:
-        top = row["layout"]["manifests"][0]
-        return Descriptor(top["media_type"], top["digest"], top["size"], annotations)
-    return Descriptor("application/octet-stream", row["sha256"], row["cur_size"], annotations)
 
 
 def _serves_containers(v: Any, d: DesiredState) -> bool:

@@ -37,6 +37,11 @@ def status_document(store: StateStore) -> dict[str, Any]:
         "sha256": r["sha256"], "state": _state(r["state"]), "progress": r["progress"],
         "size": r["size"], "ref_count": r["ref_count"], "error": _error(r["error"]),
     } for r in store.all("blobs")]
+    apps = [{
+        "uuid": r["uuid"], "display_name": r["display_name"], "purge_counter": r["purge_counter"],
+        "volume_refs": [{"uuid": u, "generation_count": g} for u, g in r["refs"]], "error": _error(r["error"]),
+    } for r in store.all("apps")]
     config = json.loads(store.meta_get("config_status") or "{}")
-    return {"volumes": volumes, "content_trees": trees, "blobs": blobs,
-            "config_errors": config.get("errors", []), "config_source_error": config.get("source_error")}
+    return {"volumes": volumes, "content_trees": trees, "blobs": blobs, "apps": apps,
+            "config_errors": config.get("errors", []), "config_source_error": config.get("source_error"),
+            "legacy_migration": json.loads(store.meta_get("legacy_migration_report") or "null")}

@@ -107,7 +107,12 @@ class ControllerClient:
         return self._verify(resp.content, m.ConfigResponse)
 
     def post(self, device_uuid: str, kind: str, payload: bytes) -> None:
-        """Deliver one signed info or metrics message; raises unless the controller accepted it."""
+        """Deliver one signed info or metrics message; raises unless the controller accepted it.
+
+        Only to a controller whose certificates chain to our root CA: a device whose config is
+        refused as untrusted must not keep reporting its state to that same controller.
+        """
+        self.signer()
         body = seal_message(_Raw(payload), self.device)
         resp = self._request("POST", f"/api/v2/edgedevice/id/{device_uuid}/{kind}", body)
         if resp.status_code not in (200, 201, 202, 204):

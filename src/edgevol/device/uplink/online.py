@@ -97,6 +97,10 @@ class Uplink:
         while not self._stop.is_set():
             try:
                 self._sync_config()
+                if self.error is not None:
+                    # The controller is back: deliver queued info now, not when the info backoff
+                    # (up to info_retry_cap) happens to expire.
+                    self.outbox_wake.set()
                 self.error = None
             except ControllerError as exc:
                 if self.error != str(exc):
