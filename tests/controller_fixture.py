@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,11 +41,21 @@ class Controller:
     data_dir: Path
     port: int
     db_url: str
+    tls: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx needs to trust this controller: its own root CA when serving TLS."""
+        if not self.tls:
+            return True
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(cadata=self.root_ca.read_text())
+        return ctx
 
     @property
     def root_ca(self) -> Path:
@@ -58,7 +68,8 @@ class Controller:
     def start(self) -> Controller:
         log = open(self.data_dir.parent / f"controller-{self.port}.log", "ab")
         self.proc = subprocess.Popen([*EDGEVOL, "controller", "run", "--data-dir", str(self.data_dir), "--db",
-                                      self.db_url, "--listen", f"127.0.0.1:{self.port}"],
+                                      self.db_url, "--listen", f"127.0.0.1:{self.port}",
+                                      "--tls" if self.tls else "--no-tls"],
                                      stdout=log, stderr=log)
         wait_for(self._up, 30, "controller to answer ping")
         return self
@@ -67,8 +78,10 @@ class Controller:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"controller exited {self.proc.returncode}")
+        if self.tls and not self.root_ca.exists():
+            return False  # keys not written yet
         try:
-            return httpx.get(f"{self.url}/api/v2/edgedevice/ping", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/api/v2/edgedevice/ping", timeout=1, verify=self.verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -84,10 +97,25 @@ class Controller:
 
     def admin(self, method: str, path: str, **kw: Any) -> Any:
         resp = httpx.request(method, f"{self.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.token}"},
-                             timeout=30, **kw)
+                             timeout=30, verify=self.verify, **kw)
         if resp.status_code >= 400:
             raise AssertionError(f"{method} {path}: {resp.status_code} {resp.text}")
         return resp.json() if resp.content else None
+
+    def post(self, path: str, body: bytes) -> httpx.Response:
+        """One raw device-API call (``path`` under /api/v2/edgedevice), for hand-built envelopes."""
+        return httpx.post(f"{self.url}/api/v2/edgedevice{path}", content=body, timeout=30, verify=self.verify,
+                          headers={"Content-Type": "application/x-proto-binary"})
+
+    def count(self, table: str) -> int:
+        """Rows in one of the controller's tables, read straight from its database."""
+        from edgevol.controller.store import ControllerStore
+
+        store = ControllerStore(self.db_url)
+        try:
+            return store.count(table)
+        finally:
+            store.close()
 
 
 @dataclass
@@ -97,15 +125,30 @@ class DeviceAgent:
     serial: str
     proc: subprocess.Popen[bytes] | None = None
 
-    def onboarding_pem(self) -> str:
-        out = subprocess.run([*EDGEVOL, "device", "identity", "--data-dir", str(self.data_dir), "-o", "json"],
-                             check=True, capture_output=True, text=True).stdout
-        return json.loads(out)["onboarding_cert_pem"]
+    def cli_json(self, *args: str) -> Any:
+        """``edgevol device ARGS --data-dir D -o json``, run in-process (the same code, no interpreter start)."""
+        from click.testing import CliRunner
 
-    def start(self, *extra: str) -> DeviceAgent:
+        from edgevol.cli.main import main
+
+        try:
+            runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+        except TypeError:
+            runner = CliRunner()  # click >= 8.2 keeps stderr apart already
+        result = runner.invoke(main, ["device", *args, "--data-dir", str(self.data_dir), "-o", "json"])
+        if result.exit_code != 0:
+            raise AssertionError(f"edgevol device {' '.join(args)} exited {result.exit_code}: {result.output}"
+                                 f"{result.exception!r}")
+        return json.loads(result.stdout)
+
+    def onboarding_pem(self) -> str:
+        return str(self.cli_json("identity")["onboarding_cert_pem"])
+
+    def start(self, *extra: str, root_ca: Path | None = None) -> DeviceAgent:
+        """Run the agent against ``self.controller``; ``root_ca`` overrides the root CA it is given."""
         log = open(self.data_dir.parent / f"agent-{self.data_dir.name}.log", "ab")
         self.proc = subprocess.Popen([*EDGEVOL, "device", "run", "--data-dir", str(self.data_dir), "--controller",
-                                      self.controller.url, "--root-ca", str(self.controller.root_ca),
+                                      self.controller.url, "--root-ca", str(root_ca or self.controller.root_ca),
                                       "--serial", self.serial, "--poll-interval", "0.5", "--metrics-interval",
                                       "1", "--interval", "0.2", *extra], stdout=log, stderr=log)
         return self
@@ -121,19 +164,23 @@ class DeviceAgent:
         self.proc = None
 
     def status(self) -> dict[str, Any]:
-        out = subprocess.run([*EDGEVOL, "device", "status", "--data-dir", str(self.data_dir), "-o", "json"],
-                             check=True, capture_output=True, text=True).stdout
-        return json.loads(out)
+        """``edgevol device status -o json``."""
+        return dict(self.cli_json("status"))
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """The info messages queued for the controller, as ``edgevol device outbox -o json`` shows them."""
+        return list(self.cli_json("outbox"))
 
 
 @pytest.fixture
-def controller_factory(tmp_path: Path) -> Iterator[Callable[[str | None], Controller]]:
+def controller_factory(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
+    """``make(db_url=None, *, tls=False)``: a started controller with its own data dir (so its own keys)."""
     started: list[Controller] = []
 
-    def make(db_url: str | None = None) -> Controller:
+    def make(db_url: str | None = None, *, tls: bool = False) -> Controller:
         data = tmp_path / f"controller{len(started)}"
         data.mkdir()
-        c = Controller(data, free_port(), db_url or f"sqlite:///{data / 'controller.db'}")
+        c = Controller(data, free_port(), db_url or f"sqlite:///{data / 'controller.db'}", tls=tls)
         started.append(c)
         return c.start()
 

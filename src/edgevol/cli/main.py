@@ -21,6 +21,7 @@ from rich.console import Console
 from edgevol import log as logsetup
 from edgevol.api import messages as m
 from edgevol.api.codec import ConfigDecodeError, load_edge_dev_config
+from edgevol.cli.admin import admin
 from edgevol.cli.output import console, print_json, print_status_tables, print_table
 from edgevol.model.parse import parse_config
 
@@ -295,3 +296,6 @@ def datastore_serve(root: Path, host: str, port: int) -> None:
     from edgevol.tools import httpserve
 
     sys.exit(httpserve.main([str(root), "--host", host, "--port", str(port)]))
+
+
+main.add_command(admin)
