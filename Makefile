@@ -1,7 +1,7 @@
 # The two commands: `make demo` (the main job) and `make test` (the suite).
 PY := .venv/bin/python
 
-.PHONY: demo test bench setup protos lint
+.PHONY: demo test bench reliability setup protos
 
 setup:
 	@scripts/bootstrap.sh
@@ -17,3 +17,7 @@ bench: setup
 
 protos: setup
 	scripts/gen_protos.sh
+
+# The long reliability profile (>= 50 kills, more faults and inputs); writes RELIABILITY.md.
+reliability: setup
+	$(PY) scripts/reliability.py
