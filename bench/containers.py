@@ -119,6 +119,7 @@ def pull_image(env: Env, image: PublishedImage) -> Table:
     configs = {p: _tree_config(image, None if p == PARALLEL_DEFAULT else p).save(env.out / f"pull-p{p}.pb")
                for p in settings}
     layout = env.out / "work" / "skopeo-layout"
+    layout.parent.mkdir(parents=True, exist_ok=True)
     baselines = [("skopeo", _skopeo(image, layout), "skopeo copy --src-tls-verify=false docker://HOST/REPO:TAG "
                   "oci:DIR:TAG"),
                  ("skopeo-sync", _skopeo(image, layout) + " && sync", "skopeo copy … oci:DIR:TAG && sync")]
@@ -197,7 +198,7 @@ class TreeFacts:
     """What a file tree holds, and a file-by-file manifest to compare trees by."""
 
     manifest: dict[str, tuple[object, ...]]
-    files: int = 0
+    files: int = 0  # regular files (inodes), not names
     file_bytes: int = 0
     dirs: int = 0
     symlinks: int = 0
@@ -218,7 +219,8 @@ def tree_manifest(root: Path) -> TreeFacts:
             st = p.lstat()
             rel = str(p.relative_to(root))
             perm = stat.S_IMODE(st.st_mode)
-            if (st.st_dev, st.st_ino) in seen:
+            again = (st.st_dev, st.st_ino) in seen  # a further name of a hardlinked file: counted once
+            if again:
                 facts.extra_links += 1
             else:
                 seen.add((st.st_dev, st.st_ino))
@@ -230,8 +232,9 @@ def tree_manifest(root: Path) -> TreeFacts:
                 facts.symlinks += 1
                 facts.manifest[rel] = ("symlink", os.readlink(p), st.st_mtime_ns)
             elif stat.S_ISREG(st.st_mode):
-                facts.files += 1
-                facts.file_bytes += st.st_size
+                if not again:
+                    facts.files += 1
+                    facts.file_bytes += st.st_size
                 facts.manifest[rel] = ("file", perm, st.st_mtime_ns, st.st_size, sha256_file(p), st.st_nlink)
             else:
                 facts.manifest[rel] = ("other", st.st_mode, st.st_mtime_ns)
@@ -265,7 +268,10 @@ def unpack_rootfs(env: Env, image: PublishedImage) -> Table:
 
     layout = env.out / "work" / "oci-layout"  # umoci's input: what skopeo copied, as in benchmark 4
     shutil.rmtree(layout, ignore_errors=True)
-    subprocess.run(["bash", "-c", _skopeo(image, layout)], check=True, capture_output=True)
+    layout.parent.mkdir(parents=True, exist_ok=True)  # skopeo makes the layout, not its parent
+    copied = subprocess.run(["bash", "-c", _skopeo(image, layout)], capture_output=True, text=True)
+    if copied.returncode != 0:
+        raise RuntimeError(f"skopeo copy failed:\n{copied.stderr[-2000:]}")
     umoci = "umoci unpack --rootless --image {layout}:{tag} {x}"
     tar_loop = "mkdir {x} && for L in {layers}; do tar -xzf \"$L\" -C {x} || exit 1; done"
     # (name, command template, label, where the rootfs lands relative to X, or None: not compared)

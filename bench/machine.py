@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["facts"]
+__all__ = ["facts", "load_average"]
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -64,8 +64,17 @@ def _git_commit(repo: Path) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "(no commit yet: working tree)"
 
 
-def facts(work_dir: Path, repo: Path) -> list[tuple[str, str]]:
+def load_average() -> str:
+    """1/5/15-minute load: other work on the machine during a run shows up here, not in the figures."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "(unknown)"
+
+
+def facts(work_dir: Path, repo: Path, load_at_start: str = "") -> list[tuple[str, str]]:
     """(label, value) pairs for the report header."""
+    load = f"{load_at_start} at start, {load_average()} at end" if load_at_start else load_average()
     return [
         ("Date (UTC)", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")),
         ("CPU", f"{_cpu_model()}, nproc = {os.cpu_count()}"),
@@ -79,4 +88,5 @@ def facts(work_dir: Path, repo: Path) -> list[tuple[str, str]]:
                                                                                      "--version"]))),
         ("Work dir filesystem", _filesystem(work_dir)),
         ("edgevol", f"{_edgevol_version()}, {_git_commit(repo)}"),
+        ("Load average (1/5/15 min)", load),
     ]

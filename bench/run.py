@@ -98,6 +98,8 @@ METHOD = [
     "no noise from it.",
     "MB = 10^6 bytes; disk use = `st_blocks × 512`; ratio = edgevol time ÷ baseline time.",
     "Each edgevol run starts from a fresh `--data-dir` unless stated otherwise.",
+    "The machine is not reserved for the benchmarks: the *Load average* row of the header shows how much other "
+    "work ran at the same time. Under load wall times stretch, and CPU s is the steadier figure.",
 ]
 
 
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     datastore.mkdir(parents=True)
     server = None
     began = time.monotonic()
+    load_at_start = machine.load_average()
+    if load_at_start[:1].isdigit() and float(load_at_start.split()[0]) > 0.5:
+        print(f"warning: load average {load_at_start}: other work on this machine will blur the figures",
+              flush=True)
     try:
         server, url = _start_server(datastore, OUT_DIR / "httpserve.log")
         env = cases.Env(out=OUT_DIR, datastore=datastore, url=url, reps=args.reps, size=int(args.size_gib * GiB))
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"{env.startup.median:.3f} s median, of which importing its modules takes "
                                f"{env.imports.median:.3f} s (bare interpreter {env.interpreter.median:.3f} s). It "
                                "is paid once per process: it matters for `--once` jobs, not for the daemon.")
-        text = render(machine.facts(OUT_DIR, REPO), _command(args), METHOD, tables, env.summary)
+        text = render(machine.facts(OUT_DIR, REPO, load_at_start), _command(args), METHOD, tables, env.summary)
         args.out.write_text(text)
         print(f"wrote {args.out} after {time.monotonic() - began:.0f} s", flush=True)
     finally:

@@ -7,9 +7,10 @@ Fixtures (import them into a test module to use them):
 - ``token_auth_registry``: real token auth: docker-registry trusts a
   self-signed certificate, and a tiny loopback token server signs RS256 JWTs
   with its key (``openssl`` does the RSA work, so no Python crypto package).
-- ``fault_proxy``: a loopback proxy in front of ``registry`` that can drop a
-  blob download midway, redirect blobs to another host or demand credentials,
-  so resume and redirect handling meet a real server's bytes.
+- ``fault_proxy``: edgevol's fault proxy (``edgevol.tools.faultproxy``) in
+  front of ``registry``, with shorthand knobs to drop a blob download midway,
+  redirect blobs to another host or demand credentials, so resume and
+  redirect handling meet a real server's bytes.
 
 The access log (docker-registry writes it to stdout) is kept in a file, so
 tests can count the requests the registry really served.
@@ -21,7 +22,6 @@ import base64
 import ctypes
 import ctypes.util
 import hmac
-import http.client
 import json
 import os
 import re
@@ -32,13 +32,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+
+from edgevol.tools.faultproxy import FaultProxy as GenericFaultProxy
+from edgevol.tools.faultproxy import Kind
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 TEST_USER = "edgevol-user"
@@ -47,9 +50,6 @@ TOKEN_SERVICE = "edgevol-test-registry"
 TOKEN_ISSUER = "edgevol-test-token-issuer"
 
 _ACCESS_LINE = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+|-)')
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
-)
 
 
 @dataclass(frozen=True)
@@ -312,144 +312,72 @@ class TokenAuthRegistry:
 
 # -- fault-injecting proxy --------------------------------------------------
 
+_BLOB_PATH = r"^/v2/(?!_)[^?]*/blobs/sha256:"
 
-@dataclass
-class FaultProxy:
-    """A loopback HTTP proxy in front of a registry; knobs are plain attributes.
+
+class FaultProxy(GenericFaultProxy):
+    """:class:`edgevol.tools.faultproxy.FaultProxy` in front of a registry, with shorthand knobs.
 
     - ``drop_blob_after``: the next blob GET sends this many body bytes, then
-      the connection is cut (one shot).
+      the connection is cut (one shot); ``drops`` counts the cuts.
     - ``redirect_blobs``: blob GETs answer 307 to the same proxy under the
       host name ``localhost`` (a different origin), as registries do when
       blobs live in object storage; ``redirected`` records those requests'
       headers.
     - ``require_basic``: (user, password) the proxy demands on every request
       except redirected ones.
-    - ``tamper_manifests``: manifest GETs get one extra byte (still valid
-      JSON, different digest), as a lying registry or cache would serve.
+    - ``tamper_manifests``: manifest GETs come with a byte changed (a
+      different digest), as a lying registry or cache would serve them.
     - ``strip_headers``: response headers (lowercase) to leave out, to play a
       registry that omits optional ones such as Docker-Content-Digest.
     """
 
-    server: ThreadingHTTPServer
-    upstream: str  # host:port
-    drop_blob_after: int | None = None
-    redirect_blobs: bool = False
-    require_basic: tuple[str, str] | None = None
-    tamper_manifests: bool = False
-    strip_headers: set[str] = field(default_factory=set)
-    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
-    redirected: list[dict[str, str]] = field(default_factory=list)
-    drops: int = 0
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.alias_prefix = "/_redirected"
 
     @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
+    def drop_blob_after(self) -> None:
+        return None
+
+    @drop_blob_after.setter
+    def drop_blob_after(self, cut: int | None) -> None:
+        if cut is not None:
+            self.inject(Kind.DROP, path=_BLOB_PATH, methods=frozenset({"GET"}), at=cut, times=1)
 
     @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def drops(self) -> int:
+        return self.counts().get(Kind.DROP.value, 0)
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+    def redirect_blobs(self) -> bool:
+        return self.redirect is not None
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @redirect_blobs.setter
+    def redirect_blobs(self, on: bool) -> None:
+        self.redirect = _BLOB_PATH if on else None
+
+    @property
+    def redirected(self) -> list[dict[str, str]]:
+        return self.aliased
+
+    @property
+    def tamper_manifests(self) -> bool:
+        return any(r.kind is Kind.CORRUPT for r in self._rules)
+
+    @tamper_manifests.setter
+    def tamper_manifests(self, on: bool) -> None:
+        if on:
+            self.inject(Kind.CORRUPT, path="/manifests/", methods=frozenset({"GET"}))
+
+    @property
+    def seen(self) -> list[tuple[str, str, dict[str, str]]]:
+        """(method, path as received, headers) of every request."""
+        return [(s.method, s.path, s.headers) for s in self.requests_for()]
 
 
 def start_fault_proxy(upstream: str) -> FaultProxy:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
-    server.daemon_threads = True
-    proxy = FaultProxy(server, upstream)
-    server.proxy = proxy  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return proxy
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def _handle(self) -> None:
-        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
-        headers = {k: v for k, v in self.headers.items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        path = self.path
-        redirected = path.startswith("/_redirected/")
-        proxy.seen.append((self.command, path, dict(headers)))
-        if redirected:
-            path = path[len("/_redirected") :]
-            proxy.redirected.append(dict(headers))
-            headers.pop("Authorization", None)  # the upstream registry is anonymous
-        elif proxy.require_basic is not None:
-            user, password = proxy.require_basic
-            expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-            if not hmac.compare_digest(self.headers.get("Authorization", ""), expected):
-                self._simple(401, {"WWW-Authenticate": 'Basic realm="fault-proxy"'})
-                return
-            headers.pop("Authorization", None)
-        is_blob_get = self.command == "GET" and "/blobs/sha256:" in path and not path.startswith("/v2/_")
-        if is_blob_get and proxy.redirect_blobs and not redirected:
-            self._simple(307, {"Location": f"http://localhost:{proxy.port}/_redirected{path}"})
-            return
-        forward = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
-        conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-        try:
-            conn.request(self.command, path, body=body, headers=forward)
-            resp = conn.getresponse()
-            drop_at = proxy.drop_blob_after if is_blob_get and resp.status in (200, 206) else None
-            if drop_at is not None:
-                proxy.drop_blob_after = None
-            tampered = None
-            if proxy.tamper_manifests and self.command == "GET" and "/manifests/" in path and resp.status == 200:
-                tampered = resp.read() + b"\n"
-            self.send_response(resp.status)
-            has_length = False
-            for key, value in resp.getheaders():
-                if key.lower() in _HOP_BY_HOP or key.lower() in proxy.strip_headers:
-                    continue
-                if tampered is not None and key.lower() == "content-length":
-                    value = str(len(tampered))
-                has_length |= key.lower() == "content-length"
-                self.send_header(key, value)
-            if not has_length or drop_at is not None:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if tampered is not None:
-                self.wfile.write(tampered)
-                return
-            sent = 0
-            while chunk := resp.read(64 << 10):
-                if drop_at is not None and sent + len(chunk) >= drop_at:
-                    self.wfile.write(chunk[: drop_at - sent])
-                    self.wfile.flush()
-                    proxy.drops += 1
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(chunk)
-                sent += len(chunk)
-        finally:
-            conn.close()
-
-    def _simple(self, status: int, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    return FaultProxy(upstream).start()  # type: ignore[return-value]
 
 
 # -- fixtures ---------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgevol.device.errors import human_bytes
 
@@ -27,7 +28,8 @@ def print_table(console: Console, title: str, columns: Sequence[str], rows: list
     for col in columns:
         table.add_column(col, no_wrap=col != "ERROR", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        # Plain Text, not markup: names and ids come from the config and may contain "[/x]".
+        table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in row))
     console.print(table)
 
 

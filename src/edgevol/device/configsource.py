@@ -27,6 +27,7 @@ class ConfigSource:
         self.error: str | None = None
         self._seen: tuple[int, int] | None = None
         self._digest: str | None = None
+        self._unsaved: bytes | None = None  # a config applied but not yet checkpointed
 
     def _from_checkpoint(self) -> DesiredState | None:
         if not self.checkpoint.exists():
@@ -42,6 +43,7 @@ class ConfigSource:
     def poll(self) -> DesiredState | None:
         """A new desired state when the source changed (or on the first call), else ``None``."""
         first = self._digest is None and self._seen is None
+        self._save_checkpoint(None)
         if self.path is None:
             if first:
                 self._seen = (0, 0)
@@ -68,6 +70,23 @@ class ConfigSource:
         if digest == self._digest:
             return None
         self._digest = digest
-        atomic_write_bytes(self.checkpoint, data, mode=0o600)
+        self._save_checkpoint(data)
         log.info("config applied", path=str(self.path), sha256=digest[:12])
         return parse_config(cfg)
+
+    def _save_checkpoint(self, data: bytes | None) -> None:
+        """Checkpoint ``data`` (or retry an earlier one that failed, e.g. on a full disk).
+
+        A failed checkpoint must not lose the config: it is applied anyway and written on a later poll.
+        """
+        data = data if data is not None else self._unsaved
+        if data is None:
+            return
+        try:
+            atomic_write_bytes(self.checkpoint, data, mode=0o600)
+        except OSError as exc:
+            if self._unsaved is None:
+                log.warning("cannot checkpoint the config; applying it anyway", error=exc.strerror or str(exc))
+            self._unsaved = data
+            return
+        self._unsaved = None

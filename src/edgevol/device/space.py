@@ -10,7 +10,9 @@ by itself once space is freed.
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,6 +46,13 @@ class SpaceVerdict:
         return (f"not enough disk space: need {human_bytes(self.need)}, have {human_bytes(max(self.available, 0))} "
                 f"({human_bytes(self.free)} free, {human_bytes(self.promised)} promised to work in progress and "
                 f"volumes, {human_bytes(self.reserve)} kept in reserve)")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for what a full data filesystem raises: ENOSPC/EDQUOT from the OS, SQLITE_FULL from the state db."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def free_bytes(path: Path) -> int:

@@ -8,14 +8,20 @@ device id live here, so a restart after ``kill -9`` picks up where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+# Disk held back for the database itself, so that on a full data disk it can still record that the disk is
+# full (the ERROR rows, their reports). Released on the first SQLITE_FULL, taken again once there is room.
+RESERVE_BYTES = 2 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -149,6 +155,8 @@ class StateStore:
         self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
         self.version = 0  # bumped on every write; lets readers skip work when nothing changed
+        self.reserve_path = path.with_name(path.name + ".reserve")
+        self.reserve_released = False  # the database took its reserve back on a full disk
 
     def _migrate(self) -> None:
         """Bring a state database written by an older edgevol up to this schema, in place."""
@@ -160,6 +168,60 @@ class StateStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- room for the database on a full disk --------------------------------
+    def keep_reserve(self) -> None:
+        """Hold :data:`RESERVE_BYTES` for the database, taking it again once the disk has room for it.
+
+        Its content means nothing, so it is allocated in place rather than via temp + rename; a torn one
+        has the wrong size and is simply allocated again.
+        """
+        try:
+            if self.reserve_path.stat().st_size == RESERVE_BYTES:
+                self.reserve_released = False
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            st = os.statvfs(self.reserve_path.parent)
+            if st.f_bavail * st.f_frsize < 4 * RESERVE_BYTES:
+                return  # a nearly full disk: do not take its last bytes from work in progress
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            self.reserve_released = False
+        except OSError:
+            self.reserve_path.unlink(missing_ok=True)
+
+    def leaves_room(self, n: int) -> bool:
+        """Whether ``n`` more bytes of bulk data (a download) leave the room the database took back."""
+        if not self.reserve_released:
+            return True
+        st = os.statvfs(self.reserve_path.parent)
+        return st.f_bavail * st.f_frsize >= RESERVE_BYTES + n
+
+    def _retry_when_full(self, write: Callable[[], T]) -> T:
+        """Run one write; on SQLITE_FULL, release the reserve and run it once more."""
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL or not self.release_reserve():
+                raise
+            self.reserve_released = True
+            return write()
+
+    def release_reserve(self) -> bool:
+        """Give the reserve back to the filesystem; True if there was one."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        self._retry_when_full(lambda: self._db.execute(sql, args))
 
     # -- generic rows -------------------------------------------------------
     @staticmethod
@@ -204,7 +266,7 @@ class StateStore:
         cols = ", ".join(enc)
         marks = ", ".join("?" for _ in enc)
         with self._lock:
-            self._db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(enc.values()))
+            self._write(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(enc.values()))
             self.version += 1
 
     def update(self, table: str, key: tuple[Any, ...], **fields: Any) -> bool:
@@ -219,33 +281,37 @@ class StateStore:
             if not changed:
                 return False
             sets = ", ".join(f"{k}=?" for k in changed)
-            self._db.execute(f"UPDATE {table} SET {sets} WHERE {where}", tuple(changed.values()) + args)
+            self._write(f"UPDATE {table} SET {sets} WHERE {where}", tuple(changed.values()) + args)
             self.version += 1
         return True
 
     def delete(self, table: str, *key: Any) -> None:
         where, args = self._where(table, key)
         with self._lock:
-            self._db.execute(f"DELETE FROM {table} WHERE {where}", args)
+            self._write(f"DELETE FROM {table} WHERE {where}", args)
             self.version += 1
 
     # -- outbox -------------------------------------------------------------
     def outbox_put(self, key: str, payload: bytes) -> None:
         """Queue ``payload``; a newer message for the same object replaces an unsent one."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0]
-                self._db.execute(
-                    "INSERT INTO outbox(key, seq, payload, queued_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET seq=excluded.seq, payload=excluded.payload, "
-                    "queued_at=excluded.queued_at",
-                    (key, seq, payload, time.time()),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
+            self._retry_when_full(lambda: self._outbox_put(key, payload))
+
+    def _outbox_put(self, key: str, payload: bytes) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO outbox(key, seq, payload, queued_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET seq=excluded.seq, payload=excluded.payload, "
+                "queued_at=excluded.queued_at",
+                (key, seq, payload, time.time()),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
                 self._db.execute("ROLLBACK")
-                raise
+            raise
 
     def outbox_items(self) -> Iterator[tuple[str, int, bytes]]:
         with self._lock:
@@ -255,7 +321,7 @@ class StateStore:
     def outbox_ack(self, key: str, seq: int) -> None:
         """Drop a delivered message unless a newer one replaced it meanwhile."""
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE key=? AND seq=?", (key, seq))
+            self._write("DELETE FROM outbox WHERE key=? AND seq=?", (key, seq))
 
     # -- reported fingerprints ----------------------------------------------
     def fingerprint(self, key: str) -> str | None:
@@ -266,9 +332,9 @@ class StateStore:
     def set_fingerprint(self, key: str, fingerprint: str | None) -> None:
         with self._lock:
             if fingerprint is None:
-                self._db.execute("DELETE FROM reported WHERE key=?", (key,))
+                self._write("DELETE FROM reported WHERE key=?", (key,))
             else:
-                self._db.execute("INSERT OR REPLACE INTO reported(key, fingerprint) VALUES (?, ?)",
+                self._write("INSERT OR REPLACE INTO reported(key, fingerprint) VALUES (?, ?)",
                                  (key, fingerprint))
 
     # -- meta ---------------------------------------------------------------
@@ -279,4 +345,4 @@ class StateStore:
 
     def meta_set(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            self._write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))

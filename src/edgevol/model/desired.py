@@ -130,6 +130,8 @@ class Settings:
     retry_cap_seconds: float = 300.0
     slow_retry_seconds: float = 600.0
     parallel_downloads: int = 2
+    # How long a download may go silent (no header or body bytes) before the attempt fails and is retried.
+    download_read_timeout_seconds: float = 30.0
     gc_delay_seconds: float = 0.0
     disk_reserve_bytes: int = 256 << 20
     thin_overcommit: bool = False

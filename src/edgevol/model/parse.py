@@ -109,6 +109,7 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         "edgevol.download.retry.cap.seconds": ("retry_cap_seconds", float, 0.0, 86400),
         "edgevol.download.slow.retry.seconds": ("slow_retry_seconds", float, 0.0, 86400 * 7),
         "edgevol.download.parallel": ("parallel_downloads", int, 1, 64),
+        "edgevol.download.read.timeout.seconds": ("download_read_timeout_seconds", float, 0.1, 3600),
         "edgevol.gc.delay.seconds": ("gc_delay_seconds", float, 0.0, 86400 * 30),
         "edgevol.disk.reserve.bytes": ("disk_reserve_bytes", int, 0, 1 << 50),
     }
@@ -151,8 +152,12 @@ def _parse_datastore(ds: Any) -> Datastore:
         raise Invalid("fqdn is empty")
     if kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         url = fqdn if "://" in fqdn else f"{kind.value}://{fqdn}"
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:  # urlsplit raises ValueError on a broken IPv6 literal or NFKC-unsafe host
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise Invalid(f"fqdn {fqdn!r} is not an http(s) host: {exc}") from None
+        if parts.scheme not in ("http", "https") or not hostname:
             raise Invalid(f"fqdn {fqdn!r} is not an http(s) host")
         if parts.query or parts.fragment or parts.username:
             raise Invalid(f"fqdn {fqdn!r} must not carry credentials, a query or a fragment")

@@ -36,15 +36,19 @@ class BlobSource:
 
 
 class DatastoreClients:
-    def __init__(self) -> None:
+    def __init__(self, read_timeout: float = 30.0) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[DatastoreSpec, HttpDatastore | RegistryClient] = {}
+        self._clients: dict[tuple[DatastoreSpec, float], HttpDatastore | RegistryClient] = {}
+        # From the config (edgevol.download.read.timeout.seconds); part of the cache key, so a
+        # change takes effect with the next attempt while attempts in flight keep their client.
+        self.read_timeout = read_timeout
 
     def _client(self, spec: DatastoreSpec) -> HttpDatastore | RegistryClient:
         with self._lock:
-            client = self._clients.get(spec)
+            key = (spec, self.read_timeout)
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[spec] = _open(spec)
+                client = self._clients[key] = _open(spec, self.read_timeout)
             return client
 
     def registry(self, spec: DatastoreSpec) -> RegistryClient:
@@ -61,7 +65,7 @@ class DatastoreClients:
             raise Cancelled()
         if isinstance(client, RegistryClient):
             client.fetch_blob(source.locator, f"sha256:{sha256}", sink, max_size=source.max_size,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, expected_size=source.expected_size)
         else:
             client.fetch(source.locator, sink, max_size=source.max_size, progress=progress, cancel=cancel)
 
@@ -72,11 +76,13 @@ class DatastoreClients:
             self._clients.clear()
 
 
-def _open(spec: DatastoreSpec) -> HttpDatastore | RegistryClient:
+def _open(spec: DatastoreSpec, read_timeout: float) -> HttpDatastore | RegistryClient:
     if spec.kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         return HttpDatastore(spec.fqdn, spec.dpath, secure_default=spec.kind is DatastoreKind.HTTPS,
-                             api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems)
+                             api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
+                             read_timeout=read_timeout)
     if spec.kind is DatastoreKind.CONTAINER_REGISTRY:
         scheme, host, _path = split_registry_address(spec.fqdn)
-        return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems)
+        return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
+                              read_timeout=read_timeout)
     raise PermanentError(f"datastore kind {spec.kind.value} is not supported by this device yet")

@@ -143,6 +143,9 @@ class FetchAttempt:
     progress: ProgressFn | None
     cancel: threading.Event | None
     has_credentials: bool
+    # The content's own size when it is known independently (a registry descriptor): an answer
+    # announcing another size is the server's fault, worth another attempt, not a size-limit breach.
+    expected_size: int | None = None
     received: int = 0
     total: int | None = None
     start: int = field(init=False, default=0)
@@ -208,6 +211,10 @@ class FetchAttempt:
         )
 
     def _check_announced(self, announced: int | None) -> None:
+        if self.expected_size is not None and announced is not None and announced != self.expected_size:
+            raise TransientError(
+                f"{self.url}: server announces {announced} bytes for content of {self.expected_size} bytes"
+            )
         if self.max_size is not None and announced is not None and announced > self.max_size:
             raise PermanentError(
                 f"{self.url}: server announces {announced} bytes, "

@@ -118,9 +118,9 @@ def split_registry_address(fqdn: str) -> tuple[str, str, str]:
         raise ConfigError("registry address has no host")
     try:
         parsed = httpx.URL(f"http://{netloc}/")
-    except httpx.InvalidURL as exc:
+        host = parsed.host  # decodes IDNA: raises ValueError (idna) for e.g. xn--ls8h
+    except (httpx.InvalidURL, ValueError) as exc:
         raise ConfigError(f"invalid registry address {netloc!r}: {exc}") from exc
-    host = parsed.host
     if not host:
         raise ConfigError("registry address has no host")
     if host.lower() in _DOCKER_HUB_ALIASES and parsed.port is None:

@@ -44,6 +44,7 @@ __all__ = [
     "MANIFEST_ACCEPT",
     "MAX_MANIFEST_SIZE",
     "AuthChallenge",
+    "ManifestDigestMismatch",
     "RegistryClient",
     "parse_www_authenticate",
 ]
@@ -88,6 +89,14 @@ def parse_www_authenticate(values: Sequence[str]) -> list[AuthChallenge]:
                 pos = param.end()
             out.append(AuthChallenge(match.group(1).lower(), params))
     return out
+
+
+class ManifestDigestMismatch(PermanentError):
+    """A manifest fetched by digest hashed to another digest.
+
+    Permanent for this attempt (the bytes are unusable), but like a blob's digest
+    mismatch it may be damage in transit, so callers may retry a bounded number of times.
+    """
 
 
 class _BytesSink:
@@ -219,7 +228,7 @@ class RegistryClient:
         media_type, body = self._get_manifest(url, repository, max_size)
         actual = _sha256(body)
         if actual != digest:
-            raise PermanentError(f"{url}: manifest content has digest {actual}, expected {digest}")
+            raise ManifestDigestMismatch(f"{url}: manifest content has digest {actual}, expected {digest}")
         return media_type, body
 
     def fetch_blob(
@@ -231,15 +240,17 @@ class RegistryClient:
         max_size: int | None = None,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        expected_size: int | None = None,
     ) -> None:
         """ONE attempt to deliver blob bytes ``sink.offset..end`` (resuming with Range).
 
-        Same contract as ``Datastore.fetch``; the caller verifies the digest.
+        Same contract as ``Datastore.fetch``; the caller verifies the digest. ``expected_size``
+        is the descriptor's size: an answer announcing another size is a TransientError.
         """
         validate_repository(repository)
         validate_digest(digest)
         url = self._url(repository, "blobs", digest)
-        attempt = FetchAttempt(url, sink, max_size, progress, cancel, self._basic is not None)
+        attempt = FetchAttempt(url, sink, max_size, progress, cancel, self._basic is not None, expected_size)
         attempt.check_cancel()
         headers = {"Range": f"bytes={attempt.start}-"} if attempt.start > 0 else {}
         try:

@@ -10,6 +10,7 @@ idempotent, so a restart after ``kill -9`` simply carries on.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +30,7 @@ from edgevol.device.reconcile.blobs import BlobDownloader
 from edgevol.device.reconcile.gc import GarbageCollector
 from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
-from edgevol.device.space import SpaceLedger
+from edgevol.device.space import SpaceLedger, disk_full
 from edgevol.device.state import ErrorRecord, StateStore
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
@@ -72,6 +73,7 @@ class Agent:
         self._failed_this_run: set[str] = set()
         self._cooldown: dict[str, float] = {}
         self._last_usage = 0.0
+        self._disk_full = False
         self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
         self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
         self.builder = VolumeBuilder(self.store, self.cas, self.files, self.dirvols, self._task_failed)
@@ -89,9 +91,15 @@ class Agent:
         removed = self.files.clean_temps()
         pending = {r["sha256"] for r in self.store.all("blobs") if r["state"] != S.LOADED}
         dropped = self.cas.clean_ingests(keep=pending)
-        for row in self.store.all("volumes"):
-            if row["state"] == S.CREATING_VOLUME:
-                self.store.update("volumes", (row["uuid"], row["generation"]), state=S.INITIAL, progress=0)
+        try:
+            for row in self.store.all("volumes"):
+                if row["state"] == S.CREATING_VOLUME:
+                    self.store.update("volumes", (row["uuid"], row["generation"]), state=S.INITIAL, progress=0)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not disk_full(exc):
+                raise
+            # Start anyway: the reconcile passes redo those creates whatever their row says.
+            log.error("data disk full at start", error=str(exc))
         if removed or dropped:
             log.info("recovered", temp_files_removed=len(removed), stale_partials_removed=len(dropped))
 
@@ -99,11 +107,19 @@ class Agent:
         self._cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.clients.close()
-        self.reporter.sync()
-        self.store.close()
+        try:
+            self.reporter.sync()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not disk_full(exc):
+                raise
+            log.error("data disk full; last reports not queued", error=str(exc))  # redone at the next start
+        finally:
+            self.store.release_reserve()  # held only while the agent runs
+            self.store.close()
 
     def set_desired(self, desired: DesiredState) -> None:
         self.desired = desired
+        self.clients.read_timeout = desired.settings.download_read_timeout_seconds
         self.record_config_status(None)
         if desired.device_id:
             self.store.meta_set("device_id", desired.device_id)
@@ -114,7 +130,9 @@ class Agent:
         """Keep config-level problems where ``device status`` can show them."""
         errors = [{"kind": e.kind.value, "id": e.object_id, "name": e.name, "message": e.message}
                   for e in self.desired.errors]
-        self.store.meta_set("config_status", json.dumps({"errors": errors, "source_error": source_error}))
+        status = json.dumps({"errors": errors, "source_error": source_error})
+        if self.store.meta_get("config_status") != status:  # called every pass: write only on change
+            self.store.meta_set("config_status", status)
 
     # -- tasks ----------------------------------------------------------------
     def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
@@ -132,7 +150,10 @@ class Agent:
             del self._tasks[key]
             exc = fut.exception()
             if exc is not None:  # the workers catch everything they expect; back off on anything else
-                log.error("task crashed", task=key, error=repr(exc))
+                if disk_full(exc):  # not even its failure could be recorded; tried again after the cooldown
+                    log.error("task stopped: data disk full", task=key, error=str(exc))
+                else:
+                    log.error("task crashed", task=key, error=repr(exc))
                 self._cooldown[key] = time.time() + CRASH_COOLDOWN_SECONDS
             return False
         return True
@@ -154,6 +175,7 @@ class Agent:
     def step(self) -> None:
         now = time.time()
         d = self.desired
+        self.store.keep_reserve()
         self._sync_blobs(d, now)
         self._sync_content_trees(d, now)
         self._sync_volumes(d, now)
@@ -199,7 +221,8 @@ class Agent:
                 self.store.update("blobs", (sha,), state=S.INITIAL, progress=0, done_bytes=0)
             if running >= d.settings.parallel_downloads or not self._may_retry(key, row, now):
                 continue
-            need = (source.expected_size or source.max_size or 0) - row["done_bytes"]
+            # Without a declared size, the size the server announced on an earlier attempt (after a full disk).
+            need = (source.expected_size or source.max_size or row["size"] or 0) - row["done_bytes"]
             if not self._space_for("blobs", (sha,), row, need, d, "blob", sha, blob=sha):
                 continue
             running += 1
@@ -412,14 +435,30 @@ class Agent:
             return True
         return any(row["error"] and row["error"]["severity"] == "error" for row in self.store.all("apps"))
 
+    def _survive_full_disk(self, work: Callable[[], None]) -> bool:
+        """Run part of a pass; a full data disk fails writes anywhere, the state database included, so the
+        daemon logs it and carries on (each pass is idempotent) to resume by itself once space is freed."""
+        try:
+            work()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if self.options.once or not disk_full(exc):
+                raise
+            if not self._disk_full:
+                log.error("data disk full; reconcile passes stay incomplete until space is freed", error=str(exc))
+            self._disk_full = True
+            return False
+        return True
+
     def run(self, poll: Callable[[], None] | None = None, interval: float = 0.5,
             stop: threading.Event | None = None) -> int:
         """Reconcile until converged (``once``) or until ``stop`` is set; returns an exit status."""
         stop = stop or threading.Event()
         while not stop.is_set():
-            if poll is not None:
-                poll()
-            self.step()
+            polled = poll is None or self._survive_full_disk(poll)
+            stepped = self._survive_full_disk(self.step)  # even after a failed poll: the pass may free space
+            if polled and stepped and self._disk_full:
+                log.info("reconcile passes complete again")
+                self._disk_full = False
             if self.options.once and self.converged():
                 self.step()  # settle dependants of the last finished task and report them
                 if self.converged():

@@ -10,6 +10,7 @@ moves the blob to ERROR with a full description.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from typing import Callable
@@ -18,6 +19,7 @@ import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import CasError, ContentStore, DigestMismatch, IngestBusy, SizeLimitExceeded, SizeMismatch
+from edgevol.device.cas.ingest import Ingest
 from edgevol.device.datastores.base import Cancelled, PermanentError, TransientError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.errors import error
@@ -28,6 +30,27 @@ from edgevol.model.desired import Settings
 log = structlog.get_logger("edgevol.download")
 S = m.ZSwState
 PROGRESS_INTERVAL = 0.5
+
+
+class _SparingSink:
+    """The ingest, stopping with ENOSPC rather than write into the room the state database took back on a
+    full disk: those last bytes must record why the download stopped, not extend it."""
+
+    def __init__(self, ingest: Ingest, store: StateStore) -> None:
+        self._ingest = ingest
+        self._store = store
+
+    @property
+    def offset(self) -> int:
+        return self._ingest.offset
+
+    def write(self, data: bytes) -> None:
+        if not self._store.leaves_room(len(data)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._ingest.write(data)
+
+    def reset(self) -> None:
+        self._ingest.reset()
 
 
 class BlobDownloader:
@@ -63,8 +86,8 @@ class BlobDownloader:
                 self.store.update("blobs", (sha,), state=S.DOWNLOAD_STARTED, done_bytes=ingest.offset)
                 log.info("download started", sha256=sha, source=source.describe(), resume_from=ingest.offset,
                          attempt=attempt)
-                self.clients.fetch_blob(source, sha, ingest, progress=self._progress(sha, source.expected_size),
-                                        cancel=self.cancel)
+                self.clients.fetch_blob(source, sha, _SparingSink(ingest, self.store),
+                                        progress=self._progress(sha, source.expected_size), cancel=self.cancel)
                 self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
                 path = ingest.commit()
         except Cancelled:
@@ -105,7 +128,8 @@ class BlobDownloader:
             return
         delay = getattr(exc, "retry_after", None) or backoff.delay(attempt)
         log.warning("download attempt failed", sha256=sha, attempt=attempt, retry_in=round(delay, 2), error=desc)
-        self.store.update("blobs", (sha,), attempts=attempt, next_retry=time.time() + delay, error=error(
+        # size=0: what the server announced on a failed attempt is not trusted for the next admission check
+        self.store.update("blobs", (sha,), attempts=attempt, next_retry=time.time() + delay, size=0, error=error(
             desc, "blob", sha, severity="warning",
             retry=f"attempt {attempt + 1} of {backoff.max_attempts} in {delay:.1f}s"))
 

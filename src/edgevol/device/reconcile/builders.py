@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,14 +11,26 @@ import structlog
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.errors import error
+from edgevol.device.space import disk_full
 from edgevol.device.state import StateStore
 from edgevol.device.volumes import FileVolumes, VolumeError, VolumeUsage
 from edgevol.device.volumes.directories import DirectoryVolumes
+from edgevol.device.volumes.qemu import QemuImgError
 from edgevol.model.desired import ContentTree, ImageFormat, ObjectKind, Settings, Volume
 
 log = structlog.get_logger("edgevol.volumes")
 S = m.ZSwState
 MAX_IMAGE_CONFIG = 16 << 20  # an image config is JSON metadata; anything bigger is hostile
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """A full disk anywhere in the chain: our own writes, an unpacked entry, or qemu-img's report of it."""
+    cur: BaseException | None = exc
+    while cur is not None:
+        if disk_full(cur) or (isinstance(cur, QemuImgError) and "No space left on device" in cur.stderr):
+            return True
+        cur = cur.__cause__
+    return False
 
 
 def volume_spec(v: Volume) -> dict[str, Any]:
@@ -72,10 +83,10 @@ class VolumeBuilder:
                                                     tree.format.value, v.max_size_bytes, readonly=v.readonly,
                                                     progress=progress)
         except (VolumeError, OSError) as exc:
-            nospace = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+            nospace = _out_of_space(exc)
             desc = "no space left on the device" if nospace else str(exc)
             slow = settings.slow_retry_seconds
-            log.error("volume creation failed", volume=key, error=desc)
+            log.error("volume creation failed", volume=key, error=str(exc))
             self.on_failure(key)
             retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
             self.store.update("volumes", ident, state=S.ERROR, progress=0, next_retry=time.time() + slow,

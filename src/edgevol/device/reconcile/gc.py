@@ -55,8 +55,10 @@ class GarbageCollector:
             if self.busy(f"volume:{row['uuid']}#{row['generation']}"):
                 continue
             self.builder.delete(*ident)
-            self.store.delete("volumes", *ident)
+            # "gone" is queued before the row goes: a kill in between must leave the row, so the next run
+            # deletes and reports again; the other order loses the message for good
             self.reporter.deleted("volume", row["uuid"], row["generation"])
+            self.store.delete("volumes", *ident)
             log.info("volume deleted", volume=row["uuid"], generation=row["generation"])
 
     def _expired(self, table: str, key: tuple[Any, ...], row: dict[str, Any], now: float, delay: float) -> bool:
@@ -81,8 +83,8 @@ class GarbageCollector:
                     blob = self.store.get("blobs", sha)
                     if blob is not None and blob["unreferenced_since"] is None:
                         self.store.update("blobs", (sha,), unreferenced_since=since)
+                self.reporter.deleted("content_tree", row["uuid"])  # before the row goes, as for volumes
                 self.store.delete("content_trees", row["uuid"])
-                self.reporter.deleted("content_tree", row["uuid"])
                 log.info("content tree collected", content_tree=row["uuid"])
 
     def _blobs(self, now: float, delay: float) -> None:
@@ -101,8 +103,8 @@ class GarbageCollector:
                 continue
             self.cas.delete(sha)
             self.cas.discard_ingest(sha)
+            self.reporter.deleted("blob", sha)  # before the row goes, as for volumes
             self.store.delete("blobs", sha)
-            self.reporter.deleted("blob", sha)
             log.info("blob collected", sha256=sha)
 
     def _index(self) -> None:

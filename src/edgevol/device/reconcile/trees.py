@@ -23,7 +23,7 @@ from edgevol.device.datastores.base import ConfigError, PermanentError, Transien
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.datastores.oci_manifest import INDEX_MEDIA_TYPES, parse_index, parse_manifest, select_platform
 from edgevol.device.datastores.oci_refs import parse_image_ref
-from edgevol.device.datastores.registry import RegistryClient
+from edgevol.device.datastores.registry import ManifestDigestMismatch, RegistryClient
 from edgevol.device.errors import error, human_bytes
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
@@ -103,13 +103,13 @@ class ContainerResolver:
                 self.store.update("content_trees", (ct.uuid,), resolved=resolved, sha256=_hex(digest),
                                   state=S.RESOLVED_TAG)
             layout = self._walk(client, ref.repository, resolved["digest"], ct)
-        except TransientError as exc:
+        except (TransientError, ManifestDigestMismatch) as exc:  # bytes damaged in transit: retry, bounded
             backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds,
                               settings.download_max_attempts)
             if backoff.exhausted(attempt):
                 self._fail(key, ct, attempt, f"{exc} (gave up after {attempt} attempts)", settings, once)
             else:
-                delay = exc.retry_after or backoff.delay(attempt)
+                delay = getattr(exc, "retry_after", None) or backoff.delay(attempt)
                 self.store.update("content_trees", (ct.uuid,), attempts=attempt, next_retry=time.time() + delay,
                                   error=error(str(exc), ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
                                               severity="warning", retry=f"attempt {attempt + 1} of "

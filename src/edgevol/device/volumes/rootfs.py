@@ -292,7 +292,10 @@ def _guarded_tarinfo() -> type[tarfile.TarInfo]:
     return _Guarded
 
 
-_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, _HeaderTooBig)
+# ValueError/OverflowError: tarfile parses pax and GNU sparse headers with int()/float() and lets
+# those escape (e.g. GNU.sparse.map=nan); entry errors are already UnpackErrors by the time they get here.
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, _HeaderTooBig,
+                  ValueError, OverflowError)
 
 
 def apply_layer(
