@@ -211,3 +211,16 @@ def onboard(ctrl: Controller, agent: DeviceAgent, name: str) -> dict[str, Any]:
                                                 "onboard_cert_pem": agent.onboarding_pem()})
 
 
+def device_view(agent: DeviceAgent) -> dict[tuple[str, str, int], tuple[str, int]]:
+    """Every object the device knows: (kind, id, generation) -> (state, progress)."""
+    st = agent.status()
+    view = {("volume", v["uuid"], v["generation_count"]): (v["state"], v["progress"]) for v in st["volumes"]}
+    view |= {("content_tree", t["uuid"], 0): (t["state"], t["progress"]) for t in st["content_trees"]}
+    view |= {("blob", b["sha256"], 0): (b["state"], b["progress"]) for b in st["blobs"]}
+    return view
+
+
+def controller_view(ctrl: Controller, device: str) -> dict[tuple[str, str, int], tuple[str, int]]:
+    """The same, as the controller last heard it from the device (deleted objects are not listed)."""
+    return {(r["kind"], r["object_key"], r["generation"]): (r["state_name"], r["progress"])
+            for r in ctrl.admin("GET", f"/devices/{device}/reported")}

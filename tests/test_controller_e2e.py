@@ -21,6 +21,8 @@ from tests.controller_fixture import (  # noqa: F401
     DeviceAgent,
     agent_factory,
     controller_factory,
+    controller_view,
+    device_view,
     onboard,
     wait_for,
 )
@@ -67,21 +69,6 @@ def test_volumes_created_at_the_controller_appear_on_the_device(db_url, controll
 
 
 # ---------------------------------------------------------------- helpers for the longer stories
-
-
-def device_view(agent: DeviceAgent) -> dict[tuple[str, str, int], tuple[str, int]]:
-    """Every object the device knows: (kind, id, generation) -> (state, progress)."""
-    st = agent.status()
-    view = {("volume", v["uuid"], v["generation_count"]): (v["state"], v["progress"]) for v in st["volumes"]}
-    view |= {("content_tree", t["uuid"], 0): (t["state"], t["progress"]) for t in st["content_trees"]}
-    view |= {("blob", b["sha256"], 0): (b["state"], b["progress"]) for b in st["blobs"]}
-    return view
-
-
-def controller_view(ctrl: Controller, device: str) -> dict[tuple[str, str, int], tuple[str, int]]:
-    """The same, as the controller last heard it from the device."""
-    return {(r["kind"], r["object_key"], r["generation"]): (r["state_name"], r["progress"])
-            for r in ctrl.admin("GET", f"/devices/{device}/reported")}
 
 
 def outbox_by_key(agent: DeviceAgent) -> dict[str, dict[str, Any]]:

@@ -36,7 +36,8 @@ from edgevol.tools.httpserve import serve
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import ConfigBuilder, sha256_file
 from tests.conftest import by_name, device_status, make_raw_image, run_cli
-from tests.controller_fixture import Controller, agent_factory, controller_factory, onboard, wait_for  # noqa: F401
+from tests.controller_fixture import (  # noqa: F401
+    Controller, agent_factory, controller_factory, controller_view, device_view, onboard, wait_for)
 from tests.registry_fixture import RunningRegistry, registry  # noqa: F401
 from tests.reliability.figures import record, scale
 
@@ -417,21 +418,6 @@ CONTROLLER_RULES = [
     Rule(Kind.ERROR, r"/metrics$", status=500, every=3),
     Rule(Kind.DROP, r"/metrics$", every=2),
 ]
-
-
-def device_view(agent: Any) -> dict[tuple[str, str, int], tuple[str, int]]:
-    """Every object the device knows: (kind, id, generation) -> (state, progress)."""
-    st = agent.status()
-    view = {("volume", v["uuid"], v["generation_count"]): (v["state"], v["progress"]) for v in st["volumes"]}
-    view |= {("content_tree", t["uuid"], 0): (t["state"], t["progress"]) for t in st["content_trees"]}
-    view |= {("blob", b["sha256"], 0): (b["state"], b["progress"]) for b in st["blobs"]}
-    return view
-
-
-def controller_view(ctrl: Controller, device: str) -> dict[tuple[str, str, int], tuple[str, int]]:
-    """The same, as the controller last heard it from the device (deleted objects are not listed)."""
-    return {(r["kind"], r["object_key"], r["generation"]): (r["state_name"], r["progress"])
-            for r in ctrl.admin("GET", f"/devices/{device}/reported")}
 
 
 def test_controller_faults_lose_nothing(controller_factory, agent_factory, datastore_dir: Path,  # noqa: F811

@@ -87,21 +87,20 @@ class DeviceAPI:
         return _proto(seal_message(m.ConfigResponse(config=cfg, configHash=digest), self.ctx.signing))
 
     def info(self, body: bytes, path_uuid: str) -> Response:
-        msg, dev = self._authenticate(body, m.ZInfoMsg, path_uuid)
-        if msg.devId and msg.devId != dev.uuid:
-            return _refuse(403, "info names another device")
-        try:
-            self.ctx.store.record_info(dev.uuid, msg)
-        except Invalid as exc:
-            return _refuse(400, str(exc))
-        return Response(status_code=200)
+        return self._record(body, path_uuid, m.ZInfoMsg, "devId", self.ctx.store.record_info, "info")
 
     def metrics(self, body: bytes, path_uuid: str) -> Response:
-        msg, dev = self._authenticate(body, m.ZMetricMsg, path_uuid)
-        if msg.devID and msg.devID != dev.uuid:
-            return _refuse(403, "metrics name another device")
+        return self._record(body, path_uuid, m.ZMetricMsg, "devID", self.ctx.store.record_metrics, "metrics")
+
+    def _record(self, body: bytes, path_uuid: str, msg_type: Any, dev_field: str,
+                store: Callable[[str, Any], Any], what: str) -> Response:
+        """Verify, refuse a message that names another device, then store it."""
+        msg, dev = self._authenticate(body, msg_type, path_uuid)
+        named = getattr(msg, dev_field)
+        if named and named != dev.uuid:
+            return _refuse(403, f"{what} names another device")
         try:
-            self.ctx.store.record_metrics(dev.uuid, msg)
+            store(dev.uuid, msg)
         except Invalid as exc:
             return _refuse(400, str(exc))
         return Response(status_code=200)
