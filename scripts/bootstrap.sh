@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the registry token-auth tests sign with it
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 # The controller's tests start a throwaway PostgreSQL cluster with initdb/pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)

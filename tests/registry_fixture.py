@@ -395,7 +395,8 @@ def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     """Credentials: TEST_USER / TEST_PASSWORD."""
     hashed = bcrypt_hash(TEST_PASSWORD)
     if hashed is None:
-        pytest.skip("no bcrypt implementation (bcrypt package, htpasswd or libcrypt) for htpasswd")
+        pytest.fail("no bcrypt implementation (bcrypt package, htpasswd or libcrypt) for htpasswd; "
+                    "libcrypt1 is part of every Debian system")
     workdir = tmp_path_factory.mktemp("registry-basic")
     htpasswd = workdir / "htpasswd"
     htpasswd.write_text(f"{TEST_USER}:{hashed[0]}\n")
@@ -408,7 +409,7 @@ def basic_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
 def token_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenAuthRegistry]:
     """Real bearer-token auth; the token server grants TEST_USER everything it asks."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to sign registry tokens")
+        pytest.fail("openssl is needed to sign registry tokens: run 'make test', which installs it")
     workdir = tmp_path_factory.mktemp("registry-token")
     issuer = TokenIssuer(workdir)
     server = TokenServer(issuer)
