@@ -400,6 +400,38 @@ def test_registry_persistent_fault_ends_in_error_without_volume(registry_persist
            result=f"ERROR after {len(hits)} attempts: {message}; no volume; nothing wrong in the CAS")
 
 
+def test_registry_without_digest_header_survives_a_corrupted_tag_answer(
+        registry: RunningRegistry, proxies: Callable[..., FaultProxy], tmp_path: Path) -> None:  # noqa: F811
+    """A registry that sends no Docker-Content-Digest makes the device hash the tag's GET body.
+
+    One damaged byte in that answer names a manifest that does not exist. The
+    device must not latch that digest: it retries, resolves the tag again and
+    pulls the real image (no corrupted byte reaches a volume either way).
+    """
+    pushed = push_label_image(registry.url, "no-digest-header", seed=2)
+    proxy = proxies(registry.host, seed=2)
+    proxy.strip_headers = {"docker-content-digest"}
+    rule = proxy.add(Rule(Kind.CORRUPT, r"^/v2/faults/no-digest-header/manifests/v1$", methods=frozenset({"GET"}),
+                          times=1))
+    b = ConfigBuilder().fast_retries(ATTEMPTS).item("edgevol.download.read.timeout.seconds", str(READ_TIMEOUT))
+    ct = b.content_tree(b.registry(proxy.host), "faults/no-digest-header:v1", "", "container", name="nd")
+    b.download_volume(ct, 64 * MiB, name="nd")
+    data = tmp_path / "dev"
+    proc = run_once(b.save(tmp_path / "config.json"), data)
+    assert rule.injected == 1, "the tag's GET answer was never corrupted"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    st = device_status(data)
+    tree, vol = by_name(st["content_trees"], "nd"), by_name(st["volumes"], "nd")
+    assert (tree["state"], vol["state"]) == ("LOADED", "CREATED_VOLUME"), (tree, vol)
+    assert tree["sha256"] == pushed.manifest.removeprefix("sha256:")
+    assert (Path(vol["path"]) / "rootfs" / "data.bin").read_bytes() == pushed.payload
+    tag_gets = proxy.requests_for(r"/manifests/v1$", "GET")
+    assert len(tag_gets) == 2, [s.path for s in tag_gets]  # resolved again after the damaged answer
+    record("faults/registry/no-digest-header-corrupt-tag", counts={"corrupt": rule.injected,
+                                                                    "tag_gets": len(tag_gets)},
+           result="tag resolved again; rootfs == image; CAS verified")
+
+
 # -- controller: faults on config, info and metrics lose nothing ------------------------
 
 CONTROLLER_STALL = 2.0  # under the device's 15 s controller timeout: a slow controller

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "Datastore",
     "DatastoreError",
+    "NotFoundError",
     "PermanentError",
     "ProgressFn",
     "Sink",
@@ -47,6 +48,14 @@ class PermanentError(DatastoreError):
     """Waiting will not help: not found, access denied, TLS verification, size limit."""
 
     retryable = False
+
+
+class NotFoundError(PermanentError):
+    """The server says the object does not exist (HTTP 404/410).
+
+    Permanent for a name the controller gave; a caller that derived the name
+    itself (a digest hashed from a tag's answer) may know better.
+    """
 
 
 class ConfigError(PermanentError, ValueError):

@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 
-from .base import Cancelled, ConfigError, PermanentError, ProgressFn, Sink, TransientError
+from .base import Cancelled, ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
 
 __all__ = [
     "CHUNK_SIZE",
@@ -262,7 +262,7 @@ class FetchAttempt:
             )
             return PermanentError(f"{label} ({hint})")
         if status in (404, 410):
-            return PermanentError(f"{label} (not found on the datastore)")
+            return NotFoundError(f"{label} (not found on the datastore)")
         if status in _TRANSIENT_STATUS or 500 <= status <= 599:
             return TransientError(label, retry_after=retry_after_seconds(response))
         return PermanentError(f"{label} (unexpected answer)")

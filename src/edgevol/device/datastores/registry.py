@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .base import ConfigError, DatastoreError, PermanentError, ProgressFn, Sink, TransientError
+from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
 from .http import CHUNK_SIZE, USER_AGENT, FetchAttempt, refuse_downgrade, retry_after_seconds, ssl_context
 from .oci_manifest import (
     MANIFEST_MEDIA_TYPES,
@@ -449,7 +449,7 @@ class RegistryClient:
         detail = f" [{codes}]" if codes else ""
         label = f"{url}: HTTP {status} {resp.reason_phrase}".rstrip() + detail
         if status in (404, 410):
-            return PermanentError(f"{label} ({what} not found in the registry)")
+            return NotFoundError(f"{label} ({what} not found in the registry)")
         if status in (401, 403):
             hint = "access denied with the configured credentials" if self._basic else "access denied"
             return PermanentError(f"{label} ({hint})")

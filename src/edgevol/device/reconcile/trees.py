@@ -1,9 +1,9 @@
 """Container content trees: resolve the tag, walk index → manifest → config + layers.
 
 Resolution is latched: the digest a tag resolved to is stored with the
-content tree's spec, so a restart or a re-read config keeps the same image
-even if the tag moves, until the content tree itself changes (URL, datastore,
-sha256 or generation_count). Manifests are small; they are fetched here,
+content tree's spec once its manifests have been read, so a restart or a
+re-read config keeps the same image even if the tag moves, until the content
+tree itself changes (URL, datastore, sha256 or generation_count). Manifests are small; they are fetched here,
 checked against their digest and stored in the CAS. Config and layers are
 ordinary blobs that the blob downloader fetches in parallel.
 """
@@ -19,7 +19,7 @@ import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
-from edgevol.device.datastores.base import ConfigError, PermanentError, TransientError
+from edgevol.device.datastores.base import ConfigError, NotFoundError, PermanentError, TransientError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.datastores.oci_manifest import INDEX_MEDIA_TYPES, parse_index, parse_manifest, select_platform
 from edgevol.device.datastores.oci_refs import parse_image_ref
@@ -93,16 +93,23 @@ class ContainerResolver:
                 ref = dataclasses.replace(ref, digest=f"sha256:{ct.sha256}")
             client = self.clients.registry(ds)
             resolved = row["resolved"]
-            if not resolved or resolved.get("spec") != spec:
+            fresh = not resolved or resolved.get("spec") != spec
+            if fresh:
                 digest = ref.digest
                 if digest is None:
                     self.store.update("content_trees", (ct.uuid,), state=S.RESOLVING_TAG, progress=0)
                     digest = client.resolve(ref).digest
                     log.info("tag resolved", content_tree=ct.uuid, reference=str(ref), digest=digest)
                 resolved = {"digest": digest, "reference": str(ref), "spec": spec}
-                self.store.update("content_trees", (ct.uuid,), resolved=resolved, sha256=_hex(digest),
-                                  state=S.RESOLVED_TAG)
-            layout = self._walk(client, ref.repository, resolved["digest"], ct)
+                self.store.update("content_trees", (ct.uuid,), sha256=_hex(digest), state=S.RESOLVED_TAG)
+            try:
+                layout = self._walk(client, ref.repository, resolved["digest"], ct)
+            except NotFoundError as exc:
+                if not fresh or ref.digest is not None:
+                    raise
+                # The digest came from hashing the tag's answer (no Docker-Content-Digest): a byte
+                # damaged in transit, or a tag moved in between, names a manifest that is not there.
+                raise TransientError(f"{exc}; the tag {ref} will be resolved again") from exc
         except (TransientError, ManifestDigestMismatch) as exc:  # bytes damaged in transit: retry, bounded
             backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds,
                               settings.download_max_attempts)
@@ -118,8 +125,10 @@ class ContainerResolver:
         except (PermanentError, ConfigError, ValueError) as exc:
             self._fail(key, ct, attempt, str(exc), settings, once)
             return
-        self.store.update("content_trees", (ct.uuid,), layout=layout, attempts=0, next_retry=0, error=None,
-                          component_shas=[b["digest"] for b in layout_blobs(layout)])
+        # Latched only now, with the walked layout: a digest whose manifests could not be read is
+        # never kept, so the next attempt resolves the tag afresh.
+        self.store.update("content_trees", (ct.uuid,), resolved=resolved, layout=layout, attempts=0, next_retry=0,
+                          error=None, component_shas=[b["digest"] for b in layout_blobs(layout)])
 
     def _walk(self, client: RegistryClient, repository: str, digest: str, ct: ContentTree) -> dict[str, Any]:
         """Fetch (or read back from the CAS) the manifests and work out config and layers."""
