@@ -5,8 +5,9 @@ mode) works through a sequence of configs (see :class:`Workload`): blank
 volumes, raw and qcow2 disks from a rate-limited HTTP datastore, a
 multi-layer container image from a real docker-registry behind a slow link,
 purges (generation bump + app purge counter) and deletions. The agent is
-killed with SIGKILL after a seeded random delay once it holds its data dir,
-and started again; a phase advances when the previous one converged or after
+killed with SIGKILL after a seeded random delay once it holds its data dir
+(about one kill in three is aimed instead: it comes moments after a volume
+create starts, which a random delay rarely hits), and started again; a phase advances when the previous one converged or after
 a few kills. At the end one ``device run --once`` must converge, and the
 device must hold exactly what the last config asks for, with the right
 bytes, nothing left over (no partial, no unreferenced blob, no orphan
@@ -47,13 +48,16 @@ from tests.reliability.crash_workload import (
     tree_manifest,
     write_config,
 )
-from tests.reliability.figures import record, scale
+from tests.reliability.figures import PROFILE, record, scale
 
 KILLS = scale(10, 60)
 PHASES = scale(4, 12)
 HTTP_RATE = 3 * MiB  # bytes/s per download: a disk takes a few agent lifetimes
 REGISTRY_RATE = 2 * MiB
 MIN_DELAY, MAX_DELAY = 0.05, 1.5
+AIMED_EVERY = 3  # about one kill in three is aimed at a volume create
+AIMED_WINDOW = 4.0  # how long an aimed kill waits for a create to start
+AIMED_MAX_LAG = 0.02  # and how long after it starts the kill comes
 
 
 # -- the agent under fire --------------------------------------------------------------
@@ -66,18 +70,43 @@ def start_agent(data: Path, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def kill_after_start(agent: subprocess.Popen[bytes], data: Path, delay: float, log: Path) -> None:
-    """Wait until the agent holds its data dir (Python start-up is not what we test), then ``delay``, then kill -9."""
+def kill_after_start(agent: subprocess.Popen[bytes], data: Path, delay: float, log: Path,
+                     aim: float | None = None) -> bool:
+    """Wait until the agent holds its data dir (Python start-up is not what we test), then kill -9.
+
+    The kill comes ``delay`` seconds later, or, when ``aim`` is given, ``aim``
+    seconds after a volume is seen being built (a temp entry in volumes/),
+    if one is within ``delay``: creates are short, and a uniformly random
+    kill rarely lands in one. Returns whether a create was seen.
+    """
     deadline = time.monotonic() + 60
     while not holds_data_dir_lock(agent.pid, data):
         assert agent.poll() is None, f"agent exited with {agent.returncode} at start-up:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, "agent did not take its data dir within 60 s"
         time.sleep(0.01)
-    time.sleep(delay)
+    seen = False
+    if aim is None:
+        time.sleep(delay)
+    else:
+        until = time.monotonic() + delay
+        while time.monotonic() < until and agent.poll() is None:
+            if _volume_being_built(data):
+                seen = True
+                time.sleep(aim)
+                break
+            time.sleep(0.001)
     assert agent.poll() is None, f"agent exited by itself with {agent.returncode}:\n{log.read_text()[-3000:]}"
     agent.send_signal(signal.SIGKILL)
     agent.wait(timeout=30)
     assert agent.returncode == -signal.SIGKILL
+    return seen
+
+
+def _volume_being_built(data: Path) -> bool:
+    try:
+        return any(e.name.startswith(".tmp-") for e in os.scandir(data / "volumes"))
+    except FileNotFoundError:
+        return False
 
 
 # -- what the servers were asked -------------------------------------------------------
@@ -183,16 +212,22 @@ def _scenario(tmp_path: Path, datastore_dir: Path, http_server: Any, registry: A
     write_config(phases[0], cfg)
     seen: set[str] = set()  # outbox keys of every object a restart could find in the state database
     ledger = Ledger(data, http_server, proxy, blob_paths)
-    mid_volume = 0
+    mid_volume, aimed_kills, creates_seen = 0, 0, 0
     phase_log: list[dict[str, Any]] = []
     while kills < KILLS or phase < PHASES - 1 or kills_in_phase < 2:
         log = logs / f"run-{kills:03d}.log"
         agent = start_agent(data, cfg, log)
-        kill_after_start(agent, data, rng.uniform(MIN_DELAY, MAX_DELAY), log)
+        # one kill in AIMED_EVERY waits for a volume create (within a longer window) instead of a random time
+        aimed = rng.random() < 1 / AIMED_EVERY
+        if aimed:
+            aimed_kills += 1
+            creates_seen += kill_after_start(agent, data, AIMED_WINDOW, log, aim=rng.uniform(0, AIMED_MAX_LAG))
+        else:
+            kill_after_start(agent, data, rng.uniform(MIN_DELAY, MAX_DELAY), log)
         kills += 1
         kills_in_phase += 1
         ledger.after_stop()
-        if any((data / "volumes").glob(".tmp-*")):
+        if _volume_being_built(data):
             mid_volume += 1
         rows = read_rows(data)
         seen |= rows.keys()
@@ -246,12 +281,15 @@ def _scenario(tmp_path: Path, datastore_dir: Path, http_server: Any, registry: A
     # the kills must have hit the agent at work, or this test proves little
     mid_download = ledger.kills_mid_download
     assert mid_download >= 1, f"seed={seed}: no kill landed during a download (rates too high?)"
+    if PROFILE == "long":  # ~20 aimed kills: some must land inside a create (a handful may come too late)
+        assert mid_volume >= 1, f"seed={seed}: no kill landed during a volume create ({creates_seen} seen)"
     assert phase == PHASES - 1
 
     elapsed = time.monotonic() - started
     counts = {"kills": kills, "restarts": kills, "phases": PHASES, "resumed_downloads": resumed,
               "resumes_checked": ledger.resumes_checked, "whole_body_gets": whole,
               "kills_mid_download": mid_download, "kills_mid_volume_create": mid_volume,
+              "kills_aimed_at_volume_create": aimed_kills,
               "blobs_committed": len(ledger.committed_at), "objects_deleted": len(deleted),
               "volumes_final": len(st["volumes"]), "seconds": round(elapsed)}
     print(json.dumps({"seed": seed, **counts, "final_run_seconds": round(final_seconds, 1),

@@ -133,7 +133,7 @@ def crash_counted(counts: Counter[str]) -> Iterator[None]:
 
 @FUZZ_TIMEOUT
 def test_hostile_config_bytes_decode_to_a_config_or_a_decode_error() -> None:
-    with scenario("hostile input: config bytes (random, mutated binary and JSON)") as counts:
+    with scenario("hostile/config-bytes (random, mutated binary and JSON)") as counts:
 
         @FUZZ
         @given(hs.config_bytes())
@@ -221,7 +221,7 @@ def check_parse(plan: hs.Plan, state: DesiredState, base: DesiredState) -> None:
 
 @FUZZ_TIMEOUT
 def test_hostile_objects_get_their_own_errors_and_leave_valid_objects_alone() -> None:
-    with scenario("hostile input: config objects through parse_config") as counts:
+    with scenario("hostile/config-objects through parse_config") as counts:
 
         @FUZZ
         @given(hs.hostile_plans(wild_hosts=True))
@@ -326,7 +326,7 @@ def check_agent_state(agent: Agent, desired: DesiredState, data: Path) -> dict[s
 @FUZZ_TIMEOUT
 def test_agent_settles_on_hostile_configs_without_a_crash(tmp_path: Path) -> None:
     host = f"127.0.0.1:{free_port()}"  # nothing listens: every download fails fast
-    with scenario("hostile input: agent in-process on hostile configs") as counts, \
+    with scenario("hostile/configs through a running agent") as counts, \
             structlog.testing.capture_logs() as logs:
 
         @settings(FUZZ, max_examples=scale(12, 150))
@@ -377,7 +377,7 @@ def _expected_validate(path: Path) -> tuple[int, DesiredState | None]:
 @FUZZ_TIMEOUT
 def test_config_validate_answers_mutated_json_without_a_traceback(tmp_path: Path) -> None:
     runner = CliRunner()
-    with scenario("hostile input: edgevol config validate on mutated JSON") as counts:
+    with scenario("hostile/edgevol config validate on mutated JSON") as counts:
 
         @settings(FUZZ, max_examples=scale(100, 2000))
         @given(st.tuples(hs.hostile_plans(wild_hosts=True, max_planted=4), st.booleans()).flatmap(
@@ -698,7 +698,7 @@ def _fake_registry_hostiles(fake: FakeDistribution) -> dict[str, Hostile]:
 def test_hostile_registries_end_in_clear_errors_and_the_rest_completes(
         tmp_path: Path, registry: RunningRegistry) -> None:  # noqa: F811
     fake = FakeDistribution()
-    with scenario("hostile input: hostile registries and images (real registry + stand-in)") as counts, \
+    with scenario("hostile/registries and images (real registry + stand-in)") as counts, \
             structlog.testing.capture_logs() as logs:
         try:
             hostile = {**{("real", n): h for n, h in _real_registry_hostiles(registry).items()},
@@ -779,7 +779,7 @@ def _snapshot(work: Path) -> dict[str, tuple[Any, ...]]:
 @FUZZ_TIMEOUT
 def test_fuzzed_tar_headers_never_write_outside_the_rootfs(tmp_path: Path) -> None:
     outside = ["/pwned", "/tmp/pwned", str(tmp_path / "pwned")]
-    with scenario("hostile input: fuzzed tar headers through unpack_layers") as counts:
+    with scenario("hostile/fuzzed tar headers through unpack_layers") as counts:
 
         @FUZZ
         @given(hs.layer_stacks(), st.sampled_from([None, 0, 100, 10_000]),
