@@ -329,6 +329,14 @@ class Workload:
         """(VM disk generation, container volume generation) in phase ``k``: purges alternate."""
         return (k + 1) // 2, k // 2
 
+    def wanted_blobs(self, phase: Phase) -> set[str]:
+        """Every blob (hex sha256) the device holds once it converged on ``phase``."""
+        wanted = {d.sha256 for d in self.disks if d.ct_id in phase.trees}
+        for c in self.containers:
+            if c.ct_id in phase.trees:
+                wanted |= set(c.blob_digests)
+        return wanted
+
     def phase(self, k: int) -> Phase:
         b = ConfigBuilder(self.device_id).fast_retries(5).item("edgevol.download.parallel", "3")
         b.datastore(self.http_url, ds_id=self.ds_http)

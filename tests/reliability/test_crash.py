@@ -137,7 +137,9 @@ class Ledger:
     At every stop (a kill, or the end of the final run) it notes which blobs
     are committed and how long each partial is. Later requests for a committed
     blob are re-fetches (a broken guarantee); the first request for a blob
-    after a stop that left a partial must resume exactly at its length.
+    after a stop that left a partial must resume exactly at its length. A
+    committed blob may only vanish (be collected) while the config the agent
+    ran did not want it; once it has, fetching it again is no re-fetch.
     """
 
     def __init__(self, data: Path, http_server: Any, proxy: ThrottledProxy, blob_paths: dict[str, str]) -> None:
@@ -146,11 +148,15 @@ class Ledger:
         self.partials: dict[str, int] = {}  # sha -> partial length at the last stop
         self.marks: list[tuple[int, int]] = [(0, 0)]  # (HTTP requests, proxy requests) at each stop
         self.refetched: list[tuple[str, str | None]] = []
+        self.lost: list[tuple[str, int]] = []  # (sha, stop): committed, wanted, and gone
+        self.collected = 0
+        self.ever_committed: set[str] = set()
         self.bad_resumes: list[tuple[str, int, str | None]] = []
         self.resumes_checked = 0
         self.kills_mid_download = 0
 
-    def after_stop(self) -> None:
+    def after_stop(self, wanted: set[str]) -> None:
+        """Account for one agent lifetime that ran a config wanting the blobs ``wanted``."""
         assert self.http.wait_idle()
         mark = (len(self.http.requests), len(self.proxy.requests))
         prev = self.marks[-1]
@@ -169,9 +175,14 @@ class Ledger:
         stop = len(self.marks)
         self.marks.append(mark)
         cas = self.data / "cas"
-        if (cas / "blobs" / "sha256").is_dir():
-            for p in (cas / "blobs" / "sha256").iterdir():
-                self.committed_at.setdefault(p.name, stop)
+        held = {p.name for p in (cas / "blobs" / "sha256").iterdir()} if (cas / "blobs" / "sha256").is_dir() else set()
+        for sha in set(self.committed_at) - held:
+            if sha in wanted:
+                self.lost.append((sha[:12], stop))
+            else:
+                self.collected += 1
+        self.committed_at = {sha: self.committed_at.get(sha, stop) for sha in held}
+        self.ever_committed |= held
         self.partials = {p.name[:64]: p.stat().st_size for p in (cas / "ingest").glob("*.partial")} \
             if (cas / "ingest").is_dir() else {}
         if any(self.partials.values()):
@@ -226,7 +237,7 @@ def _scenario(tmp_path: Path, datastore_dir: Path, http_server: Any, registry: A
             kill_after_start(agent, data, rng.uniform(MIN_DELAY, MAX_DELAY), log)
         kills += 1
         kills_in_phase += 1
-        ledger.after_stop()
+        ledger.after_stop(w.wanted_blobs(phases[phase]))
         if _volume_being_built(data):
             mid_volume += 1
         rows = read_rows(data)
@@ -246,7 +257,7 @@ def _scenario(tmp_path: Path, datastore_dir: Path, http_server: Any, registry: A
                    timeout=180)
     final_seconds = time.monotonic() - final_started
     (logs / "final.log").write_text(proc.stderr)
-    ledger.after_stop()
+    ledger.after_stop(w.wanted_blobs(phases[-1]))
     assert proc.returncode == 0, f"seed={seed}: final --once run exited {proc.returncode}\n{proc.stderr[-4000:]}"
     for run_log in sorted(logs.iterdir()):
         text = run_log.read_text(errors="replace")
@@ -261,6 +272,7 @@ def _scenario(tmp_path: Path, datastore_dir: Path, http_server: Any, registry: A
     deleted = check_outbox(st, data, seen)
 
     # -- no completed blob fetched again; every interrupted one resumed where its partial stood --
+    assert ledger.lost == [], f"seed={seed}: committed blobs gone while the config wanted them: {ledger.lost}"
     assert ledger.refetched == [], f"seed={seed}: blobs fetched again after their commit: {ledger.refetched}"
     assert ledger.bad_resumes == [], f"seed={seed}: downloads not resumed from their partial: {ledger.bad_resumes}"
     http_gets = blob_requests(http_server.requests, blob_paths)
@@ -290,7 +302,8 @@ def _scenario(tmp_path: Path, datastore_dir: Path, http_server: Any, registry: A
               "resumes_checked": ledger.resumes_checked, "whole_body_gets": whole,
               "kills_mid_download": mid_download, "kills_mid_volume_create": mid_volume,
               "kills_aimed_at_volume_create": aimed_kills,
-              "blobs_committed": len(ledger.committed_at), "objects_deleted": len(deleted),
+              "blobs_committed": len(ledger.ever_committed), "blobs_collected": ledger.collected,
+              "objects_deleted": len(deleted),
               "volumes_final": len(st["volumes"]), "seconds": round(elapsed)}
     print(json.dumps({"seed": seed, **counts, "final_run_seconds": round(final_seconds, 1),
                       "phase_log": phase_log, "whole_body_gets_per_blob": whole_per_blob}, indent=1))
@@ -311,14 +324,12 @@ def check_objects(st: dict[str, Any], w: Workload, last: Phase) -> None:
     assert set(trees) == last.trees
     for t in trees.values():
         assert t["state"] == "LOADED" and t["error"] is None, t
-    wanted_blobs = {d.sha256 for d in w.disks if d.ct_id in last.trees}
     for c in w.containers:
         if c.ct_id in last.trees:
-            wanted_blobs |= set(c.blob_digests)
             assert trees[c.ct_id]["sha256"] == c.blob_digests[0]
             assert trees[c.ct_id]["component_sha_list"] == c.blob_digests
     blobs = {b["sha256"]: b for b in st["blobs"]}
-    assert set(blobs) == wanted_blobs
+    assert set(blobs) == w.wanted_blobs(last)
     for b in blobs.values():
         assert b["state"] == "LOADED" and b["error"] is None, b
     apps = {a["uuid"]: a for a in st["apps"]}

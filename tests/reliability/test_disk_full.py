@@ -34,6 +34,7 @@ import pytest
 
 from edgevol.api import messages as m
 from edgevol.device.datastores.oci_manifest import host_platform
+from edgevol.device.state import StateStore
 from edgevol.tools.httpserve import RangeHTTPServer
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import ConfigBuilder, sha256_file
@@ -425,6 +426,31 @@ def _volume_round(tmp_path: Path, mnt: Path, b: ConfigBuilder, ct: str, free_mib
 
 
 # -- 3: the state database on a disk that stays full -----------------------------------
+
+
+def test_a_progress_write_on_a_full_disk_is_dropped_not_the_work(tmpfs):
+    """A download or convert filling the disk can beat the database to the room its reserve frees.
+
+    Found by the long profile: a qemu-img convert's progress write met
+    SQLITE_FULL and took the whole create down with it. Progress figures are
+    dropped on a full disk; state changes still fail loudly.
+    """
+    mnt = tmpfs(16)
+    store = StateStore(mnt / "state.db")
+    store.keep_reserve()
+    sha, now = "a" * 64, time.time()
+    store.insert("blobs", sha256=sha, state=m.ZSwState.DOWNLOAD_STARTED, create_time=now, ref_change_time=now)
+    fill(mnt, "filler")
+    for i in range(3000):
+        store.update_progress("blobs", (sha,), progress=i % 100, done_bytes=i)
+    assert store.reserve_released  # it did meet the full disk, twice: once freeing its reserve, once more
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        for i in range(3000):
+            store.update("blobs", (sha,), done_bytes=10**6 + i)
+    assert refused.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+    store.close()
+    (mnt / "filler").unlink()
+    assert integrity(mnt / "state.db") == "ok"
 
 # A runaway writer: appends to its file until ENOSPC, and again whenever anything frees a byte.
 RUNAWAY = """

@@ -269,6 +269,20 @@ class StateStore:
             self._write(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(enc.values()))
             self.version += 1
 
+    def update_progress(self, table: str, key: tuple[Any, ...], **fields: Any) -> None:
+        """:meth:`update` for progress figures only: on a full disk the figure is dropped, not the work.
+
+        Progress is advisory and written again moments later. A download or a
+        ``qemu-img convert`` that fills the disk must end with its own ENOSPC,
+        recorded as the object's ERROR, not die on a progress write that lost
+        the race for the room the database just freed.
+        """
+        try:
+            self.update(table, key, **fields)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+
     def update(self, table: str, key: tuple[Any, ...], **fields: Any) -> bool:
         """Set ``fields`` on one row; returns False when nothing actually changed."""
         where, args = self._where(table, key)

@@ -71,7 +71,7 @@ class BlobDownloader:
             now = time.monotonic()
             if pct != last[1] or now - last[0] >= PROGRESS_INTERVAL:
                 last[0], last[1] = now, pct
-                self.store.update("blobs", (sha,), progress=pct, done_bytes=done, size=total or 0)
+                self.store.update_progress("blobs", (sha,), progress=pct, done_bytes=done, size=total or 0)
         return report
 
     def download(self, key: str, sha: str, source: BlobSource, settings: Settings, once: bool) -> None:

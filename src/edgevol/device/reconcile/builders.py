@@ -67,7 +67,7 @@ class VolumeBuilder:
         def progress(pct: float) -> None:
             if int(pct) != last[0]:
                 last[0] = int(pct)
-                self.store.update("volumes", ident, progress=min(99, int(pct)))
+                self.store.update_progress("volumes", ident, progress=min(99, int(pct)))
 
         try:
             if tree is None and directory:
