@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+NOT_FAULTS = frozenset({"attempts", "requests", "tag_gets"})  # fault-scenario counts that are not faults
 
 
 def aggregate(entries: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, int], list[str]]]:
@@ -43,7 +44,7 @@ def totals(entries: list[dict[str, Any]]) -> dict[str, int]:
             out["kills survived"] += c.get("kills", 0)
         elif group == "faults":
             out["faults injected"] += sum(v for k, v in c.items()
-                                          if k not in ("attempts", "requests", "tag_gets") and not k.startswith("requests_"))
+                                          if k not in NOT_FAULTS and not k.startswith("requests_"))
         elif group == "disk_full":
             out["disk fills"] += c.get("fills", 0)
         elif group == "hostile":

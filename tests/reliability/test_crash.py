@@ -7,13 +7,15 @@ multi-layer container image from a real docker-registry behind a slow link,
 purges (generation bump + app purge counter) and deletions. The agent is
 killed with SIGKILL after a seeded random delay once it holds its data dir
 (about one kill in three is aimed instead: it comes moments after a volume
-create starts, which a random delay rarely hits), and started again; a phase advances when the previous one converged or after
-a few kills. At the end one ``device run --once`` must converge, and the
-device must hold exactly what the last config asks for, with the right
-bytes, nothing left over (no partial, no unreferenced blob, no orphan
-volume file), every change reported in the outbox (deletions included), no
-blob fetched again once it was committed, and every download a kill
-interrupted resumed (HTTP ``Range``) exactly where its partial stood.
+create starts, which a random delay rarely hits), and started again; a phase
+advances when the previous one converged or after a few kills. At the end
+one ``device run --once`` must converge, and the device must hold exactly
+what the last config asks for, with the right bytes, nothing left over (no
+partial, no unreferenced blob, no orphan volume file), every change reported
+in the outbox (deletions included), no blob fetched again once it was
+committed (unless it was collected while no config wanted it), no wanted
+blob vanishing, and every download a kill interrupted resumed (HTTP ``Range``)
+exactly where its partial stood.
 
 ``EDGEVOL_CRASH_SEED`` replays a kill schedule (the seed is printed and recorded).
 """

@@ -3,9 +3,10 @@
 Resolution is latched: the digest a tag resolved to is stored with the
 content tree's spec once its manifests have been read, so a restart or a
 re-read config keeps the same image even if the tag moves, until the content
-tree itself changes (URL, datastore, sha256 or generation_count). Manifests are small; they are fetched here,
-checked against their digest and stored in the CAS. Config and layers are
-ordinary blobs that the blob downloader fetches in parallel.
+tree itself changes (URL, datastore, sha256 or generation_count). Manifests
+are small; they are fetched here, checked against their digest and stored in
+the CAS. Config and layers are ordinary blobs that the blob downloader
+fetches in parallel.
 """
 
 from __future__ import annotations
