@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from edgevol import fsutil
+from edgevol.device.cas import ingest as ingest_module
+from edgevol.device.cas.ingest import WRITE_BEHIND
 from edgevol.device.cas import (
     CasError,
     ContentStore,
@@ -209,6 +212,52 @@ def test_resume_after_close(store: ContentStore) -> None:
         ing.write(data[half:])
         path = ing.commit()
     assert path.read_bytes() == data
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range(2) is Linux's")
+def test_start_writeback_reaches_the_kernel(tmp_path: Path) -> None:
+    """A wrong binding (argument types, flag) would make the kernel refuse it: EINVAL, False."""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(MiB))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert fsutil.start_writeback(fd, 0, MiB) is True
+        assert fsutil.start_writeback(fd, -1, MiB) is False  # the kernel does check what it is given
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    try:
+        assert fsutil.start_writeback(w, 0, 10) is False  # not a file: refused, not raised
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_ingest_hands_every_write_behind_range_to_writeback_once(store: ContentStore,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writeback is started for consecutive ranges as bytes arrive, from the resume point on."""
+    calls: list[tuple[int, int, bool]] = []
+
+    def spy(fd: int, offset: int, length: int) -> bool:
+        ok = fsutil.start_writeback(fd, offset, length)
+        calls.append((offset, length, ok))
+        return ok
+
+    monkeypatch.setattr(ingest_module, "start_writeback", spy)
+    data = os.urandom(3 * WRITE_BEHIND + 12345)
+    d, cut = sha(data), WRITE_BEHIND + WRITE_BEHIND // 2
+    with store.ingest(d, expected_size=len(data)) as ing:
+        for i in range(0, cut, 1 << 20):
+            ing.write(data[i:min(i + (1 << 20), cut)])
+    with store.ingest(d, expected_size=len(data)) as ing:  # resumed at ``cut``
+        for i in range(cut, len(data), 3 << 20):
+            ing.write(data[i:i + (3 << 20)])
+        path = ing.commit()
+    assert path.read_bytes() == data
+    # first run: 1 MiB writes, one range at 8 MiB; the 4 MiB after it wait for the commit's fsync.
+    # resumed run: 3 MiB writes from 12 MiB, one range once 9 MiB are in; the ~4 MiB tail waits too.
+    assert [(c[0], c[1]) for c in calls] == [(0, WRITE_BEHIND), (cut, 9 << 20)]
+    assert all(ok for _, _, ok in calls) == sys.platform.startswith("linux")
 
 
 def test_torn_partial_detected(store: ContentStore) -> None:

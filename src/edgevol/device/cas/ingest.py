@@ -15,13 +15,14 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from edgevol.fsutil import fsync_dir
+from edgevol.fsutil import fsync_dir, start_writeback
 
 from .digests import hash_stream
 from .errors import CasError, DigestMismatch, SizeLimitExceeded, SizeMismatch
 from .locks import DigestLock
 
 BLOB_MODE = 0o444
+WRITE_BEHIND = 8 << 20  # start writeback of every 8 MiB written, so commit's fsync finds little left
 
 
 class Ingest:
@@ -50,6 +51,7 @@ class Ingest:
         self._limit = _min_limit(expected_size, max_size)
         self._hasher = hashlib.sha256()
         self.offset = 0
+        self._written_back = 0  # bytes before this offset were handed to the kernel's writeback
         self._file: io.FileIO | None = None
         try:
             self._open_partial()
@@ -64,6 +66,7 @@ class Ingest:
             fsync_dir(self.partial_path.parent)
         self._file.seek(0)
         self._hasher, self.offset = hash_stream(self._file)
+        self._written_back = self.offset
         if self._limit is not None and self.offset > self._limit:
             # Longer than the blob can be: the partial is torn; no resume point exists.
             self.reset()
@@ -113,6 +116,9 @@ class Ingest:
             self._hasher.update(view[:n])
             self.offset += n
             view = view[n:]
+        if self.offset - self._written_back >= WRITE_BEHIND:
+            start_writeback(f.fileno(), self._written_back, self.offset - self._written_back)
+            self._written_back = self.offset
 
     def reset(self) -> None:
         """Start over from byte zero (e.g. the server ignored our Range request)."""
@@ -120,7 +126,7 @@ class Ingest:
         f.truncate(0)
         f.seek(0)
         self._hasher = hashlib.sha256()
-        self.offset = 0
+        self.offset = self._written_back = 0
 
     # -- finishing -------------------------------------------------------
 
