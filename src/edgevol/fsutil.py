@@ -7,7 +7,6 @@ power cut or ``kill -9`` leaves either the old or the new file, never a torn one
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import shutil
@@ -35,7 +34,7 @@ def _sync_file_range() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range  # the process's own symbols: libc is there
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
