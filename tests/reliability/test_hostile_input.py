@@ -141,6 +141,7 @@ def test_hostile_config_bytes_decode_to_a_config_or_a_decode_error() -> None:
             how, data = made
             counts["inputs"] += 1
             for fmt in ("auto", "binary", "json"):
+                counts["decodings"] += 1  # each input is decoded three ways: decoded + decode_errors
                 with crash_counted(counts):
                     try:
                         cfg = decode_edge_dev_config(data, fmt, source="fuzz.cfg")  # type: ignore[arg-type]
