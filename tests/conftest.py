@@ -75,6 +75,15 @@ def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess
     return proc
 
 
+def start_agent(data: Path, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``edgevol device run`` in daemon mode on a config file, JSON log lines to ``log``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "wb") as out:
+        return subprocess.Popen([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg),
+                                 "--interval", "0.1", "--no-progress", "--log-format", "json"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
 def device_status(data_dir: Path) -> dict:
     proc = run_cli("device", "status", "--data-dir", str(data_dir), "-o", "json", check=True)
     return json.loads(proc.stdout)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.conftest import EDGEVOL, by_name, device_status, make_qcow2_image, make_raw_image, run_cli
+from tests.conftest import by_name, device_status, make_qcow2_image, make_raw_image, run_cli, start_agent
 from tests.configs import ConfigBuilder, new_id, sha256_file
 
 MiB = 1 << 20
@@ -28,15 +28,6 @@ GiB = 1 << 30
 def run_once(data: Path, cfg: Path) -> subprocess.CompletedProcess[str]:
     return run_cli("device", "run", "--data-dir", str(data), "--config", str(cfg), "--once", "--no-progress",
                    timeout=60)
-
-
-def start_agent(data: Path, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``edgevol device run`` in daemon mode, logging to ``log``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        return subprocess.Popen([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg),
-                                 "--interval", "0.1", "--no-progress", "--log-format", "json"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:

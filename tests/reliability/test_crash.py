@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.configs import sha256_file
-from tests.conftest import EDGEVOL, device_status, run_cli
+from tests.conftest import device_status, run_cli, start_agent
 from tests.registry_fixture import registry  # noqa: F401  (fixture)
 from tests.reliability.crash_workload import (
     MiB,
@@ -63,14 +63,6 @@ AIMED_MAX_LAG = 0.02  # and how long after it starts the kill comes
 
 
 # -- the agent under fire --------------------------------------------------------------
-
-def start_agent(data: Path, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        return subprocess.Popen([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg),
-                                 "--interval", "0.1", "--no-progress", "--log-format", "json"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-
 
 def kill_after_start(agent: subprocess.Popen[bytes], data: Path, delay: float, log: Path,
                      aim: float | None = None) -> bool:
@@ -146,7 +138,7 @@ class Ledger:
 
     def __init__(self, data: Path, http_server: Any, proxy: ThrottledProxy, blob_paths: dict[str, str]) -> None:
         self.data, self.http, self.proxy, self.blob_paths = data, http_server, proxy, blob_paths
-        self.committed_at: dict[str, int] = {}  # sha -> index of the stop it was first seen committed at
+        self.committed: set[str] = set()  # blobs committed at the last stop
         self.partials: dict[str, int] = {}  # sha -> partial length at the last stop
         self.marks: list[tuple[int, int]] = [(0, 0)]  # (HTTP requests, proxy requests) at each stop
         self.refetched: list[tuple[str, str | None]] = []
@@ -167,7 +159,7 @@ class Ledger:
             for sha, found in blob_requests(reqs, self.blob_paths).items():
                 gets.setdefault(sha, []).extend(r for _, r in found)
         for sha, ranges in gets.items():
-            if ranges and sha in self.committed_at:
+            if ranges and sha in self.committed:
                 self.refetched.extend((sha[:12], r) for r in ranges)
             held = self.partials.get(sha, 0)
             if ranges and held:
@@ -177,14 +169,15 @@ class Ledger:
         stop = len(self.marks)
         self.marks.append(mark)
         cas = self.data / "cas"
-        held = {p.name for p in (cas / "blobs" / "sha256").iterdir()} if (cas / "blobs" / "sha256").is_dir() else set()
-        for sha in set(self.committed_at) - held:
+        blobs = cas / "blobs" / "sha256"
+        on_disk = {p.name for p in blobs.iterdir()} if blobs.is_dir() else set()
+        for sha in self.committed - on_disk:
             if sha in wanted:
                 self.lost.append((sha[:12], stop))
             else:
                 self.collected += 1
-        self.committed_at = {sha: self.committed_at.get(sha, stop) for sha in held}
-        self.ever_committed |= held
+        self.committed = on_disk
+        self.ever_committed |= on_disk
         self.partials = {p.name[:64]: p.stat().st_size for p in (cas / "ingest").glob("*.partial")} \
             if (cas / "ingest").is_dir() else {}
         if any(self.partials.values()):

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from edgevol.api import messages as m
 from edgevol.device.errors import human_bytes
-from edgevol.device.state import StateStore
+from edgevol.device.state import StateStore, sqlite_full
 
 S = m.ZSwState
 
@@ -52,7 +51,7 @@ def disk_full(exc: BaseException) -> bool:
     """True for what a full data filesystem raises: ENOSPC/EDQUOT from the OS, SQLITE_FULL from the state db."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return sqlite_full(exc)
 
 
 def free_bytes(path: Path) -> int:

@@ -23,6 +23,11 @@ T = TypeVar("T")
 # full (the ERROR rows, their reports). Released on the first SQLITE_FULL, taken again once there is room.
 RESERVE_BYTES = 2 << 20
 
+def sqlite_full(exc: BaseException) -> bool:
+    """True for SQLite's "database or disk is full" (SQLITE_FULL)."""
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
@@ -207,7 +212,7 @@ class StateStore:
         try:
             return write()
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL or not self.release_reserve():
+            if not sqlite_full(exc) or not self.release_reserve():
                 raise
             self.reserve_released = True
             return write()
@@ -280,7 +285,7 @@ class StateStore:
         try:
             self.update(table, key, **fields)
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            if not sqlite_full(exc):
                 raise
 
     def update(self, table: str, key: tuple[Any, ...], **fields: Any) -> bool:
