@@ -42,6 +42,8 @@ class Controller:
     port: int
     db_url: str
     tls: bool = False
+    listen_host: str = "127.0.0.1"
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,8 +70,8 @@ class Controller:
     def start(self) -> Controller:
         log = open(self.data_dir.parent / f"controller-{self.port}.log", "ab")
         self.proc = subprocess.Popen([*EDGEVOL, "controller", "run", "--data-dir", str(self.data_dir), "--db",
-                                      self.db_url, "--listen", f"127.0.0.1:{self.port}",
-                                      "--tls" if self.tls else "--no-tls"],
+                                      self.db_url, "--listen", f"{self.listen_host}:{self.port}",
+                                      "--tls" if self.tls else "--no-tls", *self.args],
                                      stdout=log, stderr=log)
         wait_for(self._up, 30, "controller to answer ping")
         return self
@@ -174,13 +176,16 @@ class DeviceAgent:
 
 @pytest.fixture
 def controller_factory(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
-    """``make(db_url=None, *, tls=False)``: a started controller with its own data dir (so its own keys)."""
+    """``make(db_url=None, *, tls=False, listen_host=..., args=())``: a started controller with its own
+    data dir (so its own keys); ``args`` go to ``edgevol controller run``."""
     started: list[Controller] = []
 
-    def make(db_url: str | None = None, *, tls: bool = False) -> Controller:
+    def make(db_url: str | None = None, *, tls: bool = False, listen_host: str = "127.0.0.1",
+             args: tuple[str, ...] = ()) -> Controller:
         data = tmp_path / f"controller{len(started)}"
         data.mkdir()
-        c = Controller(data, free_port(), db_url or f"sqlite:///{data / 'controller.db'}", tls=tls)
+        c = Controller(data, free_port(), db_url or f"sqlite:///{data / 'controller.db'}", tls=tls,
+                       listen_host=listen_host, args=args)
         started.append(c)
         return c.start()
 

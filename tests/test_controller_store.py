@@ -24,11 +24,13 @@ from edgevol.device.report.info import timestamp
 from edgevol.model.desired import DatastoreKind, ImageFormat, VolumeOrigin
 from edgevol.model.desired import VolumeRef as ModelRef
 from edgevol.model.parse import parse_config
+from edgevol.trust.pki import der_sha256
 from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
 
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+HEAD = "0002"
 TABLES = {"devices", "datastores", "content_trees", "volumes", "apps", "app_volume_refs", "reported_objects",
           "state_changes", "volume_metrics"}
 
@@ -89,15 +91,47 @@ def test_migrate_from_empty_twice_matches_the_models(db_url: str) -> None:  # no
     try:
         assert current_revision(engine) is None
         migrate(engine)
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD
         migrate(db_url)  # again, through a URL: nothing to do
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD
         assert TABLES <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
             diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diffs == []
     finally:
         engine.dispose()
+
+
+def test_migration_0002_moves_pem_hashes_to_der_and_keeps_old_devices_working(db_url: str) -> None:  # noqa: F811
+    """Before 0002 a certificate was named by sha256 of its PEM text; EVE names it by its DER."""
+    onboard, dev_cert = make_cert("legacy onboard"), make_cert("legacy device")
+    engine = make_engine(db_url)
+    try:
+        migrate(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO devices (uuid, name, serial, onboard_cert_pem, onboard_cert_hash, device_cert_pem, "
+                "device_cert_hash, created_at, registered_at, config_version) VALUES "
+                "('5f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a11', 'legacy', 'SN-L', :op, :oh, :dp, :dh, :t, :t, 3)"),
+                {"op": onboard, "oh": hashlib.sha256(onboard).digest(), "dp": dev_cert,
+                 "dh": hashlib.sha256(dev_cert).digest(), "t": T0.replace(tzinfo=None)})
+        migrate(engine)
+        assert current_revision(engine) == HEAD
+    finally:
+        engine.dispose()
+    store = ControllerStore(db_url)
+    try:
+        dev = store.get_device("legacy")
+        assert dev.device_cert_hash == der_sha256(dev_cert) and dev.onboard_cert_hash == der_sha256(onboard)
+        assert dev.config_version == 3 and dev.registered
+        # an upgraded device names itself by DER, a not yet upgraded one still by the PEM hash: both work
+        assert store.device_by_cert_hash(der_sha256(dev_cert)).uuid == dev.uuid  # type: ignore[union-attr]
+        assert store.device_by_cert_hash(hashlib.sha256(dev_cert).digest()).uuid == dev.uuid  # type: ignore[union-attr]
+        assert store.onboarding_cert(der_sha256(onboard)) == onboard
+        assert store.onboarding_cert(hashlib.sha256(onboard).digest()) == onboard
+        assert store.register(der_sha256(onboard), "SN-L", dev_cert).uuid == dev.uuid  # idempotent retry
+    finally:
+        store.close()
 
 
 def test_concurrent_migrations_both_succeed(db_url: str) -> None:  # noqa: F811
@@ -116,7 +150,7 @@ def test_concurrent_migrations_both_succeed(db_url: str) -> None:  # noqa: F811
         t.join()
     assert errors == []
     engine = make_engine(db_url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == HEAD
     engine.dispose()
 
 
@@ -127,7 +161,7 @@ def test_device_crud_and_refusals(store: ControllerStore) -> None:
     onboard = make_cert("onboard")
     a = store.create_device("edge-a", "SN1", onboard)
     assert len(a.uuid) == 36 and a.config_version == 1 and not a.registered
-    assert a.onboard_cert_hash == hashlib.sha256(onboard).digest()
+    assert a.onboard_cert_hash == der_sha256(onboard)  # EVE: sha256 of DER (authen.go:491-503)
     assert a.created_at == T0 and a.created_at.tzinfo is not None
     assert store.get_device(a.uuid) == a == store.get_device("edge-a") == store.get_device(a.uuid.upper())
     store.create_device("edge-b", "SN2", onboard)  # one onboarding cert, many serials
@@ -156,23 +190,23 @@ def test_device_crud_and_refusals(store: ControllerStore) -> None:
 
 def test_register_semantics(store: ControllerStore, clock: Clock) -> None:
     onboard, dev_cert, other_cert = make_cert("onboard"), make_cert("dev"), make_cert("other")
-    onboard_hash = hashlib.sha256(onboard).digest()
+    onboard_hash = der_sha256(onboard)
     dev = store.create_device("edge", "SN1", onboard)
     store.create_device("edge2", "SN2", onboard)
 
     with pytest.raises(NotFound, match="serial 'SN-wrong'"):
         store.register(onboard_hash, "SN-wrong", dev_cert)
     with pytest.raises(NotFound):
-        store.register(hashlib.sha256(other_cert).digest(), "SN1", dev_cert)
-    assert store.device_by_cert_hash(hashlib.sha256(dev_cert).digest()) is None
+        store.register(der_sha256(other_cert), "SN1", dev_cert)
+    assert store.device_by_cert_hash(der_sha256(dev_cert)) is None
     assert store.onboarding_cert(onboard_hash) == onboard
     assert store.onboarding_cert(onboard_hash[:16]) == onboard
-    assert store.onboarding_cert(hashlib.sha256(dev_cert).digest()) is None
+    assert store.onboarding_cert(der_sha256(dev_cert)) is None
 
     clock.now = T0 + timedelta(minutes=5)
     reg = store.register(onboard_hash, "SN1", dev_cert)
     assert reg.uuid == dev.uuid and reg.registered and reg.registered_at == clock.now
-    assert reg.device_cert_hash == hashlib.sha256(dev_cert).digest()
+    assert reg.device_cert_hash == der_sha256(dev_cert)
     assert reg.config_version == 1  # registering changes nothing the device should run
 
     clock.now = T0 + timedelta(minutes=9)
@@ -183,12 +217,19 @@ def test_register_semantics(store: ControllerStore, clock: Clock) -> None:
     with pytest.raises(Conflict, match="already registered to device 'edge'"):
         store.register(onboard_hash, "SN2", dev_cert)
 
-    digest = hashlib.sha256(dev_cert).digest()
+    digest = der_sha256(dev_cert)
     assert store.device_by_cert_hash(digest).uuid == dev.uuid  # type: ignore[union-attr]
     assert store.device_by_cert_hash(digest[:16]).uuid == dev.uuid  # type: ignore[union-attr]
     assert store.device_by_cert_hash(digest[:8]) is None
-    assert store.device_by_cert_hash(hashlib.sha256(other_cert).digest()) is None
+    assert store.device_by_cert_hash(der_sha256(other_cert)) is None
     assert store.device_by_cert_hash(onboard_hash) is None  # the onboarding cert is not a device identity
+
+    # the software serial is tried after the serial (adam pkg/server/commonHandler.go:141-150)
+    soft = store.create_device("soft", "SOFT-1", make_cert("soft onboard"))
+    soft_onboard = store.get_device("soft").onboard_cert_pem
+    assert soft_onboard is not None
+    got = store.register(der_sha256(soft_onboard), ["HW-UNKNOWN", "SOFT-1"], make_cert("soft dev"))
+    assert got.uuid == soft.uuid and got.registered
 
     clock.now = T0 + timedelta(hours=1)
     store.touch(dev.uuid)

@@ -9,6 +9,7 @@ the checks could have seen a stored report.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from edgevol.trust.envelope import (
     seal,
     seal_message,
 )
-from edgevol.trust.pki import Credential, cert_hash, create_root_ca, create_self_signed, verify_chain
+from edgevol.trust.pki import Credential, create_root_ca, create_self_signed, der_hash, verify_chain
 from tests.controller_fixture import Controller, controller_factory  # noqa: F401
 from tests.pg_fixture import db_url, pg_cluster  # noqa: F401
 
@@ -47,6 +48,7 @@ class Dev:
     serial: str
     device: Credential
     onboarding: Credential
+    token: bytes  # the integrity token from attestation, which config requests must carry
 
 
 def expect_device(ctrl: Controller, name: str) -> tuple[str, Credential]:
@@ -58,15 +60,17 @@ def expect_device(ctrl: Controller, name: str) -> tuple[str, Credential]:
 
 
 def registered(ctrl: Controller, name: str) -> Dev:
-    """A device that has registered its own certificate, as the agent does at first contact."""
+    """A device that has registered its own certificate and attested, as the agent does at first contact."""
     uuid, onboarding = expect_device(ctrl, name)
     device = create_self_signed(f"{name} device")
     client = ControllerClient(ctrl.url, ctrl.root_ca.read_bytes(), device)
     try:
         assert client.register(onboarding, f"SN-{name}") == 201
+        assert client.uuid() == uuid
+        token = client.attest(uuid)
     finally:
         client.close()
-    return Dev(name, uuid, f"SN-{name}", device, onboarding)
+    return Dev(name, uuid, f"SN-{name}", device, onboarding, token)
 
 
 def controller_signer(ctrl: Controller) -> bytes:
@@ -135,10 +139,11 @@ def test_config_hash_304_until_a_change_and_answers_signed_by_the_controller(db_
     ctrl = controller_factory(db_url)
     a = registered(ctrl, "a")
     signer = controller_signer(ctrl)
-    verify = cert_lookup([signer])
+    verify = cert_lookup([signer], "pem")
 
     def ask(known: str) -> Any:
-        return ctrl.post(f"/id/{a.uuid}/config", seal_message(m.ConfigRequest(configHash=known), a.device))
+        return ctrl.post(f"/id/{a.uuid}/config", seal_message(m.ConfigRequest(configHash=known,
+                                                                              integrity_token=a.token), a.device))
 
     first = ask("")
     assert first.status_code == 200 and first.headers["content-type"] == "application/x-proto-binary"
@@ -153,7 +158,7 @@ def test_config_hash_304_until_a_change_and_answers_signed_by_the_controller(db_
         assert again.status_code == 304 and again.content == b""
     client = ControllerClient(ctrl.url, ctrl.root_ca.read_bytes(), a.device)
     try:
-        assert client.config(a.uuid, hash1) is None
+        assert client.config(a.uuid, hash1, a.token) is None
         # A change on another device leaves this device's hash alone.
         b = registered(ctrl, "b")
         ctrl.admin("POST", f"/devices/{b.uuid}/volumes", json={"name": "other", "origin": "blank",
@@ -171,9 +176,9 @@ def test_config_hash_304_until_a_change_and_answers_signed_by_the_controller(db_
             [(vol["uuid"], "data", 2 * MiB)]
         assert resp2.config.id.version != resp1.config.id.version
         # The device's client, which checks the chain to root-ca.pem itself, sees the same answer.
-        via_client = client.config(a.uuid, hash1)
+        via_client = client.config(a.uuid, hash1, a.token)
         assert via_client is not None and via_client.configHash == resp2.configHash
-        assert client.config(a.uuid, resp2.configHash) is None
+        assert client.config(a.uuid, resp2.configHash, a.token) is None
 
         # The signature really covers the answer: one flipped byte and it no longer verifies.
         container = m.AuthContainer.FromString(changed.content)
@@ -184,7 +189,7 @@ def test_config_hash_304_until_a_change_and_answers_signed_by_the_controller(db_
             open_message(container.SerializeToString(), m.ConfigResponse, verify)
         # ... and it is not the root CA's (or anyone else's) signature.
         with pytest.raises(AuthError):
-            open_message(changed.content, m.ConfigResponse, cert_lookup([ctrl.root_ca.read_bytes()]))
+            open_message(changed.content, m.ConfigResponse, cert_lookup([ctrl.root_ca.read_bytes()], "pem"))
     finally:
         client.close()
 
@@ -213,11 +218,11 @@ def test_refused_requests_store_nothing(db_url, controller_factory):  # noqa: F8
     metrics_a = volume_metrics(a.uuid, vols["a"]).SerializeToString()
     stranger = create_self_signed("never registered")
     nobody = "0b7d3c1e-5a0f-4c55-9a43-0f7b8f2b2d11"
-    unsigned = m.AuthContainer(algo=SHA256_32, senderCertHash=cert_hash(a.device.cert_pem, SHA256_32))
+    unsigned = m.AuthContainer(algo=SHA256_32, senderCertHash=der_hash(a.device.cert_pem, SHA256_32))
     unsigned.protectedPayload.payload = info_a
     short_hash = seal(info_a, a.device)
     short_hash.senderCertHash = bytes(short_hash.senderCertHash)[:20]
-    cfg_req = m.ConfigRequest(configHash="0" * 64).SerializeToString()
+    cfg_req = m.ConfigRequest(configHash="0" * 64, integrity_token=a.token).SerializeToString()
 
     cases: list[tuple[str, str, bytes, set[int]]] = [
         ("tampered info", f"/id/{a.uuid}/info", tampered(info_a, a.device), {403}),
@@ -250,6 +255,11 @@ def test_refused_requests_store_nothing(db_url, controller_factory):  # noqa: F8
         ("bare unsigned ZInfoMsg", f"/id/{a.uuid}/info", info_a, {400, 401}),
         ("envelope without signature", f"/id/{a.uuid}/info", unsigned.SerializeToString(), {401}),
         ("senderCertHash of the wrong length", f"/id/{a.uuid}/info", short_hash.SerializeToString(), {401}),
+        # adam pkg/server/commonHandler.go:75-78: config without the current integrity token is 403
+        ("config without integrity token", f"/id/{a.uuid}/config", seal_message(m.ConfigRequest(), a.device),
+         {403}),
+        ("config with B's integrity token", f"/id/{a.uuid}/config",
+         seal_message(m.ConfigRequest(integrity_token=b.token), a.device), {403}),
     ]
     answers = {name: ctrl.post(path, body).status_code for name, path, body, _ in cases}
     wrong = {name: f"{answers[name]}, expected one of {sorted(ok)}" for name, _, _, ok in cases
@@ -278,7 +288,7 @@ def check_register_rules(ctrl: Controller) -> None:
     first, second = create_self_signed("c device"), create_self_signed("c device, reinstalled")
 
     def register(signer: Credential, serial: str, device: Credential) -> int:
-        msg = m.ZRegisterMsg(pemCert=device.cert_pem, serial=serial)
+        msg = m.ZRegisterMsg(pemCert=base64.b64encode(device.cert_pem), serial=serial)
         return ctrl.post("/register", seal_message(msg, signer, include_cert=True)).status_code
 
     def device_cert() -> str | None:
@@ -288,7 +298,7 @@ def check_register_rules(ctrl: Controller) -> None:
     assert register(stranger, "SN-c", first) == 403  # onboarding cert nobody expects
     assert register(onboarding, "SN-wrong", first) == 403  # right cert, wrong serial
     assert register(onboarding, "", first) == 403
-    reg = m.ZRegisterMsg(pemCert=first.cert_pem, serial="SN-c").SerializeToString()
+    reg = m.ZRegisterMsg(pemCert=base64.b64encode(first.cert_pem), serial="SN-c").SerializeToString()
     assert ctrl.post("/register", tampered(reg, onboarding, include_cert=True)).status_code == 403
     # the expected onboarding certificate named, but another key signed (its cert riding along)
     forged = seal(reg, Credential(onboarding.cert_pem, stranger.key_pem), include_cert=True)
@@ -309,10 +319,18 @@ def check_register_rules(ctrl: Controller) -> None:
     assert register(onboarding, "SN-c", second) == 409
     assert device_cert() == first.cert_pem.decode()
     assert ctrl.admin("GET", f"/devices/{uuid}")["registered_at"] == registered_at
-    # Only the registered certificate speaks for the device.
-    ok = ctrl.post(f"/id/{uuid}/config", seal_message(m.ConfigRequest(), first))
+    # Only the registered certificate speaks for the device: it is known (403 until it attests, then 200),
+    # the other one is not (401).
+    assert ctrl.post(f"/id/{uuid}/config", seal_message(m.ConfigRequest(), first)).status_code == 403
+    first_client = ControllerClient(ctrl.url, ctrl.root_ca.read_bytes(), first)
+    try:
+        token = first_client.attest(uuid)
+    finally:
+        first_client.close()
+    ok = ctrl.post(f"/id/{uuid}/config", seal_message(m.ConfigRequest(integrity_token=token), first))
     assert ok.status_code == 200
-    assert ctrl.post(f"/id/{uuid}/config", seal_message(m.ConfigRequest(), second)).status_code == 401
+    assert ctrl.post(f"/id/{uuid}/config", seal_message(m.ConfigRequest(integrity_token=token),
+                                                        second)).status_code == 401
     # The agent's client hands back 409 instead of raising (the agent treats it as "registered"; a
     # reinstalled device with a new key then gets 401 on config, as above, until the operator acts).
     client = ControllerClient(ctrl.url, ctrl.root_ca.read_bytes(), second)

@@ -1,4 +1,8 @@
-"""Trust layer: real P-256 keys, real X.509 chains, real signed envelopes."""
+"""Trust layer: real ECDSA and RSA keys, real X.509 chains, real signed envelopes.
+
+Wire rules are EVE's (lf-edge/eve pkg/pillar/controllerconn/authen.go) and
+Adam's (lf-edge/adam pkg/server/apiHandlerv2.go); each test cites the line.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ from edgevol.trust import (
     AuthError,
     Credential,
     TrustError,
-    cert_hash,
     cert_lookup,
     common_name,
     controller_certs,
     create_root_ca,
     create_self_signed,
+    der_hash,
     fingerprint,
     issue,
     load_credential,
@@ -33,6 +37,7 @@ from edgevol.trust import (
     open_container,
     open_controller_certs,
     open_message,
+    pem_hash,
     save_credential,
     seal,
     seal_message,
@@ -92,7 +97,7 @@ def test_seal_open_round_trip(dev_a: Credential, dev_b: Credential, algo: int, l
     payload = b"\x00volume config\xff" * 100
     container = seal(payload, dev_a, algo=algo)
     assert container.algo == algo
-    assert bytes(container.senderCertHash) == hashlib.sha256(dev_a.cert_pem).digest()[:length]
+    assert bytes(container.senderCertHash) == der_hash(dev_a.cert_pem, algo)[:length]
     assert not container.senderCert
     got, pem = open_container(container.SerializeToString(), knows(dev_b, dev_a))
     assert got == payload
@@ -180,7 +185,7 @@ def test_embedded_cert_only_when_allowed(dev_a: Credential, dev_b: Credential) -
     # an embedded cert that is not the one the hash names is refused, even
     # when its own key made a valid signature (B claiming A's identity)
     b_body = seal(b"register me", dev_b, include_cert=True).SerializeToString()
-    claims_a = resealed(b_body, senderCertHash=cert_hash(dev_a.cert_pem, H32))
+    claims_a = resealed(b_body, senderCertHash=der_hash(dev_a.cert_pem, H32))
     with pytest.raises(AuthError) as e:
         open_container(claims_a, nobody, allow_embedded_cert=True)
     assert e.value.status == 403
@@ -214,19 +219,118 @@ def test_foreign_signature_with_leading_zero_byte_verifies(dev_a: Credential) ->
         pytest.fail("no short r/s found")
     raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     assert len(raw) == 64 and (raw[0] == 0 or raw[32] == 0)
-    c = m.AuthContainer(algo=H32, senderCertHash=cert_hash(dev_a.cert_pem, H32), signatureHash=raw)
+    c = m.AuthContainer(algo=H32, senderCertHash=der_hash(dev_a.cert_pem, H32), signatureHash=raw)
     c.protectedPayload.payload = payload
     got, _ = open_container(c.SerializeToString(), knows(dev_a))
     assert got == payload
 
 
-def test_cert_hash_lengths(dev_a: Credential) -> None:
-    full = hashlib.sha256(dev_a.cert_pem).digest()
-    assert cert_hash(dev_a.cert_pem, H16) == full[:16]
-    assert cert_hash(dev_a.cert_pem, H32) == full
+def test_device_cert_hash_is_sha256_of_der(dev_a: Credential) -> None:
+    """EVE names a device or onboarding cert by sha256 of its DER (authen.go:491-503, certToSha256);
+    Adam looks devices up by sha256 of cert.Raw (adam pkg/driver/file/device_manager_file.go:400-415)."""
+    der = x509.load_pem_x509_certificate(dev_a.cert_pem).public_bytes(Encoding.DER)
+    full = hashlib.sha256(der).digest()
+    assert der_hash(dev_a.cert_pem, H16) == full[:16]
+    assert der_hash(dev_a.cert_pem, H32) == full
+    assert full != hashlib.sha256(dev_a.cert_pem).digest()
+    # PEM whitespace is not identity: the same certificate re-wrapped hashes the same
+    rewrapped = b"\r\n".join(dev_a.cert_pem.splitlines()) + b"\r\n\r\n"
+    assert der_hash(rewrapped, H32) == full
     for bad in (m.HashAlgorithm.HASH_ALGORITHM_INVALID, 3):
         with pytest.raises(ValueError):
-            cert_hash(dev_a.cert_pem, bad)
+            der_hash(dev_a.cert_pem, bad)
+
+
+def test_controller_cert_hash_is_sha256_of_the_listed_pem(signer: Credential) -> None:
+    """EVE keeps the controller signing cert's hash as sha256 of the PEM bytes (authen.go:486);
+    Adam lists certHash = sha256 of the trimmed PEM (adam pkg/server/apiHandlerv2.go:248)."""
+    assert pem_hash(signer.cert_pem, H32) == hashlib.sha256(signer.cert_pem).digest()
+    assert pem_hash(signer.cert_pem, H16) == hashlib.sha256(signer.cert_pem).digest()[:16]
+    assert pem_hash(signer.cert_pem.strip(), H32) != pem_hash(signer.cert_pem, H32)
+
+
+def test_a_device_envelope_is_named_by_der_and_a_controller_one_by_pem(dev_a: Credential,
+                                                                        signer: Credential) -> None:
+    """EVE sends algo SHA256_32BYTES with senderCertHash = DER hash (authen.go:316,329)."""
+    dev = seal(b"p", dev_a)
+    assert dev.algo == H32 and bytes(dev.senderCertHash) == der_hash(dev_a.cert_pem, H32)
+    ctrl = seal(b"p", signer, hash_form="pem")
+    assert bytes(ctrl.senderCertHash) == hashlib.sha256(signer.cert_pem).digest()
+    # the receiver's lookup must use the same form, or the sender is unknown
+    with pytest.raises(AuthError) as e:
+        open_container(ctrl.SerializeToString(), cert_lookup([signer.cert_pem]))
+    assert e.value.status == 401
+    assert open_container(ctrl.SerializeToString(), cert_lookup([signer.cert_pem], "pem"))[0] == b"p"
+
+
+def _rsa_credential(ca: Credential | None, cn: str, *, is_ca: bool = False) -> Credential:
+    """An RSA certificate (a controller that signs with RSA, or an RSA root)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    issuer_key = key if ca is None else ca.private_key()
+    issuer = name if ca is None else x509.load_pem_x509_certificate(ca.cert_pem).subject
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256()))  # type: ignore[arg-type]
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return Credential(cert.public_bytes(Encoding.PEM), key_pem)
+
+
+def test_rsa_signatures_are_pkcs1_v15_over_sha256() -> None:
+    """Adam signs with an RSA key by PKCS#1 v1.5 and verifies it so (apiHandlerv2.go:186-190, 373-379);
+    EVE verifies RSA the same way (authen.go:258-263)."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    rsa_root = _rsa_credential(None, "rsa root", is_ca=True)
+    rsa_signer = _rsa_credential(rsa_root, "rsa controller signing")
+    body = seal(b"rsa payload", rsa_signer, hash_form="pem")
+    sig = bytes(body.signatureHash)
+    assert len(sig) == 256
+    x509.load_pem_x509_certificate(rsa_signer.cert_pem).public_key().verify(  # type: ignore[union-attr]
+        sig, b"rsa payload", padding.PKCS1v15(), hashes.SHA256())
+    got, _ = open_container(body.SerializeToString(), cert_lookup([rsa_signer.cert_pem], "pem"))
+    assert got == b"rsa payload"
+    # an RSA root vouches for an RSA controller's cert set
+    certs = controller_certs(rsa_signer)
+    assert trusted_signer(certs, rsa_root.cert_pem) == rsa_signer.cert_pem
+    tampered = resealed(body.SerializeToString(), payload=b"rsa payloaD")
+    with pytest.raises(AuthError) as e:
+        open_container(tampered, cert_lookup([rsa_signer.cert_pem], "pem"))
+    assert e.value.status == 403
+
+
+def test_asn1_ecdsa_signatures_are_accepted_as_adam_accepts_them(dev_a: Credential) -> None:
+    """Adam tries an ASN.1 ECDSA signature before r||s (apiHandlerv2.go:211)."""
+    der_sig = dev_a.private_key().sign(b"asn1", ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg]
+    c = m.AuthContainer(algo=H32, senderCertHash=der_hash(dev_a.cert_pem, H32), signatureHash=der_sig)
+    c.protectedPayload.payload = b"asn1"
+    assert open_container(c.SerializeToString(), knows(dev_a))[0] == b"asn1"
+
+
+def test_p384_keys_sign_48_byte_coordinates(tmp_path: Path) -> None:
+    """EVE sizes r||s by the curve: keyBytes = bits/8 (authen.go:506-517): 96 bytes on P-384."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p384 device")])
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cred = Credential(cert.public_bytes(Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    body = seal(b"384", cred)
+    assert len(bytes(body.signatureHash)) == 96
+    assert open_container(body.SerializeToString(), knows(cred))[0] == b"384"
 
 
 # ---------------------------------------------------------------- chains
@@ -349,7 +453,7 @@ def test_repr_hides_key(dev_a: Credential) -> None:
 
 
 def test_controller_certs_and_trusted_signer(root: Credential, inter: Credential, signer: Credential) -> None:
-    zc = controller_certs(signer, [inter.cert_pem])
+    zc = controller_certs(signer, intermediates=[inter.cert_pem])
     types = [c.type for c in zc.certs]
     assert types == [m.ZCertType.CERT_TYPE_CONTROLLER_SIGNING, m.ZCertType.CERT_TYPE_CONTROLLER_INTERMEDIATE]
     assert all(c.hashAlgo == H32 and bytes(c.certHash) == hashlib.sha256(c.cert).digest() for c in zc.certs)
@@ -358,33 +462,64 @@ def test_controller_certs_and_trusted_signer(root: Credential, inter: Credential
 
 
 def test_trusted_signer_rejects_other_root(inter: Credential, signer: Credential) -> None:
-    zc = controller_certs(signer, [inter.cert_pem])
+    zc = controller_certs(signer, intermediates=[inter.cert_pem])
     with pytest.raises(TrustError):
         trusted_signer(zc, create_root_ca("someone else").cert_pem)
 
 
 def test_trusted_signer_rejects_bad_hash_or_no_signer(root: Credential, inter: Credential, signer: Credential) -> None:
-    zc = controller_certs(signer, [inter.cert_pem])
+    zc = controller_certs(signer, intermediates=[inter.cert_pem])
     zc.certs[1].certHash = b"\x00" * 32
     with pytest.raises(TrustError, match="certHash"):
         trusted_signer(zc, root.cert_pem)
-    only_inter = m.ZControllerCert(certs=[controller_certs(signer, [inter.cert_pem]).certs[1]])
+    only_inter = m.ZControllerCert(certs=[controller_certs(signer, intermediates=[inter.cert_pem]).certs[1]])
     with pytest.raises(TrustError, match="exactly one"):
         trusted_signer(only_inter, root.cert_pem)
 
 
 def test_open_controller_certs(root: Credential, inter: Credential, signer: Credential) -> None:
-    body = seal_message(controller_certs(signer, [inter.cert_pem]), signer)
+    body = seal_message(controller_certs(signer, intermediates=[inter.cert_pem]), signer, hash_form="pem")
     certs, pem = open_controller_certs(body, root.cert_pem)
     assert pem == signer.cert_pem and len(certs.certs) == 2
     # a man in the middle with his own CA: chain fails -> 403
     evil_root = create_root_ca("edgevol test root")
     evil = issue(evil_root, "controller signing")
     with pytest.raises(AuthError) as e:
-        open_controller_certs(seal_message(controller_certs(evil), evil), root.cert_pem)
+        open_controller_certs(seal_message(controller_certs(evil), evil, hash_form="pem"), root.cert_pem)
     assert e.value.status == 403
     # the genuine cert list re-signed by someone else: signature fails -> 403
-    forged = seal_message(controller_certs(signer, [inter.cert_pem]), Credential(signer.cert_pem, evil.key_pem))
+    forged = seal_message(controller_certs(signer, intermediates=[inter.cert_pem]), Credential(signer.cert_pem, evil.key_pem),
+                          hash_form="pem")
     with pytest.raises(AuthError) as e:
         open_controller_certs(forged, root.cert_pem)
     assert e.value.status == 403
+
+
+def test_ecdh_certificate_is_listed_and_must_chain(root: Credential, inter: Credential, signer: Credential) -> None:
+    """EVE wants an ECDH_EXCHANGE cert in /certs (authen.go:606) and checks it chains like the signer
+    (authen.go:613-623); a type it does not know is refused (authen.go:593-596)."""
+    ecdh = issue(inter, "controller ecdh", purpose="ecdh")
+    zc = controller_certs(signer, ecdh, [inter.cert_pem])
+    assert [c.type for c in zc.certs] == [m.ZCertType.CERT_TYPE_CONTROLLER_SIGNING,
+                                          m.ZCertType.CERT_TYPE_CONTROLLER_ECDH_EXCHANGE,
+                                          m.ZCertType.CERT_TYPE_CONTROLLER_INTERMEDIATE]
+    assert trusted_signer(zc, root.cert_pem) == signer.cert_pem
+    ku = x509.load_pem_x509_certificate(ecdh.cert_pem).extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_agreement and not ku.digital_signature
+    stranger = issue(create_root_ca("elsewhere"), "foreign ecdh", purpose="ecdh")
+    with pytest.raises(TrustError, match="does not chain"):
+        trusted_signer(controller_certs(signer, stranger, [inter.cert_pem]), root.cert_pem)
+    odd = controller_certs(signer, ecdh, [inter.cert_pem])
+    odd.certs[1].type = m.ZCertType.CERT_TYPE_DEVICE_ONBOARDING
+    with pytest.raises(TrustError, match="unknown controller certificate type"):
+        trusted_signer(odd, root.cert_pem)
+
+
+def test_a_root_file_may_hold_several_roots(root: Credential, inter: Credential, signer: Credential) -> None:
+    """A device's root CA file is a bundle; EVE appends all of it to its pool (authen.go:644-649)."""
+    other = create_root_ca("another controller").cert_pem
+    rsa_root = _rsa_credential(None, "rsa root in bundle", is_ca=True).cert_pem
+    bundle = other + rsa_root + root.cert_pem
+    verify_chain(signer.cert_pem, bundle, [inter.cert_pem])
+    with pytest.raises(TrustError, match=r"or 1 more"):
+        verify_chain(signer.cert_pem, other + rsa_root, [inter.cert_pem])

@@ -10,6 +10,19 @@ number, ``ZSwState.Name(19)`` the name.
 
 from __future__ import annotations
 
+from edgevol.api.eve.attest.attest_pb2 import (
+    AttestStorageKeys,
+    AttestStorageKeysResp,
+    AttestStorageKeysResponseCode,
+    ZAttestNonceResp,
+    ZAttestQuote,
+    ZAttestQuoteResp,
+    ZAttestReq,
+    ZAttestReqType,
+    ZAttestResponse,
+    ZAttestResponseCode,
+    ZAttestRespType,
+)
 from edgevol.api.eve.auth.auth_pb2 import AuthBody, AuthContainer
 from edgevol.api.eve.certs.certs_pb2 import (
     ZCert,
@@ -21,6 +34,8 @@ from edgevol.api.eve.common.acipherinfo_pb2 import (
     CipherBlock,
     CipherContext,
     EncryptionBlock,
+    EncryptionScheme,
+    KeyExchangeScheme,
 )
 from edgevol.api.eve.common.evecommon_pb2 import HashAlgorithm
 from edgevol.api.eve.config.appconfig_pb2 import (
@@ -66,6 +81,7 @@ from edgevol.api.eve.info.info_pb2 import (
 )
 from edgevol.api.eve.metrics.metrics_pb2 import ZMetricMsg, ZMetricVolume
 from edgevol.api.eve.register.register_pb2 import ZRegisterMsg
+from edgevol.api.eve.uuid.eveuuid_pb2 import UuidRequest, UuidResponse
 
 __all__ = [
     # config
@@ -108,13 +124,29 @@ __all__ = [
     # metrics
     "ZMetricMsg",
     "ZMetricVolume",
+    # onboarding: register, uuid, attest
+    "AttestStorageKeys",
+    "AttestStorageKeysResp",
+    "AttestStorageKeysResponseCode",
+    "UuidRequest",
+    "UuidResponse",
+    "ZAttestNonceResp",
+    "ZAttestQuote",
+    "ZAttestQuoteResp",
+    "ZAttestReq",
+    "ZAttestReqType",
+    "ZAttestRespType",
+    "ZAttestResponse",
+    "ZAttestResponseCode",
     # auth, certs, register, common
     "AuthBody",
     "AuthContainer",
     "CipherBlock",
     "CipherContext",
     "EncryptionBlock",
+    "EncryptionScheme",
     "HashAlgorithm",
+    "KeyExchangeScheme",
     "ZCert",
     "ZCertAttr",
     "ZCertType",

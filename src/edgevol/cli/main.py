@@ -70,6 +70,10 @@ def _lock_data_dir(data_dir: Path) -> int:
 @click.option("--root-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The controller's root CA certificate (PEM); required with --controller.")
 @click.option("--serial", default="", help="Serial number presented when registering.")
+@click.option("--soft-serial", default="", help="Software serial, tried by the controller when --serial "
+              "does not match (EVE's softSerial).")
+@click.option("--trace-wire", type=click.Path(file_okay=False, path_type=Path),
+              help="Record every exchange with the controller (bodies in base64) as JSON files in this directory.")
 @click.option("--onboard-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Onboarding certificate (default: created under DATA/identity).")
 @click.option("--onboard-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
@@ -77,8 +81,8 @@ def _lock_data_dir(data_dir: Path) -> int:
 @click.option("--metrics-interval", type=float, default=60.0, show_default=True)
 def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: float, log_format: str,
                log_level: str, progress: bool | None, controller_url: str | None, root_ca: Path | None,
-               serial: str, onboard_cert: Path | None, onboard_key: Path | None, poll_interval: float,
-               metrics_interval: float) -> None:
+               serial: str, soft_serial: str, trace_wire: Path | None, onboard_cert: Path | None,
+               onboard_key: Path | None, poll_interval: float, metrics_interval: float) -> None:
     """Reconcile the device with its config: download content, create volumes, report.
 
     The config comes from --config (a file) or --controller (EVE API v2).
@@ -86,6 +90,7 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
     from edgevol.cli.progress import ProgressView
     from edgevol.device.configsource import ConfigSource
     from edgevol.device.reconcile.agent import Agent, AgentOptions
+    from edgevol.device.uplink.online import UplinkOptions
 
     if bool(config_path) == bool(controller_url):
         raise click.UsageError("give exactly one of --config FILE or --controller URL")
@@ -97,8 +102,9 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
     uplink = None
     if controller_url:
         assert root_ca is not None
-        uplink = _start_uplink(agent, controller_url, root_ca, serial, onboard_cert, onboard_key,
-                               poll_interval, metrics_interval)
+        uplink = _start_uplink(agent, controller_url, root_ca, onboard_cert, onboard_key, trace_wire,
+                               UplinkOptions(serial=serial, soft_serial=soft_serial, poll_interval=poll_interval,
+                                             metrics_interval=metrics_interval))
         source: Any = uplink
     else:
         source = ConfigSource(config_path, agent.dirs.checkpoint)
@@ -138,17 +144,24 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
     sys.exit(status)
 
 
-def _start_uplink(agent: Any, url: str, root_ca: Path, serial: str, onboard_cert: Path | None,
-                  onboard_key: Path | None, poll_interval: float, metrics_interval: float) -> Any:
+def _start_uplink(agent: Any, url: str, root_ca: Path, onboard_cert: Path | None, onboard_key: Path | None,
+                  trace_wire: Path | None, options: Any) -> Any:
     from edgevol.device.uplink.client import ControllerClient
-    from edgevol.device.uplink.identity import device_credential, onboarding_credential
-    from edgevol.device.uplink.online import Uplink, UplinkOptions
+    from edgevol.device.uplink.identity import (
+        controller_certs_path,
+        device_credential,
+        ecdh_credential,
+        onboarding_credential,
+    )
+    from edgevol.device.uplink.online import Uplink
+    from edgevol.device.uplink.wiretrace import WireTrace
 
     data_dir = agent.dirs.root
-    client = ControllerClient(url, root_ca.read_bytes(), device_credential(data_dir))
+    client = ControllerClient(url, root_ca.read_bytes(), device_credential(data_dir),
+                              certs_path=controller_certs_path(data_dir),
+                              trace=WireTrace(trace_wire) if trace_wire else None)
     uplink = Uplink(client, agent.store, onboarding_credential(data_dir, onboard_cert, onboard_key),
-                    agent.dirs.checkpoint, UplinkOptions(serial=serial, poll_interval=poll_interval,
-                                                         metrics_interval=metrics_interval))
+                    agent.dirs.checkpoint, options, ecdh=ecdh_credential(data_dir))
     uplink.start()
     return uplink
 
@@ -213,8 +226,10 @@ def device_identity(data_dir: Path, output: str) -> None:
 
     onboarding = onboarding_credential(data_dir)
     dev = device_credential(data_dir)
+    # The fingerprints are sha256 of the DER: what EVE and this device put in senderCertHash.
     doc = {"onboarding_cert_path": str(identity_dir(data_dir) / "onboard.pem"),
            "onboarding_cert_fingerprint": fingerprint(onboarding.cert_pem),
+           "device_cert_path": str(identity_dir(data_dir) / "device.pem"),
            "device_cert_fingerprint": fingerprint(dev.cert_pem),
            "onboarding_cert_pem": onboarding.cert_pem.decode()}
     if output == "json":
@@ -222,7 +237,8 @@ def device_identity(data_dir: Path, output: str) -> None:
     else:
         click.echo(f"onboarding certificate: {doc['onboarding_cert_path']}\n"
                    f"  sha256 {doc['onboarding_cert_fingerprint']}\n"
-                   f"device certificate sha256 {doc['device_cert_fingerprint']}")
+                   f"device certificate: {doc['device_cert_path']}\n"
+                   f"  sha256 {doc['device_cert_fingerprint']}")
 
 
 @main.group()
@@ -267,8 +283,19 @@ def controller() -> None:
               "postgresql://user@host/db for fleets.")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT")
 @click.option("--tls/--no-tls", default=None, help="Default: TLS unless listening on loopback.")
+@click.option("--tls-san", "tls_sans", multiple=True, metavar="NAME|IP",
+              help="A name or address devices dial, put in the TLS certificate (repeatable). Default: the "
+              "listen address, or this host's names and addresses when listening on 0.0.0.0 or ::.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve this TLS certificate (PEM) instead of one issued from the controller's root CA.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The key of --tls-cert.")
+@click.option("--encrypt-credentials/--no-encrypt-credentials", "encrypt", default=None,
+              help="Send datastore credentials to devices encrypted (cipherData, as EVE's controllers do) or in "
+              "clear. Default: encrypted, except for a device connecting over loopback.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
-def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | None, log_format: str) -> None:
+def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | None, tls_sans: tuple[str, ...],
+                   tls_cert: Path | None, tls_key: Path | None, encrypt: bool | None, log_format: str) -> None:
     """Serve devices and operators until stopped."""
     from edgevol.controller.context import load_context
     from edgevol.controller.server import serve
@@ -277,9 +304,12 @@ def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise click.UsageError(f"--listen wants HOST:PORT, not {listen!r}")
-    ctx = load_context(data_dir, db_url)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    mode = "auto" if encrypt is None else "always" if encrypt else "never"
+    ctx = load_context(data_dir, db_url, encrypt_credentials=mode)
     click.echo(f"root CA for devices: {ctx.root_ca_path}\nadmin token: {data_dir / 'admin.token'}", err=True)
-    serve(ctx, host.strip("[]"), int(port), tls=tls)
+    serve(ctx, host.strip("[]"), int(port), tls=tls, tls_sans=tls_sans, tls_cert=tls_cert, tls_key=tls_key)
 
 
 @main.group()

@@ -1,30 +1,52 @@
 """EVE API v2, the controller side: every request verified before it is parsed.
 
-Status codes follow API.md: 401 unsigned or unknown sender, 403 bad
-signature or a device speaking for another, 404 unknown device, 304 config
-unchanged, 409 already registered. Nothing is stored for a refused request.
+The endpoints, status codes and bodies are the ones EVE's devices and LF Edge
+Adam use (adam pkg/server/server.go routes, apiHandlerv2.go, commonHandler.go,
+attestation.go): register 201, uuid 200, attest 201, config 200/304 (403 for
+a missing or wrong integrity token), info and metrics 201, and the log,
+flow-log and hardware-health posts every EVE device sends accepted with 201.
+Refusals: 401 unsigned or unknown sender, 403 bad signature or a device
+speaking for another, 404 unknown device, 409 already registered. Nothing is
+stored for a refused request.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from edgevol.api import messages as m
-from edgevol.controller.configbuild import build_config, config_hash
+from edgevol.controller.configbuild import CredentialEncryption, build_config, config_hash
 from edgevol.controller.context import ControllerContext
 from edgevol.controller.records import Device
 from edgevol.controller.store import Conflict, Invalid, NotFound
-from edgevol.trust.envelope import AuthError, controller_certs, open_message, seal_message
-from edgevol.trust.pki import cert_hash
+from edgevol.trust.envelope import (
+    AuthError,
+    controller_certs,
+    open_container,
+    open_message,
+    pem_from_base64,
+    seal_message,
+)
+from edgevol.netaddr import is_loopback_host
+from edgevol.trust.pki import TrustError, der_hash, load_cert
 
 PROTO = "application/x-proto-binary"
 SHA256_32 = m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES
+NONCE_BYTES = 16  # within the 12..32 bytes EVE's TPM quote can carry as qualifying data
+TOKEN_BYTES = 64
+# Posts an EVE device makes that this controller verifies and then drops.
+DISCARDED = ("logs", "newlogs", "flowlog", "hardwarehealth")
 
 
-def _proto(body: bytes, status: int = 200) -> Response:
+def _proto(body: bytes = b"", status: int = 200) -> Response:
+    # EVE's client refuses a success answer without a Content-Type, even an empty one
+    # (pkg/pillar/cmd/client/client.go, myPost: "no content-type").
     return Response(content=body, status_code=status, media_type=PROTO)
 
 
@@ -36,17 +58,26 @@ class DeviceAPI:
     def __init__(self, ctx: ControllerContext) -> None:
         self.ctx = ctx
 
+    def _seal(self, msg: Any) -> bytes:
+        return seal_message(msg, self.ctx.signing, hash_form="pem")
+
     def _lookup(self, h: bytes) -> bytes | None:
         dev = self.ctx.store.device_by_cert_hash(bytes(h))
         return dev.device_cert_pem if dev else None
 
     def _authenticate(self, body: bytes, msg_type: Any, path_uuid: str | None) -> tuple[Any, Device]:
-        """Verify the signature, then check the signer is the device the URL names."""
-        msg, cert = open_message(body, msg_type, self._lookup)
-        dev = self.ctx.store.device_by_cert_hash(cert_hash(cert, SHA256_32))
+        """Verify the signature, then check the signer is the device the URL names.
+
+        With ``msg_type`` None the payload is returned as bytes, unparsed.
+        """
+        if msg_type is None:
+            msg, cert = open_container(body, self._lookup)
+        else:
+            msg, cert = open_message(body, msg_type, self._lookup)
+        dev = self.ctx.store.device_by_cert_hash(der_hash(cert, SHA256_32))
         if dev is None:
             raise AuthError(401, "unknown device certificate")
-        if path_uuid is not None and path_uuid != dev.uuid:
+        if path_uuid is not None and path_uuid.lower() != dev.uuid:
             try:
                 self.ctx.store.get_device(path_uuid)
             except NotFound:
@@ -56,8 +87,7 @@ class DeviceAPI:
         return msg, dev
 
     def certs(self) -> Response:
-        payload = controller_certs(self.ctx.signing)
-        return _proto(seal_message(payload, self.ctx.signing))
+        return _proto(self._seal(controller_certs(self.ctx.signing, self.ctx.ecdh)))
 
     def register(self, body: bytes) -> Response:
         try:
@@ -66,25 +96,84 @@ class DeviceAPI:
         except AuthError as exc:
             # an onboarding certificate nobody registered is "forbidden", not "who are you"
             return _refuse(403 if exc.status == 401 else exc.status, exc.reason)
-        if self.ctx.store.onboarding_cert(cert_hash(onboard_pem, SHA256_32)) is None:
+        onboard_hash = der_hash(onboard_pem, SHA256_32)
+        if self.ctx.store.onboarding_cert(onboard_hash) is None:
             return _refuse(403, "unknown onboarding certificate")
         try:
-            self.ctx.store.register(cert_hash(onboard_pem, SHA256_32), msg.serial, bytes(msg.pemCert))
+            self.ctx.store.register(onboard_hash, [msg.serial, msg.softSerial], _device_pem(msg.pemCert))
         except NotFound as exc:
             return _refuse(403, str(exc))
         except Conflict as exc:
             return _refuse(409, str(exc))
         except Invalid as exc:
             return _refuse(400, str(exc))
-        return Response(status_code=201)
+        return _proto(status=201)
 
-    def config(self, body: bytes, path_uuid: str | None) -> Response:
+    def uuid(self, body: bytes) -> Response:
+        _req, dev = self._authenticate(body, m.UuidRequest, None)
+        return _proto(self._seal(m.UuidResponse(uuid=dev.uuid)))
+
+    def attest(self, body: bytes, path_uuid: str) -> Response:
+        """Adam's no-TPM attestation: a nonce, then SUCCESS and the device's integrity token for any quote.
+
+        TPM quotes (with PCR values) are not verified against PCR templates:
+        the quote must follow a nonce of this round, and the answer is the
+        same as for a device without a TPM.
+        """
+        req, dev = self._authenticate(body, m.ZAttestReq, path_uuid)
+        store = self.ctx.store
+        resp = m.ZAttestResponse()
+        if req.reqType == m.ZAttestReqType.ATTEST_REQ_NONCE:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            store.new_attest_nonce(dev.uuid, nonce)
+            resp.respType = m.ZAttestRespType.ATTEST_RESP_NONCE
+            resp.nonce.nonce = nonce
+        elif req.reqType == m.ZAttestReqType.ATTEST_REQ_QUOTE:
+            resp.respType = m.ZAttestRespType.ATTEST_RESP_QUOTE_RESP
+            if store.attest_nonce(dev.uuid) is None:
+                resp.quoteResp.response = m.ZAttestResponseCode.Z_ATTEST_RESPONSE_CODE_NONCE_MISMATCH
+            else:
+                resp.quoteResp.response = m.ZAttestResponseCode.Z_ATTEST_RESPONSE_CODE_SUCCESS
+                resp.quoteResp.integrity_token = store.integrity_token(
+                    dev.uuid, issue=lambda: secrets.token_hex(TOKEN_BYTES).encode()) or b""
+                escrowed = store.storage_keys(dev.uuid)
+                if escrowed and req.quote.pcr_values:
+                    resp.quoteResp.keys.extend(m.AttestStorageKeys.FromString(escrowed).keys)
+        elif req.reqType == m.ZAttestReqType.ATTEST_REQ_CERT:
+            for zc in req.certs:
+                if zc.type == m.ZCertType.CERT_TYPE_DEVICE_ECDH_EXCHANGE:
+                    problem = _ecdh_cert_problem(bytes(zc.cert), dev)
+                    if problem:
+                        return _refuse(400, f"device ECDH certificate refused: {problem}")
+                    store.set_device_ecdh_cert(dev.uuid, bytes(zc.cert))
+            resp.respType = m.ZAttestRespType.ATTEST_RESP_CERT
+        elif req.reqType == m.ZAttestReqType.Z_ATTEST_REQ_TYPE_STORE_KEYS:
+            resp.respType = m.ZAttestRespType.Z_ATTEST_RESP_TYPE_STORE_KEYS
+            token = store.integrity_token(dev.uuid)
+            codes = m.AttestStorageKeysResponseCode
+            if not token or bytes(req.storage_keys.integrity_token) != token:
+                resp.storage_keys_resp.response = codes.ATTEST_STORAGE_KEYS_RESPONSE_CODE_ITOKEN_MISMATCH
+            else:
+                store.set_storage_keys(dev.uuid, req.storage_keys.SerializeToString(deterministic=True))
+                resp.storage_keys_resp.response = codes.ATTEST_STORAGE_KEYS_RESPONSE_CODE_SUCCESS
+        else:
+            return _refuse(400, f"attest request type {req.reqType} is not one this controller answers")
+        return _proto(self._seal(resp), 201)
+
+    def config(self, body: bytes, path_uuid: str | None, peer: str | None = None) -> Response:
         req, dev = self._authenticate(body, m.ConfigRequest, path_uuid)
-        cfg = build_config(self.ctx.store, dev.uuid)
+        token = self.ctx.store.integrity_token(dev.uuid)
+        if not token or bytes(req.integrity_token) != token:
+            # adam pkg/server/commonHandler.go, configProcess: enforceIntegrityCheck -> 403
+            return _refuse(403, "integrity token missing or not current: attest first")
+        mode = self.ctx.encrypt_credentials
+        if mode == "auto" and peer is not None and is_loopback_host(peer):
+            mode = "never"  # a device on this very host: nothing on the way to hide credentials from
+        cfg = build_config(self.ctx.store, dev.uuid, CredentialEncryption(self.ctx.ecdh, mode))
         digest = config_hash(cfg)
         if req.configHash == digest:
             return Response(status_code=304)
-        return _proto(seal_message(m.ConfigResponse(config=cfg, configHash=digest), self.ctx.signing))
+        return _proto(self._seal(m.ConfigResponse(config=cfg, configHash=digest)))
 
     def info(self, body: bytes, path_uuid: str) -> Response:
         return self._record(body, path_uuid, m.ZInfoMsg, "devId", self.ctx.store.record_info, "info")
@@ -92,18 +181,52 @@ class DeviceAPI:
     def metrics(self, body: bytes, path_uuid: str) -> Response:
         return self._record(body, path_uuid, m.ZMetricMsg, "devID", self.ctx.store.record_metrics, "metrics")
 
+    def discard(self, body: bytes, path_uuid: str) -> Response:
+        """Verify a post this controller does not keep (logs, flow logs, hardware health) and accept it."""
+        self._authenticate(body, None, path_uuid)
+        return _proto(status=201)
+
     def _record(self, body: bytes, path_uuid: str, msg_type: Any, dev_field: str,
                 store: Callable[[str, Any], Any], what: str) -> Response:
         """Verify, refuse a message that names another device, then store it."""
         msg, dev = self._authenticate(body, msg_type, path_uuid)
         named = getattr(msg, dev_field)
-        if named and named != dev.uuid:
+        if named and named.lower() != dev.uuid:
             return _refuse(403, f"{what} names another device")
         try:
             store(dev.uuid, msg)
         except Invalid as exc:
             return _refuse(400, str(exc))
-        return Response(status_code=200)
+        return _proto(status=201)
+
+
+def _ecdh_cert_problem(cert_pem: bytes, dev: Device) -> str:
+    """Why a DEVICE_ECDH_EXCHANGE certificate cannot be used ("" when it can).
+
+    EVE's is a P-256 key certified by the device key (eve pkg/pillar/cmd/tpmmgr/tpmmgr.go:1058-1125):
+    anything else could let a third party receive the device's credentials.
+    """
+    try:
+        cert = load_cert(cert_pem)
+        issuer = load_cert(dev.device_cert_pem or b"")
+    except TrustError as exc:
+        return str(exc)
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        return "its key is not ECDSA P-256"
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return "it is not signed by the device certificate"
+    return ""
+
+
+def _device_pem(pem_cert: bytes) -> bytes:
+    """ZRegisterMsg.pemCert is base64 of the PEM (EVE's selfRegister); a bare PEM is tolerated."""
+    try:
+        return pem_from_base64(pem_cert)
+    except ValueError as exc:
+        raise Invalid(f"pemCert is {exc}") from None
 
 
 async def _call(fn: Callable[..., Response], *args: Any) -> Response:
@@ -121,7 +244,7 @@ def router(ctx: ControllerContext) -> APIRouter:
     async def ping() -> Response:
         return Response(status_code=200)
 
-    @r.get("/certs")
+    @r.api_route("/certs", methods=["GET", "POST"])
     async def certs() -> Response:
         return await _call(api.certs)
 
@@ -129,13 +252,21 @@ def router(ctx: ControllerContext) -> APIRouter:
     async def register(request: Request) -> Response:
         return await _call(api.register, await request.body())
 
+    @r.post("/uuid")
+    async def uuid_(request: Request) -> Response:
+        return await _call(api.uuid, await request.body())
+
     @r.post("/config")
     async def config_any(request: Request) -> Response:
-        return await _call(api.config, await request.body(), None)
+        return await _call(api.config, await request.body(), None, request.client.host if request.client else None)
 
     @r.post("/id/{uuid}/config")
     async def config(uuid: str, request: Request) -> Response:
-        return await _call(api.config, await request.body(), uuid)
+        return await _call(api.config, await request.body(), uuid, request.client.host if request.client else None)
+
+    @r.post("/id/{uuid}/attest")
+    async def attest(uuid: str, request: Request) -> Response:
+        return await _call(api.attest, await request.body(), uuid)
 
     @r.post("/id/{uuid}/info")
     async def info(uuid: str, request: Request) -> Response:
@@ -144,5 +275,19 @@ def router(ctx: ControllerContext) -> APIRouter:
     @r.post("/id/{uuid}/metrics")
     async def metrics(uuid: str, request: Request) -> Response:
         return await _call(api.metrics, await request.body(), uuid)
+
+    @r.post("/id/{uuid}/{kind}")
+    async def discarded(uuid: str, kind: str, request: Request) -> Response:
+        if kind not in DISCARDED:
+            return _refuse(404, f"no such device API call: {kind}")
+        return await _call(api.discard, await request.body(), uuid)
+
+    @r.post("/id/{uuid}/apps/instances/id/{app_uuid}/logs")
+    async def app_logs(uuid: str, app_uuid: str, request: Request) -> Response:
+        return await _call(api.discard, await request.body(), uuid)
+
+    @r.post("/id/{uuid}/apps/instanceid/{app_uuid}/newlogs")
+    async def app_newlogs(uuid: str, app_uuid: str, request: Request) -> Response:
+        return await _call(api.discard, await request.body(), uuid)
 
     return r

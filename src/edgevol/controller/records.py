@@ -28,6 +28,8 @@ class Device:
     last_seen_at: datetime | None = None
     onboard_cert_pem: bytes | None = field(default=None, repr=False)
     device_cert_pem: bytes | None = field(default=None, repr=False)
+    # The DEVICE_ECDH_EXCHANGE certificate the device sent in attest CERT, if any.
+    device_ecdh_cert_pem: bytes | None = field(default=None, repr=False)
 
     @property
     def registered(self) -> bool:

@@ -14,7 +14,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from edgevol.controller.db.errors import Conflict, Invalid, NotFound, StoreError
 from edgevol.controller.db.session import WRITE_OPTION, make_engine, migrate, normalize_url, session_factory
 from edgevol.model import parse
 from edgevol.model.desired import ObjectKind
+from edgevol.trust.pki import der_sha256
 
 __all__ = ["UNSET", "Conflict", "ControllerStore", "Invalid", "NotFound", "StoreError"]
 
@@ -200,7 +200,7 @@ class ControllerStore:
         if len(serial) > MAX_NAME:
             raise Invalid(f"serial is longer than {MAX_NAME} characters")
         pem = ck.check_cert_pem(onboard_cert_pem, "onboarding certificate") if onboard_cert_pem is not None else None
-        digest = hashlib.sha256(pem).digest() if pem is not None else None
+        digest = der_sha256(pem) if pem is not None else None
         with self._write() as s:
             self._name_free(s, db.Device, "device", name)
             dev_uuid = ck.new_uuid(uuid, "device")
@@ -242,7 +242,8 @@ class ControllerStore:
             if onboard_cert_pem is not UNSET:
                 pem = ck.check_cert_pem(onboard_cert_pem, "onboarding certificate") if onboard_cert_pem else None
                 dev.onboard_cert_pem = pem
-                dev.onboard_cert_hash = hashlib.sha256(pem).digest() if pem else None
+                dev.onboard_cert_hash = der_sha256(pem) if pem else None
+                dev.onboard_cert_legacy_hash = None
             if dev.onboard_cert_hash is not None:
                 other = s.scalars(select(db.Device).where(db.Device.onboard_cert_hash == dev.onboard_cert_hash,
                                                           db.Device.serial == dev.serial,
@@ -259,22 +260,31 @@ class ControllerStore:
             dev = self._device(s, ref)
             s.execute(delete(db.Device).where(db.Device.uuid == dev.uuid))
 
-    def register(self, onboard_cert_hash: bytes, serial: str, device_cert_pem: bytes) -> r.Device:
-        """Bind a device certificate to the device expecting this onboarding cert and serial.
+    def register(self, onboard_cert_hash: bytes, serials: str | Sequence[str], device_cert_pem: bytes) -> r.Device:
+        """Bind a device certificate to the device expecting this onboarding cert and a serial.
 
+        ``serials`` are tried in order, as Adam tries ``serial`` then
+        ``softSerial`` (pkg/server/commonHandler.go, registerProcess).
         Idempotent for the same device certificate (a device retries when it
         missed the answer); :class:`Conflict` for a different one.
         """
         if len(onboard_cert_hash) not in (16, 32):
             raise Invalid("the onboarding certificate hash must be 16 or 32 bytes of sha256")
+        candidates = [serials] if isinstance(serials, str) else [x for x in serials if x] or [""]
         pem = ck.check_cert_pem(device_cert_pem, "device certificate")
-        digest = hashlib.sha256(pem).digest()
+        digest = der_sha256(pem)
         with self._write() as s:
-            found = s.scalars(select(db.Device).where(ck.prefix_range(db.Device.onboard_cert_hash, onboard_cert_hash),
-                                                      db.Device.serial == serial).with_for_update()).all()
+            found: Sequence[db.Device] = []
+            for serial in candidates:
+                found = s.scalars(select(db.Device).where(self._cert_match(db.Device.onboard_cert_hash,
+                                                                           db.Device.onboard_cert_legacy_hash,
+                                                                           onboard_cert_hash),
+                                                          db.Device.serial == serial).with_for_update()).all()
+                if found:
+                    break
             if not found:
                 raise NotFound(f"no device expects onboarding certificate {onboard_cert_hash.hex()} "
-                               f"with serial {serial!r}")
+                               f"with serial {' or '.join(repr(x) for x in candidates)}")
             if len(found) > 1:
                 raise Conflict("the short onboarding certificate hash matches several devices; use 32 bytes")
             dev = found[0]
@@ -286,26 +296,78 @@ class ControllerStore:
             if other is not None:
                 raise Conflict(f"this device certificate is already registered to device {other.name!r}")
             dev.device_cert_pem, dev.device_cert_hash, dev.registered_at = pem, digest, self.now()
+            dev.device_cert_legacy_hash = None
             s.flush()
             return cv.device_rec(dev)
 
+    @staticmethod
+    def _cert_match(column: Any, legacy_column: Any, cert_hash: bytes) -> Any:
+        """The certificate's DER hash starts with ``cert_hash``, or its pre-0002 PEM hash is it."""
+        return ck.prefix_range(column, cert_hash) | (legacy_column == cert_hash)
+
     def device_by_cert_hash(self, cert_hash: bytes) -> r.Device | None:
-        """The registered device whose certificate's sha256 starts with ``cert_hash`` (16 or 32 bytes)."""
+        """The registered device whose certificate's DER sha256 starts with ``cert_hash`` (16 or 32 bytes)."""
         if len(cert_hash) not in (16, 32):
             return None
         with self._read() as s:
-            found = s.scalars(select(db.Device).where(ck.prefix_range(db.Device.device_cert_hash, cert_hash))
+            found = s.scalars(select(db.Device).where(self._cert_match(db.Device.device_cert_hash,
+                                                                       db.Device.device_cert_legacy_hash, cert_hash))
                               .limit(2)).all()
             return cv.device_rec(found[0]) if len(found) == 1 else None
 
     def onboarding_cert(self, cert_hash: bytes) -> bytes | None:
-        """The onboarding certificate PEM whose sha256 starts with ``cert_hash`` (to verify a register call)."""
+        """The onboarding certificate PEM whose DER sha256 starts with ``cert_hash`` (to verify a register call)."""
         if len(cert_hash) not in (16, 32):
             return None
         with self._read() as s:
             found = s.scalars(select(db.Device.onboard_cert_pem)
-                              .where(ck.prefix_range(db.Device.onboard_cert_hash, cert_hash))).all()
+                              .where(self._cert_match(db.Device.onboard_cert_hash,
+                                                      db.Device.onboard_cert_legacy_hash, cert_hash))).all()
             return found[0] if found and all(p == found[0] for p in found) else None
+
+    # -- attestation (Adam's no-TPM path: pkg/server/attestation.go, attestProcess)
+
+    def new_attest_nonce(self, device: str, nonce: bytes) -> None:
+        """Remember the nonce just given out; a new attestation round starts."""
+        with self._write() as s:
+            self._device(s, device).attest_nonce = nonce
+
+    def integrity_token(self, device: str, *, issue: Callable[[], bytes] | None = None) -> bytes | None:
+        """The device's integrity token; with ``issue``, one is made (once) if there is none yet.
+
+        The token stays the same across attestations, as Adam keeps it, so a
+        device that attests again while another of its requests is in flight
+        does not invalidate that request.
+        """
+        with (self._write() if issue is not None else self._read()) as s:
+            dev = self._device(s, device)
+            if dev.integrity_token is None and issue is not None:
+                dev.integrity_token = issue()
+            return dev.integrity_token
+
+    def attest_nonce(self, device: str) -> bytes | None:
+        with self._read() as s:
+            return self._device(s, device).attest_nonce
+
+    def storage_keys(self, device: str) -> bytes | None:
+        """The serialized AttestStorageKeys the device escrowed, if any."""
+        with self._read() as s:
+            return self._device(s, device).storage_keys
+
+    def set_device_ecdh_cert(self, device: str, cert_pem: bytes) -> None:
+        """The device's ECDH certificate (checked by the caller): credentials are encrypted for it from now on.
+
+        A new certificate changes what the device must be sent, so its config version is bumped.
+        """
+        with self._write() as s:
+            dev = self._device(s, device)
+            if dev.device_ecdh_cert_pem != cert_pem:
+                dev.device_ecdh_cert_pem = cert_pem
+                self._bump(s, [dev.uuid])
+
+    def set_storage_keys(self, device: str, keys: bytes) -> None:
+        with self._write() as s:
+            self._device(s, device).storage_keys = keys
 
     def touch(self, ref: str) -> None:
         """Note that the device was just heard from."""

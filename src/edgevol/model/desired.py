@@ -46,6 +46,18 @@ class ObjectKind(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class EncryptedCredentials:
+    """A datastore's ``cipherData`` and the ``CipherContext`` it names, as serialized protobuf.
+
+    The model only carries them: the device decrypts them with its key when
+    it opens the datastore (:mod:`edgevol.device.datastores.credentials`).
+    """
+
+    block: bytes  # org.lfedge.eve.common.CipherBlock
+    context: bytes | None  # the CipherContext with the block's cipherContextId; None if the config has none
+
+
+@dataclass(frozen=True)
 class Datastore:
     uuid: str
     kind: DatastoreKind
@@ -55,6 +67,8 @@ class Datastore:
     password: str = field(default="", repr=False)
     ca_pems: tuple[bytes, ...] = field(default=(), repr=False)
     region: str = ""
+    # Encrypted apiKey/password; when set they replace the clear ones above once decrypted.
+    encrypted: EncryptedCredentials | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from edgevol.model.desired import (
     Datastore,
     DatastoreKind,
     DesiredState,
+    EncryptedCredentials,
     ImageFormat,
     ObjectError,
     ObjectKind,
@@ -142,7 +143,29 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
     return Settings(**values)
 
 
-def _parse_datastore(ds: Any) -> Datastore:
+def _cipher_contexts(cfg: Any) -> dict[str, bytes]:
+    """``cipherContexts`` by id, serialized; as EVE, a context without an id is ignored.
+
+    (EVE pkg/pillar/cmd/zedagent/handlecipherconfig.go:82-95.)
+    """
+    return {c.contextId: c.SerializeToString(deterministic=True) for c in cfg.cipherContexts if c.contextId}
+
+
+def _encrypted_credentials(ds: Any, contexts: dict[str, bytes]) -> EncryptedCredentials | None:
+    """The datastore's cipherData with its context, or None when there is none to use.
+
+    As EVE: a block without encrypted data or without a context id is not
+    treated as encrypted, so the clear apiKey/password apply
+    (handlecipherconfig.go:119-126); a context id the config lacks is kept
+    and fails when the device decrypts (handlecipherconfig.go:140-143).
+    """
+    if not ds.HasField("cipherData") or not ds.cipherData.cipherData or not ds.cipherData.cipherContextId:
+        return None
+    return EncryptedCredentials(block=ds.cipherData.SerializeToString(deterministic=True),
+                                context=contexts.get(ds.cipherData.cipherContextId))
+
+
+def _parse_datastore(ds: Any, contexts: dict[str, bytes] | None = None) -> Datastore:
     ds_id = canonical_uuid(ds.id, "datastore id")
     kind = _DS_KINDS.get(ds.dType)
     if kind is None:
@@ -171,6 +194,7 @@ def _parse_datastore(ds: Any) -> Datastore:
     return Datastore(
         uuid=ds_id, kind=kind, fqdn=fqdn, dpath=ds.dpath, api_key=ds.apiKey, password=ds.password,
         ca_pems=tuple(bytes(p) for p in ds.dsCertPEM), region=ds.region,
+        encrypted=_encrypted_credentials(ds, contexts or {}),
     )
 
 
@@ -287,9 +311,10 @@ def parse_config(cfg: Any) -> DesiredState:
     errors: list[ObjectError] = []
     state = DesiredState(device_id=_id_or_raw(cfg.id.uuid) if cfg.id.uuid else "")
     state.settings = _parse_settings(cfg, errors)
+    contexts = _cipher_contexts(cfg)
     state.datastores, bad_ds = _collect(
-        cfg.datastores, _parse_datastore, ObjectKind.DATASTORE, "datastore id", lambda ds: ds.id,
-        lambda ds: {}, errors)
+        cfg.datastores, lambda ds: _parse_datastore(ds, contexts), ObjectKind.DATASTORE, "datastore id",
+        lambda ds: ds.id, lambda ds: {}, errors)
     state.content_trees, bad_trees = _collect(
         cfg.contentInfo, lambda ct: _parse_content_tree(ct, state.datastores, bad_ds), ObjectKind.CONTENT_TREE,
         "content tree uuid", lambda ct: ct.uuid,

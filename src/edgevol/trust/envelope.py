@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Literal, Sequence, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     Prehashed,
     decode_dss_signature,
@@ -24,14 +24,28 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from google.protobuf.message import DecodeError, Message
 
 from edgevol.api import messages as m
-from edgevol.trust.pki import Credential, TrustError, cert_hash, load_cert, verify_chain
+from edgevol.trust.pki import (
+    Credential,
+    PrivateKey,
+    TrustError,
+    check_signing_key,
+    der_hash,
+    load_cert,
+    pem_hash,
+    verify_chain,
+)
 
 HASH_LENGTHS = {
     m.HashAlgorithm.HASH_ALGORITHM_SHA256_16BYTES: 16,
     m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES: 32,
 }
 SUPPORTED_ALGOS = tuple(HASH_LENGTHS)
-_P256_BYTES = 32  # one coordinate / one of r, s
+SHA256_32 = m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES
+
+# How a sender's certificate is hashed into senderCertHash: devices and onboarding
+# certificates by DER, the controller's certificates by the PEM bytes listed in /certs.
+HashForm = Literal["der", "pem"]
+_HASHERS: dict[str, Callable[[bytes, int], bytes]] = {"der": der_hash, "pem": pem_hash}
 
 Lookup = Callable[[bytes], bytes | None]
 M = TypeVar("M", bound=Message)
@@ -54,31 +68,57 @@ class AuthError(Exception):
 # ---------------------------------------------------------------- signatures
 
 
-def sign_raw(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
-    """ECDSA over sha256(payload), as fixed-width big-endian r||s (64 bytes for P-256)."""
+def _coordinate_bytes(key: ec.EllipticCurvePublicKey) -> int:
+    return (key.curve.key_size + 7) // 8
+
+
+def sign_raw(payload: bytes, key: PrivateKey) -> bytes:
+    """Sign sha256(payload) as EVE does.
+
+    ECDSA: fixed-width big-endian r||s (64 bytes for P-256), never DER
+    (pkg/pillar/controllerconn/authen.go, signAuthData/RSCombinedBytes).
+    RSA: PKCS#1 v1.5 over SHA-256 (Adam's computeSignatureWithCertAndKey).
+    """
     digest = hashlib.sha256(payload).digest()
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
     der = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     r, s = decode_dss_signature(der)
-    return r.to_bytes(_P256_BYTES, "big") + s.to_bytes(_P256_BYTES, "big")
+    width = _coordinate_bytes(key.public_key())
+    return r.to_bytes(width, "big") + s.to_bytes(width, "big")
+
+
+def _ecdsa_der(signature: bytes, width: int) -> bytes:
+    """The DER form of an r||s signature; an ASN.1 one (which Adam also accepts) passes through."""
+    if len(signature) == 2 * width:
+        return encode_dss_signature(int.from_bytes(signature[:width], "big"),
+                                    int.from_bytes(signature[width:], "big"))
+    try:
+        decode_dss_signature(signature)
+    except ValueError:
+        raise AuthError(403, f"signature is {len(signature)} bytes, expected {2 * width} (r||s)") from None
+    return signature
 
 
 def verify_raw(payload: bytes, signature: bytes, cert_pem: bytes) -> None:
-    """Check an r||s signature over sha256(payload) with the certificate's key; AuthError 403 if not."""
+    """Check a signature over sha256(payload) with the certificate's key (RSA or ECDSA); AuthError 403 if not.
+
+    Both key types are accepted as EVE (authen.go, verifyAuthSig) and Adam
+    (pkg/server/apiHandlerv2.go, verifySignature) accept them.
+    """
     try:
         public_key = load_cert(cert_pem).public_key()
+        check_signing_key(public_key, "sender certificate key")
     except TrustError as exc:
         raise AuthError(403, f"sender certificate unusable: {exc}") from exc
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
-        raise AuthError(403, "sender certificate key is not ECDSA P-256")
-    if len(signature) != 2 * _P256_BYTES:
-        raise AuthError(403, f"signature is {len(signature)} bytes, expected {2 * _P256_BYTES}")
-    r = int.from_bytes(signature[:_P256_BYTES], "big")
-    s = int.from_bytes(signature[_P256_BYTES:], "big")
     digest = hashlib.sha256(payload).digest()
     try:
-        public_key.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        else:
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            der = _ecdsa_der(signature, _coordinate_bytes(public_key))
+            public_key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     except InvalidSignature:
         raise AuthError(403, "signature does not verify with the sender certificate") from None
 
@@ -90,15 +130,23 @@ def seal(
     payload: bytes,
     sender: Credential,
     *,
-    algo: int = m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES,
+    hash_form: HashForm = "der",
+    algo: int = SHA256_32,
     include_cert: bool = False,
 ) -> m.AuthContainer:
-    """Wrap and sign ``payload``; ``include_cert`` embeds the PEM for a receiver that cannot know us yet."""
+    """Wrap and sign ``payload``.
+
+    ``hash_form`` says how the receiver knows our certificate: "der" for a
+    device or onboarding certificate, "pem" for the controller's. EVE always
+    sends HASH_ALGORITHM_SHA256_32BYTES (authen.go, AddAuthentication).
+    ``include_cert`` embeds base64 of the PEM for a receiver that cannot know
+    us yet (register).
+    """
     if algo not in SUPPORTED_ALGOS:
         raise ValueError(f"unsupported hash algorithm {algo}")
     container = m.AuthContainer(
         algo=algo,
-        senderCertHash=cert_hash(sender.cert_pem, algo),
+        senderCertHash=_HASHERS[hash_form](sender.cert_pem, algo),
         signatureHash=sign_raw(payload, sender.private_key()),
     )
     container.protectedPayload.SetInParent()
@@ -113,14 +161,24 @@ def seal_message(msg: Message, sender: Credential, **kw: object) -> bytes:
     return seal(msg.SerializeToString(), sender, **kw).SerializeToString()  # type: ignore[arg-type]
 
 
-def _embedded_cert(container: m.AuthContainer) -> bytes:
-    """Decode senderCert (base64 PEM per the API; a bare PEM is tolerated)."""
-    raw = bytes(container.senderCert)
+def pem_from_base64(raw: bytes) -> bytes:
+    """A certificate field EVE fills with base64 of the PEM (senderCert, ZRegisterMsg.pemCert).
+
+    A bare PEM is tolerated. ValueError when it is neither.
+    """
+    raw = bytes(raw)
     if raw.lstrip().startswith(b"-----BEGIN"):
         return raw
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
+        raise ValueError("neither base64 of a PEM certificate nor a PEM certificate") from None
+
+
+def _embedded_cert(container: m.AuthContainer) -> bytes:
+    try:
+        return pem_from_base64(container.senderCert)
+    except ValueError:
         raise AuthError(401, "embedded sender certificate is not base64") from None
 
 
@@ -134,7 +192,9 @@ def open_container(
 
     ``lookup`` maps a senderCertHash to a known certificate PEM or None.
     With ``allow_embedded_cert`` an unknown sender may bring its certificate
-    in senderCert (register); that certificate must hash to senderCertHash.
+    in senderCert (register); sha256 of that certificate's DER must match
+    senderCertHash, as EVE computes it (authen.go, AddAuthentication with
+    useOnboard: senderCertHash = certToSha256, senderCert = base64 of the PEM file).
     The caller still decides whether that certificate is acceptable.
     """
     try:
@@ -154,7 +214,11 @@ def open_container(
         if not (allow_embedded_cert and container.senderCert):
             raise AuthError(401, f"unknown sender certificate {sender_hash.hex()}")
         cert_pem = _embedded_cert(container)
-        if cert_hash(cert_pem, container.algo) != sender_hash:
+        try:
+            embedded_hash = der_hash(cert_pem, container.algo)
+        except TrustError as exc:
+            raise AuthError(401, f"embedded sender certificate is not a PEM certificate: {exc}") from None
+        if embedded_hash != sender_hash:
             raise AuthError(403, "embedded sender certificate does not match senderCertHash")
     payload = bytes(container.protectedPayload.payload)
     verify_raw(payload, bytes(container.signatureHash), cert_pem)
@@ -177,25 +241,32 @@ def open_message(
     return msg, cert_pem
 
 
-def cert_lookup(pems: Iterable[bytes]) -> Callable[[bytes], bytes | None]:
+def cert_lookup(pems: Iterable[bytes], hash_form: HashForm = "der") -> Callable[[bytes], bytes | None]:
     """A ``lookup`` over a fixed set of certificates, answering both hash lengths."""
     table: dict[bytes, bytes] = {}
     for pem in pems:
         for algo in SUPPORTED_ALGOS:
-            table[cert_hash(pem, algo)] = bytes(pem)
+            table[_HASHERS[hash_form](pem, algo)] = bytes(pem)
     return table.get
 
 
 # ---------------------------------------------------------------- controller certs
 
 
-def controller_certs(signing: Credential, intermediates: Sequence[bytes] = ()) -> m.ZControllerCert:
-    """The body of GET /certs: the signing certificate plus the intermediates it chains through."""
+def controller_certs(signing: Credential, ecdh: Credential | None = None,
+                     intermediates: Sequence[bytes] = ()) -> m.ZControllerCert:
+    """The body of GET /certs: signing certificate, ECDH_EXCHANGE certificate and intermediates.
+
+    EVE refuses a cert set without an ECDH_EXCHANGE certificate
+    (pkg/pillar/controllerconn/authen.go, VerifyLeavesCertChain with requireECDH).
+    Each certHash is sha256 of the PEM bytes listed, as Adam lists them.
+    """
     def entry(pem: bytes, cert_type: int) -> m.ZCert:
-        algo = m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES
-        return m.ZCert(hashAlgo=algo, certHash=cert_hash(pem, algo), type=cert_type, cert=pem)
+        return m.ZCert(hashAlgo=SHA256_32, certHash=pem_hash(pem, SHA256_32), type=cert_type, cert=pem)
 
     certs = [entry(signing.cert_pem, m.ZCertType.CERT_TYPE_CONTROLLER_SIGNING)]
+    if ecdh is not None:
+        certs.append(entry(ecdh.cert_pem, m.ZCertType.CERT_TYPE_CONTROLLER_ECDH_EXCHANGE))
     certs += [entry(p, m.ZCertType.CERT_TYPE_CONTROLLER_INTERMEDIATE) for p in intermediates]
     return m.ZControllerCert(certs=certs)
 
@@ -203,16 +274,21 @@ def controller_certs(signing: Credential, intermediates: Sequence[bytes] = ()) -
 def trusted_signer(certs: m.ZControllerCert, root_pem: bytes) -> bytes:
     """The controller signing certificate from ``certs``, only if it chains to ``root_pem``.
 
-    Exactly one signing certificate is accepted: with several, which one signs
-    would be ambiguous. Every entry's certHash, when present, must match.
+    As EVE checks it (authen.go, VerifyLeavesCertChainWithRootPEM): exactly one
+    signing certificate; a type EVE does not know is refused; the signing and
+    every ECDH_EXCHANGE certificate must chain to a root through the listed
+    intermediates. Every entry's certHash, when present, must match. Unlike
+    EVE, a set without an ECDH certificate is accepted: it only means that
+    this controller cannot send encrypted credentials.
     """
     signing: list[bytes] = []
+    ecdh: list[bytes] = []
     intermediates: list[bytes] = []
     for zc in certs.certs:
         pem = bytes(zc.cert)
         if zc.certHash:
             try:
-                ok = cert_hash(pem, zc.hashAlgo) == bytes(zc.certHash)
+                ok = pem_hash(pem, zc.hashAlgo) == bytes(zc.certHash)
             except ValueError:
                 ok = False
             if not ok:
@@ -221,9 +297,14 @@ def trusted_signer(certs: m.ZControllerCert, root_pem: bytes) -> bytes:
             signing.append(pem)
         elif zc.type == m.ZCertType.CERT_TYPE_CONTROLLER_INTERMEDIATE:
             intermediates.append(pem)
+        elif zc.type == m.ZCertType.CERT_TYPE_CONTROLLER_ECDH_EXCHANGE:
+            ecdh.append(pem)
+        else:
+            raise TrustError(f"unknown controller certificate type {zc.type}")
     if len(signing) != 1:
         raise TrustError(f"expected exactly one controller signing certificate, got {len(signing)}")
-    verify_chain(signing[0], root_pem, intermediates)
+    for pem in signing + ecdh:
+        verify_chain(pem, root_pem, intermediates)
     return signing[0]
 
 
@@ -243,5 +324,5 @@ def open_controller_certs(data: bytes, root_pem: bytes) -> tuple[m.ZControllerCe
         signer = trusted_signer(certs, root_pem)
     except TrustError as exc:
         raise AuthError(403, f"controller certificate not trusted: {exc}") from exc
-    open_container(data, cert_lookup([signer]))
+    open_container(data, cert_lookup([signer], "pem"))
     return certs, signer

@@ -1,4 +1,4 @@
-"""Certificates and keys for the controller and the device (ECDSA P-256, SHA-256).
+"""Certificates and keys for the controller and the device (ECDSA or RSA, SHA-256).
 
 Why one module for both sides: the controller issues its signing and TLS
 certificates from a root CA it creates on first start, the device makes its
@@ -21,13 +21,17 @@ from typing import Callable, Literal, Sequence
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgevol.api import messages as m
 from edgevol.fsutil import atomic_write_bytes
 
-Purpose = Literal["signing", "tls-server", "client"]
+Purpose = Literal["signing", "tls-server", "client", "ecdh"]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+# The curves EVE can sign with: its r||s encoding needs a whole number of 8-byte words per
+# coordinate (pkg/pillar/controllerconn/authen.go, ecdsakeyBytes), which rules out P-521.
+SIGNING_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 # Backdating absorbs clock drift between a freshly started controller and a
 # device whose clock is a little behind; without it a new cert is "not yet valid".
@@ -61,7 +65,7 @@ class Credential:
     def certificate(self) -> x509.Certificate:
         return load_cert(self.cert_pem)
 
-    def private_key(self) -> ec.EllipticCurvePrivateKey:
+    def private_key(self) -> PrivateKey:
         return _load_key(self.key_pem)
 
 
@@ -76,13 +80,32 @@ def load_cert(cert_pem: bytes) -> x509.Certificate:
         raise TrustError(f"not a PEM certificate: {exc}") from exc
 
 
-def _load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
+def load_certs(pem_bundle: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (a root CA file may hold several); TrustError if none."""
+    try:
+        certs = x509.load_pem_x509_certificates(bytes(pem_bundle))
+    except (ValueError, TypeError) as exc:
+        raise TrustError(f"not a PEM certificate bundle: {exc}") from exc
+    return certs
+
+
+def check_signing_key(public_key: object, what: str) -> None:
+    """Refuse a key EVE could not sign or verify with: RSA, or ECDSA on P-256/P-384."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, SIGNING_CURVES):
+        return
+    raise TrustError(f"{what} is neither RSA nor ECDSA P-256/P-384")
+
+
+def _load_key(key_pem: bytes) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(bytes(key_pem), password=None)
     except (ValueError, TypeError) as exc:
         raise TrustError(f"not an unencrypted PEM private key: {exc}") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise TrustError("private key is not ECDSA P-256")
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise TrustError("private key is neither ECDSA nor RSA")
+    check_signing_key(key.public_key(), "private key")
     return key
 
 
@@ -105,18 +128,39 @@ def fingerprint_or_none(cert_pem: bytes) -> str | None:
         return None
 
 
-def cert_hash(cert_pem: bytes, algo: int) -> bytes:
-    """EVE's sender/cert hash: SHA-256 of the PEM bytes exactly as sent, truncated per ``algo``.
-
-    It hashes the PEM text, not the DER, because that is what the EVE API
-    specifies; a re-encoded PEM therefore has a different hash.
-    """
-    digest = hashlib.sha256(bytes(cert_pem)).digest()
+def truncate_hash(digest: bytes, algo: int) -> bytes:
+    """A sha256 digest cut to what ``algo`` (a HashAlgorithm) names: 16 or 32 bytes."""
     if algo == m.HashAlgorithm.HASH_ALGORITHM_SHA256_16BYTES:
         return digest[:16]
     if algo == m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES:
         return digest
     raise ValueError(f"unsupported hash algorithm {algo}")
+
+
+def der_sha256(cert_pem: bytes) -> bytes:
+    """sha256 of the certificate's DER form: how EVE and Adam identify a device or onboarding certificate.
+
+    EVE's device hashes ``x509.Certificate.Raw`` (pkg/pillar/controllerconn/authen.go,
+    certToSha256) and Adam looks registered devices up by sha256 of the same DER
+    (pkg/driver/file/device_manager_file.go, DeviceCheckCertHash); PEM whitespace
+    therefore never changes a device's identity.
+    """
+    return hashlib.sha256(load_cert(cert_pem).public_bytes(serialization.Encoding.DER)).digest()
+
+
+def der_hash(cert_pem: bytes, algo: int) -> bytes:
+    """The senderCertHash of a device or onboarding certificate (DER, truncated per ``algo``)."""
+    return truncate_hash(der_sha256(cert_pem), algo)
+
+
+def pem_hash(cert_pem: bytes, algo: int) -> bytes:
+    """The hash of a controller certificate: sha256 of the exact PEM bytes it lists in ``/certs``.
+
+    EVE keeps the signing certificate's hash as sha256 of the PEM it received
+    (pkg/pillar/controllerconn/authen.go, StoreServerSigningCert) and Adam hashes
+    the trimmed PEM block it lists (pkg/server/apiHandlerv2.go, getCertChain).
+    """
+    return truncate_hash(hashlib.sha256(bytes(cert_pem)).digest(), algo)
 
 
 # ---------------------------------------------------------------- creating
@@ -126,7 +170,7 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -143,13 +187,13 @@ def _validity(days: int, not_before: dt.datetime | None) -> tuple[dt.datetime, d
     return start, start + dt.timedelta(days=days)
 
 
-def _key_usage(*, sign: bool = True, cert_sign: bool = False) -> x509.KeyUsage:
+def _key_usage(*, sign: bool = True, cert_sign: bool = False, agree: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=sign,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement=agree,
         key_cert_sign=cert_sign,
         crl_sign=cert_sign,
         encipher_only=False,
@@ -202,12 +246,13 @@ def issue(
 ) -> Credential:
     """A new key and a certificate for it signed by ``ca``.
 
-    ``purpose`` selects the extended key usage: "signing" (API envelope
-    signatures, no EKU), "tls-server" (serverAuth) or "client" (clientAuth).
+    ``purpose`` selects the key usage: "signing" (API envelope signatures,
+    no EKU), "tls-server" (serverAuth), "client" (clientAuth) or "ecdh"
+    (key agreement only: the controller's ECDH_EXCHANGE certificate).
     ``not_before`` exists so tests can build certificates whose validity lies
     in the past or future.
     """
-    if purpose not in ("signing", "tls-server", "client"):
+    if purpose not in ("signing", "tls-server", "client", "ecdh"):
         raise ValueError(f"unknown certificate purpose {purpose!r}")
     ca_cert = ca.certificate()
     ca_key = ca.private_key()
@@ -218,9 +263,10 @@ def issue(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=is_ca), critical=True)
+        .add_extension(_key_usage(sign=purpose != "ecdh", cert_sign=is_ca, agree=purpose == "ecdh"),
+                       critical=True)
     )
-    if not is_ca and purpose != "signing":
+    if not is_ca and purpose in ("tls-server", "client"):
         oid = ExtendedKeyUsageOID.SERVER_AUTH if purpose == "tls-server" else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=False)
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in san_dns]
@@ -350,22 +396,26 @@ def verify_chain(
     *,
     at: dt.datetime | None = None,
 ) -> None:
-    """Check ``cert_pem`` chains to ``root_pem`` through ``intermediates``.
+    """Check ``cert_pem`` chains to a root CA in ``root_pem`` through ``intermediates``.
 
-    Checks every signature, every validity window (at ``at``, default now)
+    ``root_pem`` may hold several roots (an operator's bundle); any valid one
+    will do, RSA or ECDSA. Checks every signature, every validity window (at ``at``, default now)
     and that every issuer is a CA. Raises TrustError naming the first failure.
     """
     now = at if at is not None else dt.datetime.now(dt.timezone.utc)
-    root = load_cert(root_pem)
+    roots = load_certs(root_pem)
     pool = [load_cert(p) for p in intermediates]
     current = load_cert(cert_pem)
-    _check_dates(root, f"root CA {_describe(root)}", now)
-    if current == root:
+    valid_roots = [r for r in roots if r.not_valid_before_utc <= now <= r.not_valid_after_utc]
+    if not valid_roots:
+        _check_dates(roots[0], f"root CA {_describe(roots[0])}", now)
+    if current in valid_roots:
         return
     used: list[x509.Certificate] = []
     while len(used) <= _MAX_CHAIN_DEPTH:
         _check_dates(current, _describe(current), now)
-        if current.issuer == root.subject and _signed_by(current, root):
+        root = next((r for r in valid_roots if current.issuer == r.subject and _signed_by(current, r)), None)
+        if root is not None:
             _check_issuer_role(root, len(used))
             return
         issuer = next(
@@ -374,7 +424,8 @@ def verify_chain(
         )
         if issuer is None:
             raise TrustError(
-                f"{_describe(current)} does not chain to root {_describe(root)}: "
+                f"{_describe(current)} does not chain to root {_describe(roots[0])}"
+                f"{f' (or {len(roots) - 1} more)' if len(roots) > 1 else ''}: "
                 f"no trusted issuer {current.issuer.rfc4514_string()!r} verifies its signature"
             )
         _check_issuer_role(issuer, len(used))

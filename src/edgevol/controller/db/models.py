@@ -96,9 +96,17 @@ class Device(Base):
     name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
     serial: Mapped[str] = mapped_column(String(NAME_LEN), default="")
     onboard_cert_pem: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # sha256 of the DER form (how EVE names a certificate); *_legacy_hash: sha256 of the PEM
+    # text, how edgevol named it before migration 0002, still accepted from older devices.
     onboard_cert_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    onboard_cert_legacy_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
     device_cert_pem: Mapped[bytes | None] = mapped_column(LargeBinary)
     device_cert_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    device_cert_legacy_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    attest_nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    integrity_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    storage_keys: Mapped[bytes | None] = mapped_column(LargeBinary)  # serialized AttestStorageKeys
+    device_ecdh_cert_pem: Mapped[bytes | None] = mapped_column(LargeBinary)  # from attest CERT
     registered_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]

@@ -3,12 +3,15 @@
 Clients are kept for the life of the agent so connections (and registry
 tokens) are reused across blobs; a datastore whose settings change in the
 config gets a new client because the settings are part of the cache key.
+Encrypted credentials are decrypted (by ``credentials``) only to open a
+client, so the clear ones exist nowhere else.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from edgevol.device.datastores.base import Cancelled, PermanentError, ProgressFn, Sink
 from edgevol.device.datastores.http import HttpDatastore
@@ -36,8 +39,11 @@ class BlobSource:
 
 
 class DatastoreClients:
-    def __init__(self, read_timeout: float = 30.0) -> None:
+    def __init__(self, read_timeout: float = 30.0,
+                 credentials: Callable[[DatastoreSpec], DatastoreSpec] | None = None) -> None:
         self._lock = threading.Lock()
+        # Turns a spec with cipherData into one with clear credentials, or raises a PermanentError.
+        self._credentials = credentials
         self._clients: dict[tuple[DatastoreSpec, float], HttpDatastore | RegistryClient] = {}
         # From the config (edgevol.download.read.timeout.seconds); part of the cache key, so a
         # change takes effect with the next attempt while attempts in flight keep their client.
@@ -48,7 +54,8 @@ class DatastoreClients:
             key = (spec, self.read_timeout)
             client = self._clients.get(key)
             if client is None:
-                client = self._clients[key] = _open(spec, self.read_timeout)
+                clear = self._credentials(spec) if self._credentials is not None else spec
+                client = self._clients[key] = _open(clear, self.read_timeout)
             return client
 
     def registry(self, spec: DatastoreSpec) -> RegistryClient:

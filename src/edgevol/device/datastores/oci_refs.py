@@ -12,11 +12,12 @@ uses: anywhere else an attacker on the path could swap the manifest.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
 import httpx
+
+from edgevol.netaddr import is_loopback_host
 
 from .base import ConfigError
 
@@ -138,17 +139,6 @@ def split_registry_address(fqdn: str) -> tuple[str, str, str]:
             if not re.fullmatch(_COMPONENT, seg):
                 raise ConfigError(f"registry address path {path!r} is not a valid repository prefix")
     return scheme, netloc.lower(), path
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost: the only places plain HTTP is acceptable."""
-    host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def validate_repository(name: str) -> str:

@@ -32,11 +32,12 @@ from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.space import SpaceLedger, disk_full
 from edgevol.device.state import ErrorRecord, StateStore
+from edgevol.device.datastores.credentials import DatastoreCredentials
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
 from edgevol.device.volumes import FileVolumes
 from edgevol.device.volumes.directories import DirectoryVolumes
-from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind, VolumeOrigin
+from edgevol.model.desired import Datastore, DesiredState, ImageFormat, ObjectKind, VolumeOrigin
 
 log = structlog.get_logger("edgevol.agent")
 S = m.ZSwState
@@ -62,7 +63,8 @@ class Agent:
         self.cas = ContentStore(self.dirs.cas)
         self.files = FileVolumes(self.dirs.volumes)
         self.dirvols = DirectoryVolumes(self.dirs.volumes)
-        self.clients = DatastoreClients()
+        self.credentials = DatastoreCredentials(data_dir)
+        self.clients = DatastoreClients(credentials=self.credentials.resolve)
         self.reporter = Reporter(self.store, self.store.meta_get("device_id") or "")
         self.desired = DesiredState()
         self.wake = threading.Event()
@@ -71,6 +73,7 @@ class Agent:
                                         thread_name_prefix="edgevol-work")
         self._tasks: dict[str, Future[None]] = {}
         self._failed_this_run: set[str] = set()
+        self._started_with: dict[str, tuple[Any, ...]] = {}  # download/resolve task -> its datastore then
         self._cooldown: dict[str, float] = {}
         self._last_usage = 0.0
         self._disk_full = False
@@ -161,6 +164,18 @@ class Agent:
     def _any_busy(self, prefix: str) -> bool:
         return any(self._busy(k) for k in list(self._tasks) if k.startswith(prefix))
 
+    def _source_changed(self, key: str, row: dict[str, Any], ds: Datastore, epoch: Any) -> tuple[Any, ...]:
+        """What the task would fetch with now; a failed one gets a fresh try if that differs from its last start.
+
+        A new config that changes the datastore, or, for encrypted
+        credentials, new controller certificates (``epoch``), may well cure
+        the failure, so it is not left waiting for the slow retry.
+        """
+        inputs = (ds, epoch if ds.encrypted is not None else None)
+        if row["state"] == S.ERROR and self._started_with.get(key, inputs) != inputs:
+            self._failed_this_run.discard(key)
+        return inputs
+
     def _may_retry(self, key: str, row: dict[str, Any], now: float) -> bool:
         """An object in ERROR gets one fresh try per run; after that it waits for its slow retry."""
         if self._cooldown.get(key, 0) > now:
@@ -201,6 +216,7 @@ class Agent:
 
     def _sync_blobs(self, d: DesiredState, now: float) -> None:
         running = sum(1 for k in list(self._tasks) if k.startswith("blob:") and self._busy(k))
+        epoch = self.credentials.epoch()
         for sha, source in self._wanted_blobs(d).items():
             key = f"blob:{sha}"
             row = self.store.get("blobs", sha)
@@ -212,6 +228,7 @@ class Agent:
             if self._busy(key):
                 continue
             if self.cas.has(sha):
+                self._started_with.pop(key, None)
                 size = self.cas.size(sha) or 0
                 self.store.update("blobs", (sha,), state=S.LOADED, progress=100, size=size, done_bytes=size,
                                   attempts=0, next_retry=0, error=None)
@@ -219,6 +236,7 @@ class Agent:
             if row["state"] == S.LOADED:
                 log.warning("blob vanished from the store; fetching again", sha256=sha)
                 self.store.update("blobs", (sha,), state=S.INITIAL, progress=0, done_bytes=0)
+            inputs = self._source_changed(key, row, source.datastore, epoch)
             if running >= d.settings.parallel_downloads or not self._may_retry(key, row, now):
                 continue
             # Without a declared size, the size the server announced on an earlier attempt (after a full disk).
@@ -226,6 +244,7 @@ class Agent:
             if not self._space_for("blobs", (sha,), row, need, d, "blob", sha, blob=sha):
                 continue
             running += 1
+            self._started_with[key] = inputs
             self._submit(key, self.blobs.download, key, sha, source, d.settings, self.options.once)
 
     def _sync_content_trees(self, d: DesiredState, now: float) -> None:
@@ -281,9 +300,11 @@ class Agent:
         if layout is not None and not all(self.cas.has(b["digest"]) for b in layout["manifests"]):
             layout = None  # a manifest went missing from the store: walk the tree again
         if layout is None:
+            ds = d.datastores[ct.datastore_id]
+            inputs = self._source_changed(key, row, ds, self.credentials.epoch())
             if not self._busy(key) and self._may_retry(key, row, now):
-                self._submit(key, self.resolver.resolve, key, ct, d.datastores[ct.datastore_id], d.settings,
-                             self.options.once)
+                self._started_with[key] = inputs
+                self._submit(key, self.resolver.resolve, key, ct, ds, d.settings, self.options.once)
             return
         blobs = {b["digest"]: self.store.get("blobs", b["digest"]) for b in layout_blobs(layout)}
         status = derive_status(layout, blobs)

@@ -21,6 +21,7 @@ from edgevol.api import messages as m
 from edgevol.device.cas import CasError, ContentStore, DigestMismatch, IngestBusy, SizeLimitExceeded, SizeMismatch
 from edgevol.device.cas.ingest import Ingest
 from edgevol.device.datastores.base import Cancelled, PermanentError, TransientError
+from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.errors import error
 from edgevol.device.retry import Backoff
@@ -98,6 +99,10 @@ class BlobDownloader:
             return
         except (TransientError, DigestMismatch, SizeMismatch) as exc:
             self._failed(key, sha, attempt, backoff, f"{what}: {exc}", exc, once, settings)
+            return
+        except CredentialsError as exc:  # nothing was fetched: keep any partial for when they decrypt
+            self._final_error(key, sha, attempt, f"{what}: {exc}", settings, once,
+                              retry_hint=exc.retry_hint)
             return
         except (PermanentError, SizeLimitExceeded) as exc:
             self.cas.discard_ingest(sha)

@@ -21,6 +21,7 @@ import structlog
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.datastores.base import ConfigError, NotFoundError, PermanentError, TransientError
+from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.datastores.oci_manifest import INDEX_MEDIA_TYPES, parse_index, parse_manifest, select_platform
 from edgevol.device.datastores.oci_refs import parse_image_ref
@@ -123,6 +124,10 @@ class ContainerResolver:
                                               severity="warning", retry=f"attempt {attempt + 1} of "
                                               f"{backoff.max_attempts} in {delay:.1f}s"))
             return
+        except CredentialsError as exc:
+            self._fail(key, ct, attempt, str(exc), settings, once,
+                       hint=exc.retry_hint)
+            return
         except (PermanentError, ConfigError, ValueError) as exc:
             self._fail(key, ct, attempt, str(exc), settings, once)
             return
@@ -179,12 +184,14 @@ class ContainerResolver:
             self.store.update("blobs", (hexd,), **fields)
         return media_type, body
 
-    def _fail(self, key: str, ct: ContentTree, attempt: int, desc: str, settings: Settings, once: bool) -> None:
+    def _fail(self, key: str, ct: ContentTree, attempt: int, desc: str, settings: Settings, once: bool,
+              hint: str = "") -> None:
         slow = settings.slow_retry_seconds
         log.error("content tree failed", content_tree=ct.uuid, error=desc)
         self.on_failure(key)
+        retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
         self.store.update("content_trees", (ct.uuid,), state=S.ERROR, attempts=attempt,
                           next_retry=time.time() + slow, error=error(
                               desc, ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
-                              retry="not retried in --once mode" if once else f"retried in {slow:.0f}s"))
+                              retry=f"{hint}; {retry}" if hint else retry))
 
