@@ -69,7 +69,6 @@ from edgevol.device.uplink.wiretrace import load_exchange  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 EDGEVOL = [sys.executable, "-m", "edgevol.cli"]
 VECTORS = ROOT / "tests" / "vectors" / "adam"
-ADAM_SRC = Path("/work/ext/adam")
 SERIAL = "EDGEVOL-ADAM-0001"
 MiB = 1 << 20
 FORMATS = {"qcow2": m.Format.QCOW2, "raw": m.Format.RAW}
@@ -352,9 +351,11 @@ def adam_build_facts(binary: Path) -> dict[str, Any]:
         elif len(parts) >= 2 and parts[0] == "build" and parts[1].startswith("vcs."):
             key, _, value = parts[1].partition("=")
             build[key] = value
-    commit = run("git", "-C", str(ADAM_SRC), "rev-parse", "HEAD")
+    # Go stamps the source commit into a binary built from a git checkout (go version -m: vcs.revision).
+    commit = build.get("vcs.revision", "")
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise DemoFailed(f"cannot tell Adam's source commit in {ADAM_SRC} (git rev-parse said {commit!r})")
+        raise DemoFailed(f"cannot tell Adam's source commit: {binary} carries no vcs.revision "
+                         "(build it with 'go build' inside Adam's git checkout)")
     return {"repository": "https://github.com/lf-edge/adam", "source_commit": commit,
             "binary_build_info": build, "go_version": run("go", "version") or None}
 
@@ -523,8 +524,9 @@ def _git(*args: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adam-bin", type=Path, default=Path(os.environ.get("ADAM_BIN", "/work/ext/adam-bin")),
-                        help="the Adam binary (default $ADAM_BIN or /work/ext/adam-bin)")
+    parser.add_argument("--adam-bin", type=Path,
+                        default=Path(os.environ.get("ADAM_BIN") or shutil.which("adam") or "adam"),
+                        help="the Adam binary (default $ADAM_BIN, or adam on the PATH)")
     parser.add_argument("--out", type=Path, default=VECTORS, help="where the vectors go (replaced)")
     parser.add_argument("--content-format", choices=sorted(FORMATS), default="qcow2",
                         help="which of the two images the content tree names")
