@@ -217,11 +217,12 @@ def onboard(ctrl: Controller, agent: DeviceAgent, name: str) -> dict[str, Any]:
 
 
 def device_view(agent: DeviceAgent) -> dict[tuple[str, str, int], tuple[str, int]]:
-    """Every object the device knows: (kind, id, generation) -> (state, progress)."""
+    """Every object the device knows: (kind, id, generation) -> (state it reports, progress)."""
     st = agent.status()
-    view = {("volume", v["uuid"], v["generation_count"]): (v["state"], v["progress"]) for v in st["volumes"]}
-    view |= {("content_tree", t["uuid"], 0): (t["state"], t["progress"]) for t in st["content_trees"]}
-    view |= {("blob", b["sha256"], 0): (b["state"], b["progress"]) for b in st["blobs"]}
+    view = {("volume", v["uuid"], v["generation_count"]): (v["reported_state"], v["progress"])
+            for v in st["volumes"]}
+    view |= {("content_tree", t["uuid"], 0): (t["reported_state"], t["progress"]) for t in st["content_trees"]}
+    view |= {("blob", b["sha256"], 0): (b["reported_state"], b["progress"]) for b in st["blobs"]}
     return view
 
 

@@ -294,6 +294,10 @@ def test_info_reports_both_volumes_created_and_adam_accepted_it() -> None:
         msg, _ = open_message(ex["request_body"], m.ZInfoMsg, device_lookup())
         if msg.ztype == m.ZInfoTypes.ZiVolume:
             states[msg.vinfo.uuid] = msg.vinfo.state
+        # eve pkg/pillar/types/types.go:142: loaded content goes out as DELIVERED; ERROR never does
+        for state in ([msg.cinfo.state] if msg.ztype == m.ZInfoTypes.ZiContentTree else []) + \
+                ([b.state for b in msg.binfo.blob] if msg.ztype == m.ZInfoTypes.ZiBlobList else []):
+            assert state not in (m.ZSwState.LOADED, m.ZSwState.ERROR)
     assert states == {u: m.ZSwState.Value(v["expected_state"]) for u, v in VOLUMES.items()}
 
 

@@ -348,9 +348,13 @@ MESSAGES: dict[str, str] = {
         "uint32 progressPercentage=5; ErrorInfo err=6"
     ),
     "org.lfedge.eve.info.ZInfoBlobList": "repeated ZInfoBlob blob=1",
+    "org.lfedge.eve.info.ZInfoApp": (
+        "string AppID=1; string AppName=7; repeated ErrorInfo appErr=14; ZSwState state=15; "
+        "repeated string volumeRefs=17"
+    ),
     "org.lfedge.eve.info.ZInfoMsg": (
-        "ZInfoTypes ztype=1; string devId=2; ZInfoVolume vinfo=13; ZInfoContentTree cinfo=14; "
-        "ZInfoBlobList binfo=15; google.protobuf.Timestamp atTimeStamp=6"
+        "ZInfoTypes ztype=1; string devId=2; ZInfoApp ainfo=5; ZInfoVolume vinfo=13; "
+        "ZInfoContentTree cinfo=14; ZInfoBlobList binfo=15; google.protobuf.Timestamp atTimeStamp=6"
     ),
     "org.lfedge.eve.metrics.ZMetricVolume": (
         "string uuid=1; string displayName=2; uint64 readBytes=3; uint64 writeBytes=4; "
@@ -471,7 +475,7 @@ def test_enum_values_match_public_contract(full_name: str) -> None:
 
 def test_zinfomsg_content_is_one_oneof() -> None:
     oneof = ZInfoMsg.DESCRIPTOR.oneofs_by_name["InfoContent"]
-    assert {f.name for f in oneof.fields} == {"vinfo", "cinfo", "binfo"}
+    assert {f.name for f in oneof.fields} == {"ainfo", "vinfo", "cinfo", "binfo"}
 
 
 # --- unknown fields survive -------------------------------------------------

@@ -91,8 +91,8 @@ def test_every_object_is_reported_in_the_outbox(tmp_path, datastore_dir, http_se
     assert vinfo.vinfo.resources.maxSizeBytes == 4 * MiB and vinfo.vinfo.usage.refCount == 1
     assert vinfo.vinfo.usage.createTime.seconds > 0
     cinfo = msgs[f"content_tree/{ct}"].cinfo
-    assert cinfo.state == m.ZSwState.LOADED and list(cinfo.componentShaList) == [sha256_file(raw)]
+    assert cinfo.state == m.ZSwState.DELIVERED and list(cinfo.componentShaList) == [sha256_file(raw)]
     assert cinfo.usage.refCount == 2  # the config's own reference plus the volume
     blob = msgs[f"blob/{sha256_file(raw)}"].binfo.blob[0]
-    assert blob.state == m.ZSwState.LOADED and blob.resources.curSizeBytes == 2 * MiB and blob.usage.refCount == 1
+    assert blob.state == m.ZSwState.DELIVERED and blob.resources.curSizeBytes == 2 * MiB and blob.usage.refCount == 1
     store.close()

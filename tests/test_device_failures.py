@@ -105,9 +105,10 @@ def test_wrong_sha256_ends_in_error_after_bounded_retries(tmp_path, datastore_di
     assert good["state"] == "CREATED_VOLUME"
     with open(good["path"], "rb") as f:
         assert f.read(2 * MiB) == good_src.read_bytes()
-    # the controller is told the same thing
+    # the controller is told the same thing, as EVE tells it: the state where progress stopped (the digest is
+    # checked while VERIFYING) with the error beside it; EVE has no ERROR SwState (pkg/pillar/types/types.go:120)
     vinfo = outbox(data)[f"volume/{v_bad}#0"]["vinfo"]
-    assert vinfo["state"] == "ERROR" and "digest mismatch" in vinfo["volumeErr"]["description"]
+    assert vinfo["state"] == "VERIFYING" and "digest mismatch" in vinfo["volumeErr"]["description"]
 
 
 # -- 2. dropped connection, resumed with Range ----------------------------------
@@ -453,7 +454,8 @@ def test_size_change_without_generation_bump_keeps_the_volume(tmp_path, datastor
     disk = find(st["volumes"], vol)
     assert disk["state"] == "ERROR" and disk["path"] == str(path)
     assert disk["error"]["description"] == (
-        "max_size changed without a generation bump; the existing volume is kept as it was")
+        "Need volume regeneration due to max_size changed from 4194304 to 8388608 but generation counter "
+        "not incremented: the existing volume is kept as it was")
     assert disk["error"]["retry_condition"] == "restore the previous settings or bump generationCount"
     assert disk["max_size_bytes"] == 4 * MiB
     assert file_sha256_and_inode(path) == before and path.stat().st_size == 4 * MiB

@@ -221,7 +221,8 @@ def test_size_limits():
         ct_neg_gen: "generation_count -1 is negative",
         v_huge: f"maxsizebytes {PiB + 1} is larger than 1 PiB",
         v_neg: "maxsizebytes -1 is negative",
-        v_zero: "a BLANK volume needs maxsizebytes > 0",
+        # EVE pkg/pillar/cmd/volumemgr/updatestatus.go:573-576: its words first
+        v_zero: "Cannot create volume with 0 size: a BLANK volume needs maxsizebytes > 0",
         v_neg_gen: "generationCount -2 is negative",
     }
     assert [e.generation for e in state.errors if e.object_id == v_neg_gen] == [0]

@@ -398,16 +398,22 @@ def check_outbox(st: dict[str, Any], data: Path, seen: set[str]) -> set[str]:
     box = {item["key"]: item["message"] for item in json.loads(proc.stdout)}
     existing: dict[str, str] = {}
     for v in st["volumes"]:
-        existing[f"volume/{v['uuid']}#{v['generation_count']}"] = v["state"]
+        existing[f"volume/{v['uuid']}#{v['generation_count']}"] = v["reported_state"]
     for t in st["content_trees"]:
-        existing[f"content_tree/{t['uuid']}"] = t["state"]
+        existing[f"content_tree/{t['uuid']}"] = t["reported_state"]
     for b in st["blobs"]:
-        existing[f"blob/{b['sha256']}"] = b["state"]
+        existing[f"blob/{b['sha256']}"] = b["reported_state"]
+    for a in st["apps"]:  # apps are reported too (ZiApp), each under its uuid
+        key = f"app/{a['uuid']}"
+        assert box.get(key, {}).get("ainfo", {}).get("AppID") == a["uuid"], f"no app report for {key}"
+        existing[key] = ""
     for key, state in existing.items():
+        if key.startswith("app/"):
+            continue
         assert key in box, f"no info message for {key}"
         msg = box[key]
         content = msg.get("vinfo") or msg.get("cinfo") or msg["binfo"]["blob"][0]
-        assert content.get("state") == state, f"{key}: outbox says {content.get('state')}, status says {state}"
+        assert content.get("state") == state, f"{key}: outbox says {content.get('state')}, status reports {state}"
     deleted = seen - set(existing)
     for key in set(box) - set(existing):
         assert _is_gone(key, box[key]), f"{key} is not in status, but its last message is not a deletion: {box[key]}"
@@ -425,4 +431,6 @@ def _is_gone(key: str, msg: dict[str, Any]) -> bool:
         return msg.get("vinfo") == want
     if kind == "content_tree":
         return msg.get("cinfo") == {"uuid": ident}
+    if kind == "app":
+        return msg.get("ainfo") == {"AppID": ident}
     return msg.get("binfo") == {"blob": [{"sha256": ident}]}

@@ -210,7 +210,8 @@ def device_outbox(data_dir: Path, output: str) -> None:
         rows = []
         for it in items:
             body = it["message"]
-            content = body.get("vinfo") or body.get("cinfo") or (body.get("binfo", {}).get("blob") or [{}])[0]
+            content = (body.get("vinfo") or body.get("cinfo") or body.get("ainfo")
+                       or (body.get("binfo", {}).get("blob") or [{}])[0])
             rows.append([str(it["seq"]), it["key"], content.get("state", "(deleted)" if len(content) <= 2 else ""),
                          str(content.get("progressPercentage", ""))])
         print_table(console(), "OUTBOX", ["SEQ", "OBJECT", "STATE", "PROGRESS"], rows)

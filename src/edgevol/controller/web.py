@@ -15,7 +15,7 @@ PAGE = """<!doctype html>
 <style>
  body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
  table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.25rem .75rem;border-bottom:1px solid #ddd;text-align:left}
- th{background:#f4f4f4}.ERROR{color:#b00020;font-weight:600}.CREATED_VOLUME,.LOADED{color:#1b7f3b}
+ th{background:#f4f4f4}.ERROR{color:#b00020;font-weight:600}.CREATED_VOLUME,.LOADED,.DELIVERED{color:#1b7f3b}
  progress{width:8rem}#err{color:#b00020}
 </style></head><body>
 <h1>edgevol controller</h1>
@@ -42,7 +42,7 @@ async function refresh() {
       for (const o of rep) html += `<tr><td>${esc(o.kind)}</td><td>${esc(o.display_name || o.object_key)}</td>` +
         `<td class="${esc(o.state_name)}">${esc(o.state_name)}</td><td><progress max="100" value="${o.progress}"></progress></td>` +
         `<td>${size(o.max_size_bytes)}</td><td>${size(o.cur_size_bytes)}</td><td>${o.ref_count}</td>` +
-        `<td>${esc(o.error && o.error.description)}</td></tr>`;
+        `<td class="${o.error ? "ERROR" : ""}">${esc(o.error && o.error.description)}</td></tr>`;
       html += "</table>";
     }
     $("#out").innerHTML = html; $("#err").textContent = "";

@@ -41,10 +41,16 @@ class SpaceVerdict:
     def ok(self) -> bool:
         return self.need <= self.available
 
-    def describe(self) -> str:
-        return (f"not enough disk space: need {human_bytes(self.need)}, have {human_bytes(max(self.available, 0))} "
-                f"({human_bytes(self.free)} free, {human_bytes(self.promised)} promised to work in progress and "
-                f"volumes, {human_bytes(self.reserve)} kept in reserve)")
+    def describe(self, what: str) -> str:
+        """EVE's sentence first (Eden and evetest match on "Remaining"), then how the figure was reached.
+
+        ``what`` is "volume" or "blob", as in EVE's volumemgr.
+        """
+        have = max(self.available, 0)
+        return (f"Remaining disk space {have} {what} needs {self.need}: not enough disk space, need "
+                f"{human_bytes(self.need)}, have {human_bytes(have)} ({human_bytes(self.free)} free, "
+                f"{human_bytes(self.promised)} promised to work in progress and volumes, "
+                f"{human_bytes(self.reserve)} kept in reserve)")
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -116,7 +116,15 @@ _ADDED_COLUMNS = [
     ("content_trees", "layout", "TEXT"),
     ("content_trees", "unreferenced_since", "REAL"),
     ("blobs", "unreferenced_since", "REAL"),
+    ("blobs", "stopped_state", "INTEGER NOT NULL DEFAULT 1"),
+    ("content_trees", "stopped_state", "INTEGER NOT NULL DEFAULT 1"),
+    ("volumes", "stopped_state", "INTEGER NOT NULL DEFAULT 1"),
 ]
+
+# ZSwState numbers the store itself must know (it does not import the API's messages).
+_INITIAL, _ERROR = 1, 21
+# Tables whose rows are reported objects with a state and a progress figure.
+_REPORTED = {"blobs", "content_trees", "volumes"}
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,27 @@ class ErrorRecord:
         return cls(**data) if data else None
 
 
+def _keep_progress(current: sqlite3.Row, enc: dict[str, Any]) -> dict[str, Any]:
+    """Hold on to where an object's progress stopped, whatever a caller writes.
+
+    EVE's volumes, content trees and blobs never report ERROR: an object with a
+    problem keeps the state it had reached and carries the error beside it. The
+    device keeps ERROR as its own state (``--once``, retries and ``device
+    status`` rely on it) and records in ``stopped_state`` the state it left,
+    which is what goes on the wire. And a controller reads progressPercentage
+    as only ever rising, so a retry, a resumed download that lost its partial,
+    or a volume create that follows a download never sets it lower: only an
+    object that starts over from INITIAL (new content, a vanished file) does.
+    """
+    out = dict(enc)
+    state = out.get("state", current["state"])
+    if state == _ERROR and current["state"] != _ERROR:
+        out.setdefault("stopped_state", current["state"])
+    if "progress" in out and state != _INITIAL and out["progress"] < current["progress"]:
+        out["progress"] = current["progress"]
+    return out
+
+
 class StateStore:
     """Thread-safe access to the state database.
 
@@ -153,7 +182,7 @@ class StateStore:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._migrate()
@@ -163,12 +192,41 @@ class StateStore:
         self.reserve_path = path.with_name(path.name + ".reserve")
         self.reserve_released = False  # the database took its reserve back on a full disk
 
+    def _wal(self, patience: float = 30.0) -> None:
+        """Switch to WAL, waiting out another process doing the same on a database just created.
+
+        SQLite does not call the busy handler for a journal mode change, so a
+        ``device status`` started while the agent creates the database would
+        fail with "database is locked" at once; it waits instead.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _migrate(self) -> None:
-        """Bring a state database written by an older edgevol up to this schema, in place."""
-        for table, column, decl in _ADDED_COLUMNS:
-            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        """Bring a state database written by an older edgevol up to this schema, in place.
+
+        In one write transaction: the agent and a ``device status`` opening the
+        same database at once would otherwise both see a column missing and
+        both add it (the second failing with "duplicate column name"), and a
+        crash half-way would leave only some of the columns.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -267,6 +325,8 @@ class StateStore:
         return [self._decode(r) for r in rows]
 
     def insert(self, table: str, **fields: Any) -> None:
+        if table in _REPORTED and fields.get("state") == _ERROR:
+            fields.setdefault("stopped_state", _INITIAL)  # born in error: progress never started
         enc = self._encode(fields)
         cols = ", ".join(enc)
         marks = ", ".join("?" for _ in enc)
@@ -296,6 +356,8 @@ class StateStore:
             current = self._db.execute(f"SELECT * FROM {table} WHERE {where}", args).fetchone()
             if current is None:
                 raise KeyError(f"{table} {key} does not exist")
+            if table in _REPORTED:
+                enc = _keep_progress(current, enc)
             changed = {k: v for k, v in enc.items() if current[k] != v}
             if not changed:
                 return False

@@ -136,7 +136,7 @@ class ObjectError:
 
 @dataclass(frozen=True)
 class Settings:
-    """Device settings carried as config items (``edgevol.*`` keys)."""
+    """Device settings carried as config items (``edgevol.*`` keys and some of EVE's global items)."""
 
     blank_format: ImageFormat = ImageFormat.QCOW2
     download_max_attempts: int = 5
@@ -149,6 +149,8 @@ class Settings:
     gc_delay_seconds: float = 0.0
     disk_reserve_bytes: int = 256 << 20
     thin_overcommit: bool = False
+    # EVE's storage.apps.ignore.disk.check: downloads and volumes are admitted without a space check.
+    ignore_disk_check: bool = False
 
 
 @dataclass

@@ -102,8 +102,53 @@ def check_relative_path(value: str, what: str) -> str:
     return value
 
 
+# EVE's global config items (pkg/pillar/types/global.go) for behaviours edgevol has: key -> (Settings
+# field, EVE's min, EVE's max), all whole seconds as EVE's int items are. Each has an edgevol.* alias below.
+_EVE_INT_ITEMS: dict[str, tuple[str, int, int]] = {
+    "timer.defer.content.delete": ("gc_delay_seconds", 0, 24 * 3600),
+    "timer.download.retry": ("slow_retry_seconds", 60, 0xFFFFFFFF),
+    "timer.download.stalled": ("download_read_timeout_seconds", 20, 0xFFFFFFFF),
+}
+_EVE_BOOL_ITEMS = {"storage.apps.ignore.disk.check": "ignore_disk_check"}
+# What Go's strconv.ParseBool accepts, as EVE parses a bool item.
+_GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+             "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def _parse_eve_item(key: str, raw: str, errors: list[ObjectError]) -> tuple[str, Any] | None:
+    """(Settings field, value) of one of EVE's items, or None with an error.
+
+    As EVE's ``ConfigItemSpec.parseValue``: an int item is a base-10 uint32
+    and a value outside min..max is an error, never clamped; the item then
+    keeps its default (EVE keeps the previous config's value when it had one;
+    edgevol parses each config whole and has none).
+    """
+    if key in _EVE_BOOL_ITEMS:
+        if raw in _GO_BOOLS:
+            return _EVE_BOOL_ITEMS[key], _GO_BOOLS[raw]
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want true or false"))
+        return None
+    attr, lo, hi = _EVE_INT_ITEMS[key]
+    if not _DIGITS.match(raw) or int(raw) > 0xFFFFFFFF:
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: not a whole number of seconds"))
+        return None
+    if not lo <= int(raw) <= hi:
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}; "
+                                  "the default applies"))
+        return None
+    return attr, int(raw)
+
+
 def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
+    """The device settings; an ``edgevol.*`` key wins over EVE's key for the same setting.
+
+    An EVE controller sends its global items to every device, while an
+    ``edgevol.*`` key can only have been set for edgevol, on purpose; and it
+    has edgevol's finer unit and range (fractions of a second, a longer GC delay).
+    """
     values: dict[str, Any] = {}
+    eve_values: dict[str, Any] = {}
     spec: dict[str, tuple[str, type, float, float]] = {
         "edgevol.download.max.attempts": ("download_max_attempts", int, 1, 100),
         "edgevol.download.retry.base.seconds": ("retry_base_seconds", float, 0.0, 3600),
@@ -116,6 +161,11 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
     }
     for item in cfg.configItems:
         key, raw = item.key, item.value
+        if key in _EVE_INT_ITEMS or key in _EVE_BOOL_ITEMS:
+            parsed = _parse_eve_item(key, raw, errors)
+            if parsed is not None:
+                eve_values[parsed[0]] = parsed[1]
+            continue
         if key == "edgevol.disk.thin.overcommit":
             if raw in ("true", "false"):
                 values["thin_overcommit"] = raw == "true"
@@ -140,7 +190,7 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
             continue
         values[attr] = val
-    return Settings(**values)
+    return Settings(**{**eve_values, **values})
 
 
 def _cipher_contexts(cfg: Any) -> dict[str, bytes]:
@@ -243,7 +293,8 @@ def _parse_volume(v: Any, trees: dict[str, ContentTree], bad_trees: dict[str, st
     size = check_size(v.maxsizebytes, "maxsizebytes")
     if v.origin.type == _BLANK:
         if size == 0:
-            raise Invalid("a BLANK volume needs maxsizebytes > 0")
+            # EVE's words first (pkg/pillar/cmd/volumemgr/updatestatus.go:573-576), then why
+            raise Invalid("Cannot create volume with 0 size: a BLANK volume needs maxsizebytes > 0")
         origin, tree_id = VolumeOrigin.BLANK, None
     elif v.origin.type == _DOWNLOAD:
         origin = VolumeOrigin.DOWNLOAD

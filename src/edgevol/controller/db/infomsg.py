@@ -53,7 +53,11 @@ def only_identity(msg: Any, *identity: str) -> bool:
 
 
 def decode_info(info: Any) -> list[ObjectReport]:
-    """One report per volume / content tree / blob in a ``ZInfoMsg`` (none for other info types)."""
+    """One report per volume / content tree / blob in a ``ZInfoMsg`` (none for other info types).
+
+    Other types, ``ZiApp`` among them, are accepted and not kept: an EVE
+    device sends them all, and refusing one would make it retry forever.
+    """
     which = info.WhichOneof("InfoContent")
     out: list[ObjectReport] = []
     try:

@@ -97,7 +97,7 @@ class Agent:
         try:
             for row in self.store.all("volumes"):
                 if row["state"] == S.CREATING_VOLUME:
-                    self.store.update("volumes", (row["uuid"], row["generation"]), state=S.INITIAL, progress=0)
+                    self.store.update("volumes", (row["uuid"], row["generation"]), state=S.INITIAL)
         except (OSError, sqlite3.OperationalError) as exc:
             if not disk_full(exc):
                 raise
@@ -276,7 +276,7 @@ class Agent:
                 fields.update(state=S.INITIAL, progress=0, cur_size=0, error=None)
             else:
                 loaded = blob["state"] == S.LOADED
-                fields.update(state=blob["state"], progress=blob["progress"],
+                fields.update(state=blob["state"], progress=blob["progress"], stopped_state=blob["stopped_state"],
                               cur_size=blob["size"] if loaded else blob["done_bytes"],
                               error=mirror_error(blob["error"], ObjectKind.CONTENT_TREE, ct.uuid,
                                                  ct.display_name, f"blob sha256:{ct.sha256[:12]}"))
@@ -342,10 +342,13 @@ class Agent:
                     self.store.update("volumes", ident, path=None, state=S.INITIAL, progress=0)
                     continue
                 if row["spec"] != spec:
-                    changed = sorted(k for k in spec if (row["spec"] or {}).get(k) != spec[k])
+                    was = row["spec"] or {}
+                    changed = ", ".join(f"{k} changed from {was.get(k)} to {spec[k]}"
+                                        for k in sorted(spec) if was.get(k) != spec[k])
+                    # EVE's words (pkg/pillar/cmd/volumemgr/handlevolume.go, handleVolumeModify), then ours
                     record = error(
-                        f"{', '.join(changed)} changed without a generation bump; the existing volume is kept "
-                        "as it was", ObjectKind.VOLUME, v.uuid, v.display_name,
+                        f"Need volume regeneration due to {changed} but generation counter not incremented: "
+                        "the existing volume is kept as it was", ObjectKind.VOLUME, v.uuid, v.display_name,
                         retry="restore the previous settings or bump generationCount")
                     self.store.update("volumes", ident, display_name=v.display_name, state=S.ERROR,
                                       error=standing(row["error"], record))
@@ -373,7 +376,7 @@ class Agent:
                     self._submit(key, self.builder.create, key, v, ct, d.settings, False, self.options.once)
             elif row["state"] != S.ERROR or ct_row["state"] == S.ERROR or key not in self._failed_this_run:
                 self.store.update("volumes", ident, state=ct_row["state"], progress=ct_row["progress"],
-                                  error=mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
+                                  stopped_state=ct_row["stopped_state"], error=mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
                                                       f"content tree {ct.display_name or ct.uuid}"))
         for err in d.errors:
             if err.kind is ObjectKind.VOLUME and _is_uuid(err.object_id):
@@ -391,13 +394,13 @@ class Agent:
     def _space_for(self, table: str, key: tuple[Any, ...], row: dict[str, Any], need: int, d: DesiredState,
                    kind: str, ident: str, name: str = "", **which: Any) -> bool:
         """Admit a job only if it fits beside what is promised; otherwise the object waits in ERROR."""
-        if need <= 0:
+        if need <= 0 or d.settings.ignore_disk_check:  # EVE: volumemgr blob.go, updatestatus.go skip the check
             return True
         verdict = self.space.check(need, d.settings.disk_reserve_bytes, thin=d.settings.thin_overcommit, **which)
         if verdict.ok:
             return True
         self.store.update(table, key, state=S.ERROR, error=standing(row["error"], error(
-            verdict.describe(), kind, ident, name, retry="proceeds by itself once space is freed")))
+            verdict.describe("volume" if kind == ObjectKind.VOLUME else "blob"), kind, ident, name, retry="proceeds by itself once space is freed")))
         return False
 
     def _volume_fits(self, v: Any, ct_row: dict[str, Any] | None, row: dict[str, Any], d: DesiredState) -> bool:

@@ -63,17 +63,46 @@ class BlobDownloader:
         self.cancel = cancel
         self.on_failure = on_failure
 
-    def _progress(self, sha: str, expected: int | None) -> Callable[[int, int | None], None]:
+    def _progress(self, sha: str, expected: int | None) -> tuple[Callable[[int, int | None], None],
+                                                                Callable[[], None]]:
+        """Write progress at most every :data:`PROGRESS_INTERVAL` (or per percent), and a figure held back
+        by that throttle no later than one interval after it arrived: a transfer that stalls then shows
+        the bytes it really has, not those of the last write before the stall. The second function ends
+        that: nothing is written after the transfer is over."""
         last = [0.0, -1]
+        closed = [False]
+        held: list[tuple[int, int | None] | None] = [None]
+        lock = threading.Lock()
+
+        def write(done: int, total: int | None) -> None:
+            pct = min(99, done * 100 // total) if total else 0
+            last[0], last[1] = time.monotonic(), pct
+            self.store.update_progress("blobs", (sha,), progress=pct, done_bytes=done, size=total or 0)
+
+        def flush() -> None:
+            with lock:
+                if held[0] is not None and not closed[0]:
+                    write(*held[0])
+                    held[0] = None
 
         def report(done: int, total: int | None) -> None:
             total = total or expected
             pct = min(99, done * 100 // total) if total else 0
-            now = time.monotonic()
-            if pct != last[1] or now - last[0] >= PROGRESS_INTERVAL:
-                last[0], last[1] = now, pct
-                self.store.update_progress("blobs", (sha,), progress=pct, done_bytes=done, size=total or 0)
-        return report
+            with lock:
+                if pct != last[1] or time.monotonic() - last[0] >= PROGRESS_INTERVAL:
+                    held[0] = None
+                    write(done, total)
+                    return
+                if held[0] is None:
+                    timer = threading.Timer(PROGRESS_INTERVAL, flush)
+                    timer.daemon = True
+                    timer.start()
+                held[0] = (done, total)
+
+        def close() -> None:
+            with lock:
+                closed[0] = True
+        return report, close
 
     def download(self, key: str, sha: str, source: BlobSource, settings: Settings, once: bool) -> None:
         row = self.store.get("blobs", sha)
@@ -87,8 +116,12 @@ class BlobDownloader:
                 self.store.update("blobs", (sha,), state=S.DOWNLOAD_STARTED, done_bytes=ingest.offset)
                 log.info("download started", sha256=sha, source=source.describe(), resume_from=ingest.offset,
                          attempt=attempt)
-                self.clients.fetch_blob(source, sha, _SparingSink(ingest, self.store),
-                                        progress=self._progress(sha, source.expected_size), cancel=self.cancel)
+                report, stop_reporting = self._progress(sha, source.expected_size)
+                try:
+                    self.clients.fetch_blob(source, sha, _SparingSink(ingest, self.store), progress=report,
+                                            cancel=self.cancel)
+                finally:
+                    stop_reporting()
                 self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
                 path = ingest.commit()
         except Cancelled:

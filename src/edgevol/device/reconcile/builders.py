@@ -61,7 +61,8 @@ class VolumeBuilder:
                once: bool) -> None:
         """Build the volume; ``directory`` picks an empty directory for a blank volume of a container app."""
         ident = (v.uuid, v.generation)
-        self.store.update("volumes", ident, state=S.CREATING_VOLUME, progress=0, error=None)
+        # progress stays where the download left it (the store never lowers it): see state._keep_progress
+        self.store.update("volumes", ident, state=S.CREATING_VOLUME, error=None)
         last = [-1]
 
         def progress(pct: float) -> None:
@@ -89,7 +90,7 @@ class VolumeBuilder:
             log.error("volume creation failed", volume=key, error=str(exc))
             self.on_failure(key)
             retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
-            self.store.update("volumes", ident, state=S.ERROR, progress=0, next_retry=time.time() + slow,
+            self.store.update("volumes", ident, state=S.ERROR, next_retry=time.time() + slow,
                               error=error(f"creating volume: {desc}", ObjectKind.VOLUME, v.uuid, v.display_name,
                                           retry=("free disk space; " if nospace else "") + retry))
             return
@@ -111,6 +112,11 @@ class VolumeBuilder:
                                             v.max_size_bytes or None, progress)
 
     def record_created(self, ident: tuple[str, int], path: Path, spec: dict[str, Any]) -> None:
+        """The volume exists: its createTime is now, as EVE stamps it on CREATED_VOLUME
+        (pkg/pillar/cmd/volumemgr/handlevolume.go). maxSizeBytes stays the configured value; only a
+        volume configured with 0 (a DOWNLOAD volume sized by its image) reports what it actually is,
+        as EVE fills MaxVolSize from the created volume when the config left it 0 (same file)."""
         usage = self.usage(path, spec["max_size"])
         self.store.update("volumes", ident, state=S.CREATED_VOLUME, progress=100, path=str(path),
-                          max_size=usage.virtual_size, cur_size=usage.allocated, next_retry=0, error=None, spec=spec)
+                          max_size=spec["max_size"] or usage.virtual_size, cur_size=usage.allocated,
+                          create_time=time.time(), next_retry=0, error=None, spec=spec)

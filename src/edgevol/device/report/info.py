@@ -15,6 +15,17 @@ _ENTITY = {"content_tree": m.Entity.ENTITY_CONTENT_TREE, "blob": m.Entity.ENTITY
            "volume": m.Entity.ENTITY_VOLUME, "app": m.Entity.ENTITY_APP_INSTANCE}
 
 
+def wire_state(row: dict[str, Any]) -> int:
+    """The state as EVE reports it, which is not always the state the device keeps.
+
+    EVE sends DELIVERED for content loaded into its store (pkg/pillar/types/types.go,
+    ``SwState.ZSwState``: LOADED -> DELIVERED), and an object with a problem keeps the
+    state its progress stopped at, the problem travelling in its ErrorInfo.
+    """
+    state = row["stopped_state"] if row["state"] == m.ZSwState.ERROR else row["state"]
+    return m.ZSwState.DELIVERED if state == m.ZSwState.LOADED else state
+
+
 def timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
@@ -43,7 +54,7 @@ def usage_info(row: dict[str, Any]) -> Any:
 
 
 def volume_info(row: dict[str, Any]) -> Any:
-    info = m.ZInfoVolume(uuid=row["uuid"], displayName=row["display_name"], state=row["state"],
+    info = m.ZInfoVolume(uuid=row["uuid"], displayName=row["display_name"], state=wire_state(row),
                          progressPercentage=row["progress"], generation_count=row["generation"])
     info.usage.CopyFrom(usage_info(row))
     info.resources.maxSizeBytes = row["max_size"]
@@ -56,7 +67,7 @@ def volume_info(row: dict[str, Any]) -> Any:
 
 def content_tree_info(row: dict[str, Any]) -> Any:
     info = m.ZInfoContentTree(uuid=row["uuid"], displayName=row["display_name"], sha256=row["sha256"],
-                              state=row["state"], progressPercentage=row["progress"],
+                              state=wire_state(row), progressPercentage=row["progress"],
                               generation_count=row["generation"],
                               componentShaList=row["component_shas"] or [])
     info.resources.curSizeBytes = row["cur_size"]
@@ -68,7 +79,7 @@ def content_tree_info(row: dict[str, Any]) -> Any:
 
 
 def blob_info(row: dict[str, Any]) -> Any:
-    info = m.ZInfoBlob(sha256=row["sha256"], state=row["state"], progressPercentage=row["progress"])
+    info = m.ZInfoBlob(sha256=row["sha256"], state=wire_state(row), progressPercentage=row["progress"])
     info.resources.curSizeBytes = row["size"] if row["state"] == m.ZSwState.LOADED else row["done_bytes"]
     info.usage.CopyFrom(usage_info(row))
     err = error_info(row["error"])

@@ -6,11 +6,17 @@ import json
 from typing import Any
 
 from edgevol.api import messages as m
+from edgevol.device.report.info import wire_state
 from edgevol.device.state import StateStore
 
 
 def _state(n: int) -> str:
     return m.ZSwState.Name(n)
+
+
+def _states(row: dict[str, Any]) -> dict[str, str]:
+    """The device's own state, and the one its info message carries (EVE's: no ERROR, no LOADED)."""
+    return {"state": _state(row["state"]), "reported_state": _state(wire_state(row))}
 
 
 def _error(err: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -23,18 +29,18 @@ def _error(err: dict[str, Any] | None) -> dict[str, Any] | None:
 def status_document(store: StateStore) -> dict[str, Any]:
     volumes = [{
         "uuid": r["uuid"], "generation_count": r["generation"], "display_name": r["display_name"],
-        "state": _state(r["state"]), "progress": r["progress"], "max_size_bytes": r["max_size"],
+        **_states(r), "progress": r["progress"], "max_size_bytes": r["max_size"],
         "cur_size_bytes": r["cur_size"], "path": r["path"], "readonly": bool(r["readonly"]),
         "ref_count": r["ref_count"], "error": _error(r["error"]),
     } for r in store.all("volumes")]
     trees = [{
         "uuid": r["uuid"], "display_name": r["display_name"], "sha256": r["sha256"],
-        "state": _state(r["state"]), "progress": r["progress"], "cur_size_bytes": r["cur_size"],
+        **_states(r), "progress": r["progress"], "cur_size_bytes": r["cur_size"],
         "component_sha_list": r["component_shas"] or [], "ref_count": r["ref_count"],
         "error": _error(r["error"]),
     } for r in store.all("content_trees")]
     blobs = [{
-        "sha256": r["sha256"], "state": _state(r["state"]), "progress": r["progress"],
+        "sha256": r["sha256"], **_states(r), "progress": r["progress"],
         "size": r["size"], "ref_count": r["ref_count"], "error": _error(r["error"]),
     } for r in store.all("blobs")]
     apps = [{

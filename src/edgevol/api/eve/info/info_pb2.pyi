@@ -232,18 +232,34 @@ class ZInfoBlobList(_message.Message):
     blob: _containers.RepeatedCompositeFieldContainer[ZInfoBlob]
     def __init__(self, blob: _Optional[_Iterable[_Union[ZInfoBlob, _Mapping]]] = ...) -> None: ...
 
+class ZInfoApp(_message.Message):
+    __slots__ = ("AppID", "AppName", "appErr", "state", "volumeRefs")
+    APPID_FIELD_NUMBER: _ClassVar[int]
+    APPNAME_FIELD_NUMBER: _ClassVar[int]
+    APPERR_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VOLUMEREFS_FIELD_NUMBER: _ClassVar[int]
+    AppID: str
+    AppName: str
+    appErr: _containers.RepeatedCompositeFieldContainer[ErrorInfo]
+    state: ZSwState
+    volumeRefs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, AppID: _Optional[str] = ..., AppName: _Optional[str] = ..., appErr: _Optional[_Iterable[_Union[ErrorInfo, _Mapping]]] = ..., state: _Optional[_Union[ZSwState, str]] = ..., volumeRefs: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ZInfoMsg(_message.Message):
-    __slots__ = ("ztype", "devId", "vinfo", "cinfo", "binfo", "atTimeStamp")
+    __slots__ = ("ztype", "devId", "ainfo", "vinfo", "cinfo", "binfo", "atTimeStamp")
     ZTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVID_FIELD_NUMBER: _ClassVar[int]
+    AINFO_FIELD_NUMBER: _ClassVar[int]
     VINFO_FIELD_NUMBER: _ClassVar[int]
     CINFO_FIELD_NUMBER: _ClassVar[int]
     BINFO_FIELD_NUMBER: _ClassVar[int]
     ATTIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     ztype: ZInfoTypes
     devId: str
+    ainfo: ZInfoApp
     vinfo: ZInfoVolume
     cinfo: ZInfoContentTree
     binfo: ZInfoBlobList
     atTimeStamp: _timestamp_pb2.Timestamp
-    def __init__(self, ztype: _Optional[_Union[ZInfoTypes, str]] = ..., devId: _Optional[str] = ..., vinfo: _Optional[_Union[ZInfoVolume, _Mapping]] = ..., cinfo: _Optional[_Union[ZInfoContentTree, _Mapping]] = ..., binfo: _Optional[_Union[ZInfoBlobList, _Mapping]] = ..., atTimeStamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, ztype: _Optional[_Union[ZInfoTypes, str]] = ..., devId: _Optional[str] = ..., ainfo: _Optional[_Union[ZInfoApp, _Mapping]] = ..., vinfo: _Optional[_Union[ZInfoVolume, _Mapping]] = ..., cinfo: _Optional[_Union[ZInfoContentTree, _Mapping]] = ..., binfo: _Optional[_Union[ZInfoBlobList, _Mapping]] = ..., atTimeStamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
