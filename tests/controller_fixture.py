@@ -227,6 +227,6 @@ def device_view(agent: DeviceAgent) -> dict[tuple[str, str, int], tuple[str, int
 
 
 def controller_view(ctrl: Controller, device: str) -> dict[tuple[str, str, int], tuple[str, int]]:
-    """The same, as the controller last heard it from the device (deleted objects are not listed)."""
+    """The same, as the controller last heard it from the device (deleted objects and apps are not listed)."""
     return {(r["kind"], r["object_key"], r["generation"]): (r["state_name"], r["progress"])
-            for r in ctrl.admin("GET", f"/devices/{device}/reported")}
+            for r in ctrl.admin("GET", f"/devices/{device}/reported") if r["kind"] != "app"}

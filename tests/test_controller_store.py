@@ -30,7 +30,7 @@ from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-HEAD = "0002"
+HEAD = "0003"
 TABLES = {"devices", "datastores", "content_trees", "volumes", "apps", "app_volume_refs", "reported_objects",
           "state_changes", "volume_metrics"}
 

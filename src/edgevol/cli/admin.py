@@ -665,7 +665,7 @@ def _event_line(r: dict[str, Any]) -> str:
 
 @admin.command("reported")
 @device_option
-@click.option("--kind", type=click.Choice(["volume", "content_tree", "blob"]), help="Only this kind of object.")
+@click.option("--kind", type=click.Choice(["volume", "content_tree", "blob", "app"]), help="Only this kind of object.")
 @click.option("--watch", "-w", is_flag=True, help="Keep refreshing until Ctrl-C (or --until-state).")
 @click.option("--until-state", metavar="STATE",
               help="With --watch: exit 0 once every configured volume (or --kind object) reports STATE.")

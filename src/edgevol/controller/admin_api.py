@@ -222,7 +222,7 @@ def router(ctx: ControllerContext) -> APIRouter:
         s.delete_app(ref, device)
 
     @r.get("/devices/{device}/reported")
-    def reported(device: str, kind: Literal["volume", "content_tree", "blob"] | None = None) -> Any:
+    def reported(device: str, kind: Literal["volume", "content_tree", "blob", "app"] | None = None) -> Any:
         return to_json(s.reported(device, kind))
 
     @r.get("/devices/{device}/history")

@@ -373,12 +373,21 @@ class StateStore:
             self.version += 1
 
     # -- outbox -------------------------------------------------------------
-    def outbox_put(self, key: str, payload: bytes) -> None:
-        """Queue ``payload``; a newer message for the same object replaces an unsent one."""
-        with self._lock:
-            self._retry_when_full(lambda: self._outbox_put(key, payload))
+    def outbox_put(self, key: str, payload: bytes, gone_from: str | None = None) -> None:
+        """Queue ``payload``; a newer message for the same object replaces an unsent one.
 
-    def _outbox_put(self, key: str, payload: bytes) -> None:
+        ``gone_from`` marks ``payload`` as a deletion within a family of keys
+        (``volume/<uuid>#``: every generation of one volume). In the same
+        transaction the family's unsent messages move after it and the
+        family's fingerprints are forgotten, so the reporter queues the
+        surviving generations' reports again: whatever order the messages go
+        in, the last one for the uuid describes what is still there, even
+        across a crash.
+        """
+        with self._lock:
+            self._retry_when_full(lambda: self._outbox_put(key, payload, gone_from))
+
+    def _outbox_put(self, key: str, payload: bytes, gone_from: str | None = None) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0]
@@ -388,6 +397,13 @@ class StateStore:
                 "queued_at=excluded.queued_at",
                 (key, seq, payload, time.time()),
             )
+            if gone_from is not None:
+                family = "substr(key, 1, ?) = ?"
+                later = self._db.execute(f"SELECT key FROM outbox WHERE {family} AND key != ? ORDER BY seq",
+                                         (len(gone_from), gone_from, key)).fetchall()
+                for n, (other,) in enumerate(later, start=1):
+                    self._db.execute("UPDATE outbox SET seq=? WHERE key=?", (seq + n, other))
+                self._db.execute(f"DELETE FROM reported WHERE {family}", (len(gone_from), gone_from))
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL

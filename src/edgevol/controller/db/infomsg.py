@@ -21,7 +21,7 @@ from edgevol.model import parse
 class ObjectReport:
     """What one info message says about one object."""
 
-    kind: str  # "volume" | "content_tree" | "blob"
+    kind: str  # "volume" | "content_tree" | "blob" | "app"
     key: str  # uuid, or sha256 for a blob
     generation: int  # volumes only
     values: dict[str, Any] | None  # reported_objects columns; None: the object is gone
@@ -53,10 +53,13 @@ def only_identity(msg: Any, *identity: str) -> bool:
 
 
 def decode_info(info: Any) -> list[ObjectReport]:
-    """One report per volume / content tree / blob in a ``ZInfoMsg`` (none for other info types).
+    """One report per volume / content tree / blob / app in a ``ZInfoMsg`` (none for other info types).
 
-    Other types, ``ZiApp`` among them, are accepted and not kept: an EVE
-    device sends them all, and refusing one would make it retry forever.
+    Other types are accepted and not kept: an EVE device sends them all, and
+    refusing one would make it retry forever. Of an app only what edgevol's
+    device knows is kept: name, state and the first ``appErr``; a report with
+    only ``AppID`` set means the app is gone, as EVE's zedagent reports a
+    deleted app (pkg/pillar/cmd/zedagent/handlemetrics.go, PublishAppInfoToZedCloud).
     """
     which = info.WhichOneof("InfoContent")
     out: list[ObjectReport] = []
@@ -89,6 +92,13 @@ def decode_info(info: Any) -> list[ObjectReport]:
                     cur_size_bytes=clamp(b.resources.curSizeBytes), ref_count=b.usage.refCount,
                     error=error_json(b.HasField("err"), b.err))
                 out.append(ObjectReport("blob", key, 0, values, b.SerializeToString(deterministic=True)))
+        elif which == "ainfo":
+            a = info.ainfo
+            key = parse.canonical_uuid(a.AppID.lower(), "app uuid")
+            values = None if only_identity(a, "AppID") else dict(
+                display_name=a.AppName, state=a.state, progress=0, max_size_bytes=None, cur_size_bytes=0,
+                ref_count=0, error=error_json(len(a.appErr) > 0, a.appErr[0] if a.appErr else None))
+            out.append(ObjectReport("app", key, 0, values, a.SerializeToString(deterministic=True)))
     except parse.Invalid as exc:
         raise Invalid(str(exc)) from None
     for rep in out:

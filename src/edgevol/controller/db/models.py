@@ -46,7 +46,7 @@ NAMING = {
 
 UUID_LEN = 36
 NAME_LEN = 255
-KINDS = ("volume", "content_tree", "blob")
+KINDS = ("volume", "content_tree", "blob", "app")
 # "In use" references between a device's own objects are checked at commit: PostgreSQL
 # checks a NO ACTION key while a device's cascade is still half done, and would refuse
 # to delete a device whose app uses its volume. Outside a cascade they still refuse.

@@ -195,9 +195,35 @@ class Agent:
         self._sync_content_trees(d, now)
         self._sync_volumes(d, now)
         sync_apps(self.store, d, now)
+        before = self._object_count()
         self.gc.collect(d, now)
+        if self._object_count() < before:
+            self._space_freed()
         self._sync_refcounts(d, now)
         self.reporter.sync()
+
+    def _object_count(self) -> int:
+        return sum(len(self.store.all(t)) for t in ("volumes", "content_trees", "blobs"))
+
+    def _space_freed(self) -> None:
+        """A deletion freed space: whatever waits for space is tried at the next pass, not on its slow retry.
+
+        EVE re-runs its space check for waiting objects as soon as another object goes
+        (pkg/pillar/cmd/volumemgr/updatestatus.go, doUpdateVol: "Will retry when more space will be available").
+        """
+        for table, key_of in (("volumes", lambda r: f"volume:{r['uuid']}#{r['generation']}"),
+                              ("blobs", lambda r: f"blob:{r['sha256']}")):
+            for row in self.store.all(table):
+                desc = (row["error"] or {}).get("description", "")
+                if not desc.startswith("Remaining disk space") and "no space left" not in desc:
+                    continue
+                key = key_of(row)
+                self._failed_this_run.discard(key)
+                self._cooldown.pop(key, None)
+                if row.get("next_retry"):
+                    ident = (row["uuid"], row["generation"]) if table == "volumes" else (row["sha256"],)
+                    self.store.update(table, ident, next_retry=0)
+        self.wake.set()
 
     def _wanted_blobs(self, d: DesiredState) -> dict[str, BlobSource]:
         """Every blob the config needs and where to fetch it (the first content tree naming it wins)."""

@@ -48,12 +48,17 @@ class Reporter:
 
     def deleted(self, kind: str, ident: str, generation: int = 0) -> None:
         """Report an object once more with only its identity set: the API's way to say 'gone'."""
+        family: str | None = None
         if kind == "volume":
+            # A controller keys volumes by uuid alone, as EVE's zedagent queues their reports
+            # (pkg/pillar/cmd/zedagent/handlemetrics.go, queueInfoToDest(..., uuid, ...)): the
+            # surviving generation's report is queued again after this one, so it is heard last.
             content: Any = m.ZInfoVolume(uuid=ident, generation_count=generation)
-            key = f"volume/{ident}#{generation}"
+            key, family = f"volume/{ident}#{generation}", f"volume/{ident}#"
         elif kind == "content_tree":
             content, key = m.ZInfoContentTree(uuid=ident), f"content_tree/{ident}"
         else:
             content, key = m.ZInfoBlob(sha256=ident), f"blob/{ident}"
-        self.store.outbox_put(key, info.wrap(self.device_id, content, time.time()).SerializeToString())
+        self.store.outbox_put(key, info.wrap(self.device_id, content, time.time()).SerializeToString(), family)
         self.store.set_fingerprint(key, None)
+        self._synced_version = -1  # the next sync looks again, even if no row changed

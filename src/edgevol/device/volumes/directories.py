@@ -105,8 +105,9 @@ class DirectoryVolumes:
         return True
 
     def usage(self, path: Path, quota: int) -> VolumeUsage:
-        """total = the quota (maxsizebytes) or the filesystem size; used = bytes under the directory."""
-        if quota <= 0:
-            st = os.statvfs(path)
-            quota = st.f_blocks * st.f_frsize
-        return VolumeUsage(virtual_size=quota, allocated=tree_usage(path))
+        """total = the quota (maxsizebytes), or without one what the content uses, as EVE sizes a container
+        volume by its snapshot's usage (pkg/pillar/volumehandlers/containerhandler.go, GetVolumeDetails), never
+        the filesystem (its growth room would be promised away from every later download); used = bytes under
+        the directory."""
+        used = tree_usage(path)
+        return VolumeUsage(virtual_size=quota if quota > 0 else used, allocated=used)
