@@ -22,6 +22,7 @@ import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
+from edgevol.device.datastores.credentials import DatastoreCredentials
 from edgevol.device.errors import error, mirror_error, standing
 from edgevol.device.migrate import load_checkpointed_config, migrate_legacy_layout
 from edgevol.device.paths import DataDir
@@ -32,7 +33,6 @@ from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.space import SpaceLedger, disk_full
 from edgevol.device.state import ErrorRecord, StateStore
-from edgevol.device.datastores.credentials import DatastoreCredentials
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
 from edgevol.device.volumes import FileVolumes
@@ -195,15 +195,10 @@ class Agent:
         self._sync_content_trees(d, now)
         self._sync_volumes(d, now)
         sync_apps(self.store, d, now)
-        before = self._object_count()
-        self.gc.collect(d, now)
-        if self._object_count() < before:
+        if self.gc.collect(d, now):
             self._space_freed()
         self._sync_refcounts(d, now)
         self.reporter.sync()
-
-    def _object_count(self) -> int:
-        return sum(len(self.store.all(t)) for t in ("volumes", "content_trees", "blobs"))
 
     def _space_freed(self) -> None:
         """A deletion freed space: whatever waits for space is tried at the next pass, not on its slow retry.
@@ -402,8 +397,9 @@ class Agent:
                     self._submit(key, self.builder.create, key, v, ct, d.settings, False, self.options.once)
             elif row["state"] != S.ERROR or ct_row["state"] == S.ERROR or key not in self._failed_this_run:
                 self.store.update("volumes", ident, state=ct_row["state"], progress=ct_row["progress"],
-                                  stopped_state=ct_row["stopped_state"], error=mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
-                                                      f"content tree {ct.display_name or ct.uuid}"))
+                                  stopped_state=ct_row["stopped_state"],
+                                  error=mirror_error(ct_row["error"], ObjectKind.VOLUME, v.uuid, v.display_name,
+                                                     f"content tree {ct.display_name or ct.uuid}"))
         for err in d.errors:
             if err.kind is ObjectKind.VOLUME and _is_uuid(err.object_id):
                 record = error(f"invalid config: {err.message}", err.kind, err.object_id, err.name,
@@ -425,8 +421,9 @@ class Agent:
         verdict = self.space.check(need, d.settings.disk_reserve_bytes, thin=d.settings.thin_overcommit, **which)
         if verdict.ok:
             return True
+        what = "volume" if kind == ObjectKind.VOLUME else "blob"
         self.store.update(table, key, state=S.ERROR, error=standing(row["error"], error(
-            verdict.describe("volume" if kind == ObjectKind.VOLUME else "blob"), kind, ident, name, retry="proceeds by itself once space is freed")))
+            verdict.describe(what), kind, ident, name, retry="proceeds by itself once space is freed")))
         return False
 
     def _volume_fits(self, v: Any, ct_row: dict[str, Any] | None, row: dict[str, Any], d: DesiredState) -> bool:

@@ -35,16 +35,19 @@ class GarbageCollector:
         self.any_busy = any_busy  # is any task whose key starts with this prefix running?
         self._roots: dict[str, Descriptor] | None = None
 
-    def collect(self, d: DesiredState, now: float) -> None:
-        self._volumes(d)
+    def collect(self, d: DesiredState, now: float) -> int:
+        """Remove what nothing wants any more; returns how many objects went (their space is free)."""
+        removed = self._volumes(d)
         if self.any_busy("tree:") or self.any_busy("volume:"):
-            return  # a tree walk may add blobs its tree does not list yet; a volume may be reading one
+            return removed  # a tree walk may add blobs its tree does not list yet; a volume may be reading one
         delay = d.settings.gc_delay_seconds
-        self._content_trees(d, now, delay)
-        self._blobs(now, delay)
+        removed += self._content_trees(d, now, delay)
+        removed += self._blobs(now, delay)
         self._index()
+        return removed
 
-    def _volumes(self, d: DesiredState) -> None:
+    def _volumes(self, d: DesiredState) -> int:
+        removed = 0
         bad = {e.object_id for e in d.errors if e.kind is ObjectKind.VOLUME}
         used = app_references(self.store)
         for row in self.store.all("volumes"):
@@ -59,7 +62,9 @@ class GarbageCollector:
             # deletes and reports again; the other order loses the message for good
             self.reporter.deleted("volume", row["uuid"], row["generation"])
             self.store.delete("volumes", *ident)
+            removed += 1
             log.info("volume deleted", volume=row["uuid"], generation=row["generation"])
+        return removed
 
     def _expired(self, table: str, key: tuple[Any, ...], row: dict[str, Any], now: float, delay: float) -> bool:
         """Start (or keep) the clock for an unreferenced object; True once its delay has passed."""
@@ -69,7 +74,8 @@ class GarbageCollector:
             since = now
         return now - since >= delay
 
-    def _content_trees(self, d: DesiredState, now: float, delay: float) -> None:
+    def _content_trees(self, d: DesiredState, now: float, delay: float) -> int:
+        removed = 0
         bad = {e.object_id for e in d.errors if e.kind is ObjectKind.CONTENT_TREE}
         for row in self.store.all("content_trees"):
             if row["uuid"] in d.content_trees or row["uuid"] in bad:
@@ -85,9 +91,12 @@ class GarbageCollector:
                         self.store.update("blobs", (sha,), unreferenced_since=since)
                 self.reporter.deleted("content_tree", row["uuid"])  # before the row goes, as for volumes
                 self.store.delete("content_trees", row["uuid"])
+                removed += 1
                 log.info("content tree collected", content_tree=row["uuid"])
+        return removed
 
-    def _blobs(self, now: float, delay: float) -> None:
+    def _blobs(self, now: float, delay: float) -> int:
+        removed = 0
         referenced: set[str] = set()
         for r in self.store.all("content_trees"):
             referenced.update(r["component_shas"] or [])
@@ -105,7 +114,9 @@ class GarbageCollector:
             self.cas.discard_ingest(sha)
             self.reporter.deleted("blob", sha)  # before the row goes, as for volumes
             self.store.delete("blobs", sha)
+            removed += 1
             log.info("blob collected", sha256=sha)
+        return removed
 
     def _index(self) -> None:
         """index.json names every loaded content tree, so OCI tools see what the device holds."""
