@@ -92,6 +92,13 @@ def test_eve_config_items_with_eve_ranges_no_clamping_and_edgevol_aliases_win() 
         s, errors = _settings(*items)
         assert (s.gc_delay_seconds, s.slow_retry_seconds, s.download_read_timeout_seconds) == (7.5, 30, 2.5)
         assert not errors
+    # The disk scan: global.go:173 (name), :1153 (AddIntItem 5 min, 5..3600); edgevol's default is 10 s.
+    assert Settings().disk_scan_interval_seconds == 10
+    assert _settings(("timer.metric.diskscan.interval", "5"))[0].disk_scan_interval_seconds == 5
+    s, errors = _settings(("timer.metric.diskscan.interval", "3601"))
+    assert s.disk_scan_interval_seconds == 10 and "want 5..3600" in errors["timer.metric.diskscan.interval"]
+    s, errors = _settings(("timer.metric.diskscan.interval", "60"), ("edgevol.disk.scan.interval.seconds", "0.5"))
+    assert s.disk_scan_interval_seconds == 0.5 and not errors
     # An invalid alias leaves EVE's valid value in force, with the alias's error.
     s, errors = _settings(("timer.download.retry", "120"), ("edgevol.download.slow.retry.seconds", "x"))
     assert s.slow_retry_seconds == 120 and "edgevol.download.slow.retry.seconds" in errors

@@ -14,7 +14,7 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from edgevol.api import messages as m
 from edgevol.device.errors import human_bytes
@@ -75,20 +75,26 @@ class SpaceLedger:
         self._free = free
 
     def promised(self, *, except_blob: str | None = None, except_volume: tuple[str, int] | None = None,
-                 thin: bool = False) -> int:
+                 thin: bool = False, releasing: Collection[tuple[str, int]] = ()) -> int:
         """Bytes that admitted work will still write (with ``thin``, volumes' growth room is not counted)."""
         total = 0
         for b in self.store.all("blobs"):
             if b["sha256"] != except_blob and b["state"] not in (S.LOADED, S.INITIAL, S.ERROR):
                 total += max(b["size"] - b["done_bytes"], 0)
         for v in [] if thin else self.store.all("volumes"):
-            if (v["uuid"], v["generation"]) == except_volume or v["readonly"]:
+            ident = (v["uuid"], v["generation"])
+            if ident == except_volume or ident in releasing or v["readonly"]:
                 continue
             if v["path"] or v["state"] == S.CREATING_VOLUME:
                 total += max(v["max_size"] - v["cur_size"], 0)
         return total
 
     def check(self, need: int, reserve: int, *, blob: str | None = None,
-              volume: tuple[str, int] | None = None, thin: bool = False) -> SpaceVerdict:
-        return SpaceVerdict(need=need, free=self._free(self.root), reserve=reserve,
-                            promised=self.promised(except_blob=blob, except_volume=volume, thin=thin))
+              volume: tuple[str, int] | None = None, thin: bool = False,
+              releasing: Collection[tuple[str, int]] = ()) -> SpaceVerdict:
+        """Whether ``need`` more bytes fit; ``releasing`` names volumes counted as already gone
+        (what they hold on disk is free, their growth room no longer promised)."""
+        freed = sum(v["cur_size"] for v in self.store.all("volumes") if (v["uuid"], v["generation"]) in releasing)
+        return SpaceVerdict(need=need, free=self._free(self.root) + freed, reserve=reserve,
+                            promised=self.promised(except_blob=blob, except_volume=volume, thin=thin,
+                                                   releasing=releasing))

@@ -151,6 +151,9 @@ class Settings:
     thin_overcommit: bool = False
     # EVE's storage.apps.ignore.disk.check: downloads and volumes are admitted without a space check.
     ignore_disk_check: bool = False
+    # How often volumes' used bytes are measured again (EVE's timer.metric.diskscan.interval; EVE's default
+    # is 300 s, edgevol's is shorter as a scan of its volume files is cheap).
+    disk_scan_interval_seconds: float = 10.0
 
 
 @dataclass

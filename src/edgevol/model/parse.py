@@ -108,6 +108,7 @@ _EVE_INT_ITEMS: dict[str, tuple[str, int, int]] = {
     "timer.defer.content.delete": ("gc_delay_seconds", 0, 24 * 3600),
     "timer.download.retry": ("slow_retry_seconds", 60, 0xFFFFFFFF),
     "timer.download.stalled": ("download_read_timeout_seconds", 20, 0xFFFFFFFF),
+    "timer.metric.diskscan.interval": ("disk_scan_interval_seconds", 5, 3600),
 }
 _EVE_BOOL_ITEMS = {"storage.apps.ignore.disk.check": "ignore_disk_check"}
 # What Go's strconv.ParseBool accepts, as EVE parses a bool item.
@@ -158,6 +159,7 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         "edgevol.download.read.timeout.seconds": ("download_read_timeout_seconds", float, 0.1, 3600),
         "edgevol.gc.delay.seconds": ("gc_delay_seconds", float, 0.0, 86400 * 30),
         "edgevol.disk.reserve.bytes": ("disk_reserve_bytes", int, 0, 1 << 50),
+        "edgevol.disk.scan.interval.seconds": ("disk_scan_interval_seconds", float, 0.0, 3600),
     }
     for item in cfg.configItems:
         key, raw = item.key, item.value

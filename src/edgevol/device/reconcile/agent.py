@@ -45,7 +45,6 @@ S = m.ZSwState
 TERMINAL = {S.LOADED, S.CREATED_VOLUME, S.ERROR}
 MAX_PARALLEL_DOWNLOADS = 64  # the config item's upper bound
 CRASH_COOLDOWN_SECONDS = 10.0
-USAGE_REFRESH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,7 @@ class Agent:
         self._cooldown: dict[str, float] = {}
         self._last_usage = 0.0
         self._disk_full = False
+        self._purge_first: set[tuple[str, int]] = set()  # new generations that fit only once the old ones go
         self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
         self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
         self.builder = VolumeBuilder(self.store, self.cas, self.files, self.dirvols, self._task_failed)
@@ -193,8 +193,9 @@ class Agent:
         self.store.keep_reserve()
         self._sync_blobs(d, now)
         self._sync_content_trees(d, now)
+        self._purge_first = set()
         self._sync_volumes(d, now)
-        sync_apps(self.store, d, now)
+        sync_apps(self.store, d, now, self._purge_first)
         if self.gc.collect(d, now):
             self._space_freed()
         self._sync_refcounts(d, now)
@@ -335,7 +336,7 @@ class Agent:
         self.store.update("content_trees", (ct.uuid,), **status)
 
     def _sync_volumes(self, d: DesiredState, now: float) -> None:
-        refresh_usage = now - self._last_usage >= USAGE_REFRESH_SECONDS
+        refresh_usage = now - self._last_usage >= d.settings.disk_scan_interval_seconds
         if refresh_usage:
             self._last_usage = now
         for v in d.volumes.values():
@@ -427,11 +428,43 @@ class Agent:
         return False
 
     def _volume_fits(self, v: Any, ct_row: dict[str, Any] | None, row: dict[str, Any], d: DesiredState) -> bool:
+        """Admit the volume's creation (its content is verified by now) if it fits.
+
+        If it does not, but would once the older generations it replaces are
+        gone, it is put in ``_purge_first``: the apps purging to it then let go
+        of the old generation first (break-before-make, see sync_apps).
+        """
         image = ct_row["cur_size"] if ct_row else 0
         writable_room = 0 if v.readonly or d.settings.thin_overcommit else v.max_size_bytes
         need = max(writable_room, image)
-        return self._space_for("volumes", (v.uuid, v.generation), row, need, d, ObjectKind.VOLUME, v.uuid,
-                               v.display_name, volume=(v.uuid, v.generation))
+        ident = (v.uuid, v.generation)
+        if self._space_for("volumes", ident, row, need, d, ObjectKind.VOLUME, v.uuid, v.display_name,
+                           volume=ident):
+            return True
+        replaced = self._replaced_by_purge(v, d)
+        if replaced and self.space.check(need, d.settings.disk_reserve_bytes, thin=d.settings.thin_overcommit,
+                                         volume=ident, releasing=replaced).ok:
+            self._purge_first.add(ident)
+        return False
+
+    def _replaced_by_purge(self, v: Any, d: DesiredState) -> list[tuple[str, int]]:
+        """The older generations of ``v`` that every app using them is purging away to ``v``; else none.
+
+        One app still meant to keep an old generation (no purge counter bump,
+        or refs elsewhere) keeps it, and the new generation waits for space.
+        """
+        old = [(r["uuid"], r["generation"]) for r in self.store.all("volumes")
+               if r["uuid"] == v.uuid and r["generation"] != v.generation and r["path"]]
+        if not old:
+            return []
+        for app_row in self.store.all("apps"):
+            if not any(tuple(ref) in old for ref in app_row["refs"]):
+                continue
+            app = d.apps.get(app_row["uuid"])
+            if (app is None or app.purge_counter <= app_row["purge_counter"]
+                    or (v.uuid, v.generation) not in {(r.uuid, r.generation) for r in app.volume_refs}):
+                return []
+        return old
 
     def _sync_refcounts(self, d: DesiredState, now: float) -> None:
         """refCount = the config's own reference (while it names the object) + each user of it."""

@@ -16,19 +16,33 @@ error go to the controller as ``ZInfoApp`` (:mod:`edgevol.device.report.apps`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
+
+import structlog
 
 from edgevol.api import messages as m
+from edgevol.device.crashpoints import crash_point
 from edgevol.device.errors import error, standing
 from edgevol.device.report.apps import app_info, app_state, report_apps
 from edgevol.device.state import ErrorRecord, StateStore
 from edgevol.model.desired import DesiredState, ObjectKind
 from edgevol.model.parse import Invalid, canonical_uuid
 
+log = structlog.get_logger("edgevol.apps")
 S = m.ZSwState
 
 
-def sync_apps(store: StateStore, d: DesiredState, now: float) -> None:
+def sync_apps(store: StateStore, d: DesiredState, now: float,
+              purge_first: Collection[tuple[str, int]] = ()) -> None:
+    """Move apps to their configured volume refs where allowed, and report every app.
+
+    ``purge_first`` names new generations that fit only once the old
+    generation is gone (the agent has checked their content is verified):
+    a purging app waiting only for those lets go of its old volumes first,
+    break-before-make, as EVE's zedmanager does on every purge
+    (pkg/pillar/cmd/zedmanager/updatestatus.go:207-252: DownloadAndVerify,
+    then BringDown and purgeCmdDone drop the old refs, then RecreateVolumes).
+    """
     refused = {e.object_id for e in d.errors if e.kind is ObjectKind.APP}
     for app in d.apps.values():
         want = [[r.uuid, r.generation] for r in app.volume_refs]
@@ -40,8 +54,13 @@ def sync_apps(store: StateStore, d: DesiredState, now: float) -> None:
         fields: dict[str, Any] = {"display_name": app.display_name, "error": None}
         if row["refs"] != want:
             if app.purge_counter > row["purge_counter"]:
-                waiting = [f"{u}#{g}" for u, g in want if not _ready(store, u, g)]
-                if waiting:
+                pending = [(u, g) for u, g in want if not _ready(store, u, g)]
+                waiting = [f"{u}#{g}" for u, g in pending]
+                if pending and all((u, g) in purge_first for u, g in pending):
+                    log.info("purge: old generations released before the new ones are created, as both do not "
+                             "fit", app=app.uuid, new=waiting)
+                    fields.update(refs=want, purge_counter=app.purge_counter)
+                elif waiting:
                     fields["error"] = standing(row["error"], error(
                         f"purge: waiting for {', '.join(waiting)} to be created; the app keeps its current volumes",
                         ObjectKind.APP, app.uuid, app.display_name, severity="notice"))
@@ -56,7 +75,11 @@ def sync_apps(store: StateStore, d: DesiredState, now: float) -> None:
             fields["purge_counter"] = app.purge_counter
         if fields["error"] is None:
             fields["error"] = _unmatched(d, fields.get("refs", row["refs"]), row["error"], app.uuid, app.display_name)
+        fields["error"] = _with_volume_errors(store, fields["error"], fields.get("refs", row["refs"]), want,
+                                              row["error"], app.uuid, app.display_name)
         store.update("apps", (app.uuid,), **fields)
+        if "refs" in fields:
+            crash_point("app.refs.moved")
     invalid: dict[str, Any] = {}
     for e in d.errors:
         if e.kind is ObjectKind.APP and e.object_id not in d.apps:
@@ -101,6 +124,32 @@ def _unmatched(d: DesiredState, refs: list[list[Any]], old: dict[str, Any] | Non
     return standing(old, error("volume refs name no volume of the config: " + ", ".join(missing),
                                ObjectKind.APP, uuid, name, retry="point the app's volume refs at the volumes' "
                                "current generationCount"))
+
+
+def _with_volume_errors(store: StateStore, own: ErrorRecord | None, refs: list[list[Any]], want: list[list[Any]],
+                        old: dict[str, Any] | None, uuid: str, name: str) -> ErrorRecord | None:
+    """The app's own error followed by those of the volumes it uses or is moving to.
+
+    EVE's zedmanager gathers its volume refs' errors into the app's error, so
+    ``appErr`` says "Remaining disk space ..." when a volume waits for space
+    (pkg/pillar/cmd/zedmanager/updatestatus.go:503-515 and appendError at
+    :1354, a blank line between errors); Eden waits for exactly that
+    (lf-edge/eden tests/volume/testdata/volumes_test.txt:52).
+    """
+    found: list[ErrorRecord] = [own] if own is not None else []
+    for u, g in [*refs, *(r for r in want if r not in refs)]:
+        row = store.get("volumes", u, g)
+        rec = ErrorRecord.from_dict(row["error"]) if row is not None else None
+        if rec is not None and rec not in found:
+            found.append(rec)
+    if not found or found == [own]:
+        return own
+    severity = "error" if any(r.severity == "error" for r in found) else found[0].severity
+    retry = next((r.retry_condition for r in reversed(found) if r.retry_condition), "")
+    merged = ErrorRecord(description="\n\n".join(r.description for r in found), time=max(r.time for r in found),
+                         severity=severity, retry_condition=retry, entity=ObjectKind.APP, entity_id=uuid,
+                         entity_name=name)
+    return standing(old, merged)
 
 
 def _ready(store: StateStore, uuid: str, generation: int) -> bool:

@@ -10,6 +10,7 @@ import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
+from edgevol.device.crashpoints import crash_point
 from edgevol.device.errors import error
 from edgevol.device.space import disk_full
 from edgevol.device.state import StateStore
@@ -94,6 +95,7 @@ class VolumeBuilder:
                               error=error(f"creating volume: {desc}", ObjectKind.VOLUME, v.uuid, v.display_name,
                                           retry=("free disk space; " if nospace else "") + retry))
             return
+        crash_point("volume.committed")
         self.record_created(ident, path, volume_spec(v))
         log.info("volume created", volume=key, path=str(path))
 

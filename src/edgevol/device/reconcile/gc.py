@@ -14,6 +14,7 @@ import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore, Descriptor
+from edgevol.device.crashpoints import crash_point
 from edgevol.device.reconcile.apps import app_references
 from edgevol.device.reconcile.builders import VolumeBuilder
 from edgevol.device.report.outbox import Reporter
@@ -58,6 +59,7 @@ class GarbageCollector:
             if self.busy(f"volume:{row['uuid']}#{row['generation']}"):
                 continue
             self.builder.delete(*ident)
+            crash_point("volume.deleted")
             # "gone" is queued before the row goes: a kill in between must leave the row, so the next run
             # deletes and reports again; the other order loses the message for good
             self.reporter.deleted("volume", row["uuid"], row["generation"])

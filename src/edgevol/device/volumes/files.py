@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgevol import fsutil
+from edgevol.device.crashpoints import crash_point
 from edgevol.device.volumes import qemu
 from edgevol.device.volumes.qemu import FORMATS, QemuImgError
 
@@ -104,6 +105,7 @@ class FileVolumes:
                 qemu.create(tmp, "qcow2", size, qemu_img=self.qemu_img)
             else:
                 os.truncate(tmp, size)
+            crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
@@ -148,6 +150,7 @@ class FileVolumes:
             info = qemu.image_info(tmp, src_fmt, qemu_img=self.qemu_img)
             if info.virtual_size < target:
                 qemu.resize(tmp, src_fmt, target, qemu_img=self.qemu_img)
+            crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
