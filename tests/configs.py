@@ -9,7 +9,10 @@ from pathlib import Path
 from edgevol.api import messages as m
 from edgevol.api.codec import save_edge_dev_config
 
-FMT = {"raw": m.Format.RAW, "qcow2": m.Format.QCOW2, "container": m.Format.CONTAINER}
+# edgevol's format names (edgevol.model.desired.ImageFormat values) -> the wire's Format numbers
+FMT = {"raw": m.Format.RAW, "qcow": m.Format.QCOW, "qcow2": m.Format.QCOW2, "vhd": m.Format.VHD,
+       "vmdk": m.Format.VMDK, "ova": m.Format.OVA, "vhdx": m.Format.VHDX, "container": m.Format.CONTAINER,
+       "iso": m.Format.ISO}
 
 
 def new_id() -> str:

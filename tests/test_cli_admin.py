@@ -108,15 +108,15 @@ def test_every_object_through_the_cli(controller_factory, agent_factory, datasto
     table = ok(ctrl, "reported", "--device", "dev1", "--kind", "volume")
     assert table.count("CREATED_VOLUME") == 2 and "512.0 MiB" in table
 
-    # update and purge: the watch waits for the new generation, not the old one
-    assert ok(ctrl, "volume", "update", "data", "--device", "dev1", "--size", "1GiB", "-o", "json")[
-        "max_size_bytes"] == 1 << 30
-    assert ok(ctrl, "volume", "purge", "data", "--device", "dev1", "-o", "json")["generation_count"] == 1
+    # update (a new size is a new generation) and purge: the watch waits for the new generation, not the old one
+    updated = ok(ctrl, "volume", "update", "data", "--device", "dev1", "--size", "1GiB", "-o", "json")
+    assert (updated["max_size_bytes"], updated["generation_count"], updated["purged_apps"]) == (1 << 30, 1, ["web"])
+    assert ok(ctrl, "volume", "purge", "data", "--device", "dev1", "-o", "json")["generation_count"] == 2
     watch = admin(ctrl, "reported", "--device", "dev1", "--watch", "--until-state", "CREATED_VOLUME",
                   "--timeout", "90", "--interval", "0.3", "-o", "json")
     assert watch.returncode == 0, watch.stderr
     events = [json.loads(line) for line in watch.stdout.splitlines()]
-    assert any(e["display_name"] == "data" and e["generation"] == 1 and e["state_name"] == "CREATED_VOLUME"
+    assert any(e["display_name"] == "data" and e["generation"] == 2 and e["state_name"] == "CREATED_VOLUME"
                for e in events)
 
     samples = wait_for(lambda: ok(ctrl, "metrics", "--device", "dev1", "--volume", "root", "-o", "json"), 60,

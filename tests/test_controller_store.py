@@ -30,7 +30,7 @@ from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-HEAD = "0003"
+HEAD = "0005"
 TABLES = {"devices", "datastores", "content_trees", "volumes", "apps", "app_volume_refs", "reported_objects",
           "state_changes", "volume_metrics"}
 
@@ -102,23 +102,30 @@ def test_migrate_from_empty_twice_matches_the_models(db_url: str) -> None:  # no
         engine.dispose()
 
 
-def test_migration_0002_moves_pem_hashes_to_der_and_keeps_old_devices_working(db_url: str) -> None:  # noqa: F811
-    """Before 0002 a certificate was named by sha256 of its PEM text; EVE names it by its DER."""
-    onboard, dev_cert = make_cert("legacy onboard"), make_cert("legacy device")
+def upgrade_from(db_url: str, revision: str, *rows: tuple[str, dict[str, object]]) -> None:
+    """Migrate an empty database to ``revision``, write ``rows`` (SQL, parameters) as that schema had
+    them, then migrate to HEAD."""
     engine = make_engine(db_url)
     try:
-        migrate(engine, "0001")
+        migrate(engine, revision)
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO devices (uuid, name, serial, onboard_cert_pem, onboard_cert_hash, device_cert_pem, "
-                "device_cert_hash, created_at, registered_at, config_version) VALUES "
-                "('5f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a11', 'legacy', 'SN-L', :op, :oh, :dp, :dh, :t, :t, 3)"),
-                {"op": onboard, "oh": hashlib.sha256(onboard).digest(), "dp": dev_cert,
-                 "dh": hashlib.sha256(dev_cert).digest(), "t": T0.replace(tzinfo=None)})
+            for sql, params in rows:
+                conn.execute(text(sql), params)
         migrate(engine)
         assert current_revision(engine) == HEAD
     finally:
         engine.dispose()
+
+
+def test_migration_0002_moves_pem_hashes_to_der_and_keeps_old_devices_working(db_url: str) -> None:  # noqa: F811
+    """Before 0002 a certificate was named by sha256 of its PEM text; EVE names it by its DER."""
+    onboard, dev_cert = make_cert("legacy onboard"), make_cert("legacy device")
+    upgrade_from(db_url, "0001", (
+        "INSERT INTO devices (uuid, name, serial, onboard_cert_pem, onboard_cert_hash, device_cert_pem, "
+        "device_cert_hash, created_at, registered_at, config_version) VALUES "
+        "('5f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a11', 'legacy', 'SN-L', :op, :oh, :dp, :dh, :t, :t, 3)",
+        {"op": onboard, "oh": hashlib.sha256(onboard).digest(), "dp": dev_cert,
+         "dh": hashlib.sha256(dev_cert).digest(), "t": T0.replace(tzinfo=None)}))
     store = ControllerStore(db_url)
     try:
         dev = store.get_device("legacy")
@@ -132,6 +139,71 @@ def test_migration_0002_moves_pem_hashes_to_der_and_keeps_old_devices_working(db
         assert store.register(der_sha256(onboard), "SN-L", dev_cert).uuid == dev.uuid  # idempotent retry
     finally:
         store.close()
+
+
+def test_migration_0005_leaves_old_content_trees_unsigned_and_signs_new_ones(db_url: str) -> None:  # noqa: F811
+    """0005 adds siginfo to content trees; those stored before it are unsigned, and stay valid."""
+    dev, ds, ct, at = ("5f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a13", "44444444-4444-4444-8444-444444444444",
+                       "55555555-5555-4555-8555-555555555555", T0.replace(tzinfo=None))
+    sha = hashlib.sha256(b"image").hexdigest()
+    upgrade_from(db_url, "0004", (
+        "INSERT INTO devices (uuid, name, serial, created_at, config_version) VALUES (:d, 'old', '', :t, 1)",
+        {"d": dev, "t": at}), (
+        "INSERT INTO datastores (uuid, name, type, fqdn, dpath, api_key, password, region, ca_pems, created_at) "
+        "VALUES (:ds, 'web', 1, 'http://127.0.0.1:1', '', '', '', '', '[]', :t)", {"ds": ds, "t": at}), (
+        "INSERT INTO content_trees (uuid, device_uuid, name, datastore_uuid, url, format, sha256, max_size_bytes, "
+        "generation_count, created_at) VALUES (:c, :d, 'img', :ds, 'img.raw', 1, :s, 0, 0, :t)",
+        {"c": ct, "d": dev, "ds": ds, "s": sha, "t": at}))
+    with ControllerStore(db_url) as store:
+        old = store.get_content_tree("img", "old")
+        assert (old.signer_cert_url, old.intermediate_cert_url, old.signature) == ("", "", None)
+        assert not build_config(store, "old").contentInfo[0].HasField("siginfo")
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        done = store.update_content_tree("img", device="old", sign_key_pem=pem, signer_cert_url="certs/signer.pem")
+        assert done.content_tree.signature and done.content_tree.signer_cert_url == "certs/signer.pem"
+        si = build_config(store, "old").contentInfo[0].siginfo
+        assert (si.signercerturl, si.signature) == ("certs/signer.pem", done.content_tree.signature)
+        with pytest.raises(Invalid, match="needs the signer's certificate URL"):
+            store.create_content_tree("old", "bad", "web", "x.raw", "RAW", sha256=sha, signature=b"sig")
+
+
+def test_migration_0004_keeps_old_samples_and_stores_every_zmetricvolume_field(db_url: str) -> None:  # noqa: F811
+    """0004 adds displayName, readCount and writeCount; samples stored before it read back with '' and 0."""
+    vol, at = "33333333-3333-4333-8333-333333333333", T0.replace(tzinfo=None)
+    upgrade_from(db_url, "0003", (
+        "INSERT INTO devices (uuid, name, serial, created_at, config_version) VALUES "
+        "('5f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a12', 'old', '', :t, 1)", {"t": at}), (
+        "INSERT INTO volume_metrics (device_uuid, volume_uuid, at, total_bytes, used_bytes, free_bytes, "
+        "read_bytes, write_bytes) VALUES ('5f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a12', :v, :t, 100, 40, 60, 0, 0)",
+        {"v": vol, "t": at}))
+    with ControllerStore(db_url) as store:
+        [old] = store.volume_metrics("old", vol)
+        assert (old.total_bytes, old.used_bytes, old.display_name, old.read_count, old.write_count) == (
+            100, 40, "", 0, 0)
+        msg = m.ZMetricMsg()
+        msg.atTimeStamp.CopyFrom(timestamp((T0 + timedelta(minutes=1)).timestamp()))
+        msg.vm.add(uuid=vol, displayName="data", readBytes=1, writeBytes=2, readCount=3, writeCount=4, totalBytes=5,
+                   usedBytes=6, freeBytes=7)
+        store.record_metrics("old", msg)
+        new = store.volume_metrics("old", vol)[-1]
+        assert (new.volume_uuid, new.display_name, new.read_bytes, new.write_bytes, new.read_count, new.write_count,
+                new.total_bytes, new.used_bytes, new.free_bytes) == (vol, "data", 1, 2, 3, 4, 5, 6, 7)
+    # and back: 0003 has no room for the new fields, the samples stay
+    from alembic import command
+
+    from edgevol.controller.db.session import alembic_config
+    command.downgrade(alembic_config(db_url), "0003")
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) == "0003"
+        columns = {c["name"] for c in inspect(engine).get_columns("volume_metrics")}
+        assert not {"display_name", "read_count", "write_count"} & columns
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM volume_metrics")).scalar() == 2
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_migrations_both_succeed(db_url: str) -> None:  # noqa: F811
@@ -256,8 +328,8 @@ def test_crud_of_datastores_trees_volumes_apps(store: ControllerStore) -> None:
         store.get_volume("scratch")
     with pytest.raises(Conflict, match="volume named 'disk' already exists on this device"):
         store.create_volume("dev1", "disk", max_size_bytes=1)
-    assert store.update_volume("disk", device="dev1", name="root").name == "root"
-    assert store.update_content_tree(ids["raw"], url="v2/disk.raw").url == "v2/disk.raw"
+    assert store.update_volume("disk", device="dev1", name="root").volume.name == "root"
+    assert store.update_content_tree(ids["raw"], url="v2/disk.raw").content_tree.url == "v2/disk.raw"
     assert store.update_app(ids["app"], activate=False).activate is False
     app = store.set_app_volume_refs(ids["app"], [(ids["blank"], 0)])
     assert [x.volume_uuid for x in app.volume_refs] == [ids["blank"]]
@@ -360,14 +432,14 @@ def test_config_version_bumps_on_every_change_to_a_devices_objects(store: Contro
     assert start == 1 + 3 + 2 + 1  # three trees, two volumes, one app
     store.update_volume(ids["disk"], readonly=True)  # no change: no bump
     assert v() == start
-    store.update_volume(ids["disk"], max_size_bytes=3 << 30)
+    store.update_volume(ids["disk"], max_size_bytes=3 << 30)  # a new generation, in one config version
     assert v() == start + 1
     purged = store.purge_volume(ids["disk"])
-    assert purged.generation_count == 1 and v() == start + 2
+    assert purged.generation_count == 2 and v() == start + 2
     app = store.get_app("web", "dev1")
     refs = app.volume_refs
-    assert (refs[0].volume_uuid, refs[0].generation_count) == (ids["disk"], 1)  # the app follows the purge
-    assert app.purge_counter == 1  # ... with a purge counter bump, so the device moves it
+    assert (refs[0].volume_uuid, refs[0].generation_count) == (ids["disk"], 2)  # the app follows the purge
+    assert app.purge_counter == 2  # ... with a purge counter bump, so the device moves it
     store.set_app_volume_refs(ids["app"], [ids["blank"]])
     assert v() == start + 3
     store.set_app_volume_refs(ids["app"], [ids["blank"]])  # same list: no bump
@@ -385,6 +457,66 @@ def test_config_version_bumps_on_every_change_to_a_devices_objects(store: Contro
     store.delete_volume(ids["disk"])
     assert v() == start + 8
     assert v("dev2") == dev2 + 2 and v("bystander") == 1
+
+
+def test_a_volume_content_change_makes_a_new_generation_with_its_apps_purged(store: ControllerStore) -> None:
+    """Size, read-only flag and origin fix a volume's content: a device applies a change of one only to a
+    new generation (EVE: pkg/pillar/cmd/volumemgr/handlevolume.go:48-59, quantifyChanges at :408), so the
+    store makes one, and purges the apps following the volume, in the same transaction as the change."""
+    ids = populated(store)
+    store.create_app("dev1", "other", volumes=["scratch"])
+
+    def version() -> int:
+        return store.get_device("dev1").config_version
+
+    start = version()
+    renamed = store.update_volume("scratch", device="dev1", name="tmp")  # the name alone: no new generation
+    assert (renamed.volume.generation_count, renamed.regenerated_from, renamed.purged_apps) == (0, None, ())
+    assert version() == start + 1 and store.get_app("web", "dev1").purge_counter == 0
+
+    with pytest.raises(Conflict, match=r"changing max_size_bytes from 67108864 to 134217728 needs a new "
+                                       r"generation.*generation 1 afresh and purge apps other, web to it"):
+        store.update_volume("tmp", device="dev1", max_size_bytes=128 << 20, purge=False)
+    assert version() == start + 1  # refused: nothing changed
+    assert (store.get_volume("tmp", "dev1").max_size_bytes, store.get_volume("tmp", "dev1").generation_count) == (
+        64 << 20, 0)
+
+    done = store.update_volume("tmp", device="dev1", max_size_bytes=128 << 20)
+    assert (done.volume.max_size_bytes, done.volume.generation_count, done.regenerated_from, done.purged_apps) == (
+        128 << 20, 1, 0, ("other", "web"))
+    assert version() == start + 2  # one config version: the device never sees the size without the generation
+    for name in ("web", "other"):
+        app = store.get_app(name, "dev1")
+        assert app.purge_counter == 1
+        assert (ids["blank"], 1) in {(r.volume_uuid, r.generation_count) for r in app.volume_refs}
+    assert (ids["disk"], 0) in {(r.volume_uuid, r.generation_count) for r in store.get_app("web", "dev1").volume_refs}
+
+    # read-only flag and origin are content too; a volume no app uses regenerates with no app purged
+    flag = store.update_volume(ids["disk"], readonly=False)
+    assert (flag.volume.generation_count, flag.purged_apps) == (1, ("web",))
+    store.set_app_volume_refs(ids["app"], [ids["blank"]])
+    moved = store.update_volume(ids["disk"], content_tree="raw-img")
+    assert (moved.volume.origin, moved.volume.content_tree_uuid, moved.regenerated_from, moved.purged_apps) == (
+        "download", ids["raw"], 1, ())
+    assert (store.update_volume(ids["disk"], content_tree=None).volume.origin,
+            store.get_volume(ids["disk"]).generation_count) == ("blank", 3)
+    # what the device is sent passes its own parser: the new generation, and the apps' purge counters
+    state = parse_config(build_config(store, "dev1"))
+    assert state.errors == []
+    assert state.volumes[ids["blank"]].generation == 1 and state.volumes[ids["blank"]].max_size_bytes == 128 << 20
+    assert state.apps[ids["app"]].purge_counter == 2  # once for each volume's new generation
+
+
+def test_a_content_tree_change_needs_no_generation_and_names_the_volumes_keeping_their_content(
+        store: ControllerStore) -> None:
+    """The device fetches a changed content tree again by itself, as EVE's volumemgr recreates a content
+    tree whose URL, format or sha256 changed (pkg/pillar/cmd/volumemgr/handlecontent.go:53-62)."""
+    ids = populated(store)
+    renamed = store.update_content_tree("qcow-img", device="dev1", name="os")
+    assert (renamed.refetched, renamed.volumes_keeping_content) == (False, ())
+    changed = store.update_content_tree("os", device="dev1", url="os/disk-v2.qcow2", sha256=SHA_A)
+    assert (changed.refetched, changed.volumes_keeping_content) == (True, ("disk",))
+    assert (changed.content_tree.generation_count, store.get_volume(ids["disk"]).generation_count) == (0, 0)
 
 
 def test_concurrent_writers_lose_no_update(store: ControllerStore) -> None:

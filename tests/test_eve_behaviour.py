@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from edgevol.api import messages as m
 from edgevol.device.reconcile.blobs import PROGRESS_INTERVAL, BlobDownloader
 from edgevol.device.report import info
@@ -122,8 +124,10 @@ def test_create_time_is_when_the_volume_was_created(tmp_path, monkeypatch):
     started = time.time()
     assert run_once(data, cfg).returncode == 0
     sent = wire(data)[f"volume/{vol}#0"]
-    created = time.mktime(time.strptime(sent["usage"]["createTime"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-    assert created >= int(started) - 1, (sent["usage"]["createTime"], started)
+    stamp = Timestamp()
+    stamp.FromJsonString(sent["usage"]["createTime"])  # exact, fractions included
+    # the row was inserted >= 1.5 s before `started`; the volume was created after it
+    assert stamp.ToNanoseconds() / 1e9 >= started - 0.01, (sent["usage"]["createTime"], started)
 
 
 def test_progress_never_goes_backwards(tmp_path):

@@ -6,7 +6,9 @@ lf-edge/eve it comes from.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +263,33 @@ def test_controller_accepts_app_reports_and_the_outbox_drains(controller_factory
     assert sent[0][0] == 201 and "without a purge counter bump" in sent[0][1].appErr[0].description
     wait_for(lambda: not [it for it in agent.outbox() if it["key"].startswith("app/")], 60, "outbox drained")
     assert all(status == 201 for status, _ in app_posts())
+
+
+def test_the_disk_scan_interval_decides_how_often_volume_usage_is_measured(tmp_path) -> None:
+    # EVE measures volumes every timer.metric.diskscan.interval (global.go:173, :1153); so does edgevol.
+    from edgevol.device.reconcile.agent import Agent, AgentOptions
+
+    b = ConfigBuilder().item("timer.metric.diskscan.interval", "3600").item("edgevol.volume.blank.format", "raw")
+    vol = b.blank_volume(16 * MiB, name="data")
+    agent = Agent(tmp_path / "dev", AgentOptions())
+    try:
+        agent.set_desired(parse_config(b.cfg))
+        for _ in range(100):
+            agent.step()
+            row = agent.store.get("volumes", vol, 0)
+            if row and row["state"] == m.ZSwState.CREATED_VOLUME:
+                break
+            time.sleep(0.05)
+        before = agent.store.get("volumes", vol, 0)["cur_size"]
+        with open(agent.store.get("volumes", vol, 0)["path"], "r+b") as f:  # the app writes 4 MiB
+            f.write(os.urandom(4 * MiB))
+            os.fsync(f.fileno())
+        for _ in range(5):
+            agent.step()
+        assert agent.store.get("volumes", vol, 0)["cur_size"] == before  # not measured again within the hour
+        b.item("edgevol.disk.scan.interval.seconds", "0")
+        agent.set_desired(parse_config(b.cfg))
+        agent.step()
+        assert agent.store.get("volumes", vol, 0)["cur_size"] >= before + 4 * MiB
+    finally:
+        agent.close()

@@ -81,7 +81,8 @@ def test_half_disk_purge_removes_the_old_generation_before_creating_the_new(
     def done() -> bool:
         g = gens(agent, "root")
         seen_both.append(all(r["path"] and Path(r["path"]).exists() for r in g.values()) and len(g) == 2)
-        return set(g) == {1} and g[1]["state"] == S.CREATED_VOLUME
+        # the app's error follows its volumes' at the next pass
+        return set(g) == {1} and g[1]["state"] == S.CREATED_VOLUME and app_error(agent, "eclient-mount") == ""
 
     drive(agent, b, done, "generation 1 to replace generation 0")
     assert not any(seen_both)  # they never both existed: the old went first
@@ -156,6 +157,52 @@ def test_no_break_while_another_app_still_uses_the_old_generation(
         agent.step()
     assert old.exists() and app_refs(agent, "other") == [[vol, 0]]
     assert app_refs(agent, "eclient-mount") == [[vol, 0]]
+
+
+def test_purge_that_fits_keeps_the_old_generation_serving_until_the_new_one_is_ready(
+        agent: Agent, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
+    """Make-before-break when both fit (the seed: "the old one keeps serving until the new one is ready";
+    EVE's DownloadAndVerify keeps the app on its volumes while the new ones load, updatestatus.go:207-252):
+    the purge onto new, slowly downloading content leaves the app on generation 0 throughout, both
+    generations exist side by side, and the app moves only once generation 1 is CREATED_VOLUME."""
+    b, _, ds = half_disk(datastore_dir, http_server)
+    b.cfg.volumes[0].maxsizebytes = 8 * MiB  # small: both generations fit
+    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
+    old = Path(gens(agent, "root")[0]["path"])
+    new_image = make_raw_image(datastore_dir / "os2.raw", 4, seed=9)
+    ct2 = b.content_tree(ds, "os2.raw", sha256_file(new_image), "raw", name="os2")
+    purge(b, ct=ct2)
+    http_server.rate_limit_bytes_per_sec = 2 * MiB  # two seconds of download
+    vol = b.cfg.volumes[0].uuid
+    seen: list[tuple[bool, int | None, list]] = []
+
+    def done() -> bool:
+        g = gens(agent, "root")
+        refs = app_refs(agent, "eclient-mount")
+        seen.append((old.exists(), g.get(1, {}).get("state"), refs))
+        return refs == [[vol, 1]] and 0 not in g
+
+    try:
+        drive(agent, b, done, "the app on generation 1 and generation 0 gone")
+    finally:
+        http_server.rate_limit_bytes_per_sec = None
+    before_ready = [s for s in seen if s[1] != S.CREATED_VOLUME]
+    assert len(before_ready) > 5, "the new generation was ready too soon to tell"
+    assert all(exists and refs == [[vol, 0]] for exists, _, refs in before_ready)  # old serves meanwhile
+    assert any(exists and state == S.CREATED_VOLUME for exists, state, _ in seen)  # both at once
+    assert all(state == S.CREATED_VOLUME for _, state, refs in seen if refs == [[vol, 1]])  # moved when ready
+
+
+def test_an_app_whose_volume_waits_for_space_reports_where_it_stopped(agent: Agent) -> None:
+    """The app's ZInfoApp state is the lowest of its volumes' wire states (zedmanager/updatestatus.go:503-527),
+    never ERROR: a volume waiting for room is INITIAL on the wire, so is the app."""
+    b = base()
+    vol = b.blank_volume(200 * MiB, name="too-big")  # more than the 64 MiB disk
+    app = b.app([vol], name="waiting")
+    drive(agent, b, lambda: "Remaining disk space" in error_text(agent, "too-big"), "the volume to wait")
+    sent = {k: m.ZInfoMsg.FromString(p) for k, _, p in agent.store.outbox_items()}
+    ainfo = sent[f"app/{app}"].ainfo
+    assert ainfo.state == S.INITIAL and "Remaining disk space" in ainfo.appErr[0].description
 
 
 # ---------------------------------------------------------------- kill -9 at every step

@@ -196,3 +196,34 @@ def test_deleting_a_volume_readmits_one_that_met_a_full_disk_before_its_slow_ret
     took = drive(agent, b, lambda: state(agent, "blank-vol-2") == S.CREATED_VOLUME,
                  "blank-vol-2 once blank-vol-1 is deleted", deadline=10)
     assert took < 5
+
+
+def test_deleting_a_volume_readmits_a_blob_whose_download_met_a_full_disk(
+        agent: Agent, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
+    """A download that met ENOSPC is left on its 600 s slow retry (reconcile/blobs.py); a deletion elsewhere
+    re-admits it at once too, as EVE re-checks waiting blobs when space frees up (volumemgr blob.go:27-33)."""
+    image = make_raw_image(datastore_dir / "late.raw", 8)
+    b = base(slow_retry=600)
+    b.blank_volume(56 * MiB, name="hog")  # leaves less than the blob's 8 MiB
+    drive(agent, b, lambda: state(agent, "hog") == S.CREATED_VOLUME, "the hog volume")
+    ds = b.datastore(http_server.url)
+    sha = sha256_file(image)
+    ct = b.content_tree(ds, "late.raw", sha, "raw", max_size=8 * MiB, name="late")  # its size, known up front
+    b.download_volume(ct, 8 * MiB, name="late", readonly=True)
+
+    def blob_waits() -> bool:
+        row = agent.store.get("blobs", sha)
+        return row is not None and "Remaining disk space" in ((row["error"] or {}).get("description", ""))
+
+    drive(agent, b, blob_waits, "the blob to wait for space")
+    # as blobs.py leaves a download that filled the disk: ERROR, on the slow retry, failed in this run
+    agent.store.update("blobs", (sha,), next_retry=time.time() + 600, error=dict(
+        agent.store.get("blobs", sha)["error"], description="downloading: no space left on the device"))
+    agent._failed_this_run.add(f"blob:{sha}")
+    for _ in range(10):
+        agent.step()
+    assert agent.store.get("blobs", sha)["state"] == S.ERROR
+    del b.cfg.volumes[0]
+    took = drive(agent, b, lambda: state(agent, "late") == S.CREATED_VOLUME, "the download once hog is deleted",
+                 deadline=15)
+    assert took < 10

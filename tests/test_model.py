@@ -241,8 +241,7 @@ def test_negative_volume_ref_generation_is_refused():
 
 # -- formats and origins -------------------------------------------------------------
 
-@pytest.mark.parametrize("number,name", [(0, "FmtUnknown"), (2, "QCOW"), (4, "VHD"), (5, "VMDK"), (6, "OVA"),
-                                         (7, "VHDX"), (9, "ISO"), (10, "PVC"), (42, "42")])
+@pytest.mark.parametrize("number,name", [(0, "FmtUnknown"), (10, "PVC"), (42, "42")])
 def test_unsupported_formats_are_refused(number, name):
     b, ds = base()
     good = b.content_tree(ds, "good.raw", SHA, "raw")
@@ -251,7 +250,8 @@ def test_unsupported_formats_are_refused(number, name):
     state = parse_config(b.cfg)
     err = only_error(state)
     assert err.object_id == bad
-    assert err.message == f"format {name} is not supported (supported: RAW, QCOW2, CONTAINER)"
+    assert err.message == (f"format {name} is not supported "
+                           "(supported: RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, CONTAINER, ISO)")
     assert list(state.content_trees) == [good]
 
 

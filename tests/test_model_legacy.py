@@ -273,9 +273,10 @@ def _case_no_datastore(b, ds):
 
 
 def _case_unsupported_format(b, ds):
-    d = drive(ds, "a.vmdk", SHA, "raw")
-    d.image.iformat = m.Format.VMDK
-    return [d], f"drive 0: image {image_id(d)}: format VMDK is not supported (supported: RAW, QCOW2, CONTAINER)"
+    d = drive(ds, "a.pvc", SHA, "raw")
+    d.image.iformat = m.Format.PVC
+    return [d], (f"drive 0: image {image_id(d)}: format PVC is not supported "
+                 "(supported: RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, CONTAINER, ISO)")
 
 
 def _case_same_image_twice(b, ds):

@@ -295,9 +295,9 @@ def test_strict_names(vols: FileVolumes) -> None:
     with pytest.raises(VolumeError):
         vols.path_for(UUID, -1, "raw")
     with pytest.raises(VolumeError):
-        vols.path_for(UUID, 0, "vmdk")
+        vols.path_for(UUID, 0, "vdi")
     for junk in (f"{UUID.upper()}#0.raw", f"{UUID}#01.raw", f"{UUID}#-1.raw",
-                 f"{UUID}#0.vmdk", "notes.txt", f"{UUID}#0.raw.bak"):
+                 f"{UUID}#0.vdi", "notes.txt", f"{UUID}#0.raw.bak"):
         (vols.root / junk).write_bytes(b"x")
     real = vols.create_blank(UUID, 7, MiB, fmt="raw")
     assert vols.list() == [(UUID, 7, "raw", real)]

@@ -45,7 +45,8 @@ INT32_MAX = 2**31 - 1
 DS_HTTP, DS_HTTPS, DS_REGISTRY = 1, 2, 5
 DS_KNOWN_UNSUPPORTED = (3, 4, 6, 7)  # S3, SFTP, Azure, GCS: parsed, not fetched
 FMT_RAW, FMT_QCOW2, FMT_CONTAINER = 1, 3, 8
-FMT_UNSUPPORTED = (0, 2, 4, 5, 6, 7, 9, 10)
+FMT_DISK = (1, 2, 3, 4, 5, 6, 7, 9)  # RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, ISO: disk images, need a sha256
+FMT_UNSUPPORTED = (0, 10)
 ORIGIN_BLANK, ORIGIN_DOWNLOAD = 1, 2
 DRIVE_HDD, DRIVE_HDD_EMPTY = 2, 4
 SETTING_KEYS = (
@@ -420,14 +421,14 @@ def _plant_content_tree(draw: st.DrawFn, plan: Plan) -> None:
         ct.ds_ids_list.append(ds_ref)
     else:
         poison.add("no datastore")
-    fmt = draw(st.sampled_from([FMT_RAW, FMT_QCOW2, FMT_CONTAINER, *FMT_UNSUPPORTED, INT32_MAX, -7]))
+    fmt = draw(st.sampled_from([*FMT_DISK, FMT_CONTAINER, *FMT_UNSUPPORTED, INT32_MAX, -7]))
     ct.iformat = fmt
-    if fmt not in (FMT_RAW, FMT_QCOW2, FMT_CONTAINER):
+    if fmt not in (*FMT_DISK, FMT_CONTAINER):
         poison.add("format")
     ds_kind = plan.ds_kind.get(canon(ds_ref)) if (K.DATASTORE, canon(ds_ref)) in plan.base else None
     if ds_kind is not None and fmt == FMT_CONTAINER and ds_kind != DS_REGISTRY:
         poison.add("container from an http datastore")
-    if ds_kind == DS_REGISTRY and fmt in (FMT_RAW, FMT_QCOW2):
+    if ds_kind == DS_REGISTRY and fmt in FMT_DISK:
         poison.add("disk image from a registry")
     url = draw(st.one_of(_path_valid(), _repo_valid(), st.sampled_from(BAD_PATHS + ("",)), hostile_text()))
     ct.URL = url
@@ -438,7 +439,7 @@ def _plant_content_tree(draw: st.DrawFn, plan: Plan) -> None:
     ct.sha256 = sha
     if sha in ("abc", "g" * 64, "0" * 63, "0" * 65):
         poison.add("sha256")
-    if sha == "" and fmt in (FMT_RAW, FMT_QCOW2):
+    if sha == "" and fmt in FMT_DISK:
         poison.add("no sha256")
     size = draw(st.sampled_from([0, MiB, PIB, PIB + 1, INT64_MAX, UINT64_MAX]))
     ct.maxSizeBytes = size

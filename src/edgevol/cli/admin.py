@@ -8,6 +8,7 @@ could not be reached at all.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import ssl
@@ -25,6 +26,7 @@ import httpx
 
 from edgevol.cli.output import console, print_json, print_table
 from edgevol.device.errors import human_bytes
+from edgevol.model.desired import ImageFormat
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
@@ -362,22 +364,55 @@ def content_tree_group() -> None:
     """Images a device downloads from a datastore (per device)."""
 
 
+def signature_options(f: Any) -> Any:
+    """siginfo: a signature made elsewhere (--signature) or here with the operator's key (--sign-key)."""
+    for option in reversed((
+        click.option("--signature", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="File holding the signature over the content's sha256 (as the device reads it)."),
+        click.option("--sign-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="Private key (PEM) to sign the content's sha256 with; sent once, never stored."),
+        click.option("--signer-cert", help="URL of the signer's certificate, relative to the datastore."),
+        click.option("--intermediate-cert", help="URL of the intermediate certificate(s), relative to the datastore."),
+    )):
+        f = option(f)
+    return f
+
+
+def _signature_body(signature: Path | None, sign_key: Path | None, signer_cert: str | None,
+                    intermediate_cert: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if signature is not None:
+        body["signature_base64"] = base64.b64encode(signature.read_bytes()).decode()
+    if sign_key is not None:
+        body["sign_key_pem"] = sign_key.read_text()
+    if signer_cert is not None:
+        body["signer_cert_url"] = signer_cert
+    if intermediate_cert is not None:
+        body["intermediate_cert_url"] = intermediate_cert
+    return body
+
+
 @content_tree_group.command("create")
 @click.argument("name")
 @device_option
 @click.option("--datastore", required=True, help="Datastore name or uuid.")
 @click.option("--url", required=True, help="Path under the datastore (or image reference for registries).")
-@click.option("--format", "fmt", required=True, type=click.Choice(["RAW", "QCOW2", "CONTAINER"], case_sensitive=False))
+@click.option("--format", "fmt", required=True, type=click.Choice([f.name for f in ImageFormat], case_sensitive=False),
+              help="Content format, as the EVE API names it.")
 @click.option("--sha256", help="Expected sha256 of the image (hex).")
 @click.option("--max-size", type=SIZE, default=0, help="Refuse downloads larger than this (e.g. 1GiB).")
 @click.option("--generation", type=int, default=0, help="Bump to force a new download.")
+@signature_options
 @output_option
 @pass_client
 def content_tree_create(client: AdminClient, name: str, device: str, datastore: str, url: str, fmt: str,
-                        sha256: str | None, max_size: int, generation: int, output: str) -> None:
+                        sha256: str | None, max_size: int, generation: int, signature: Path | None,
+                        sign_key: Path | None, signer_cert: str | None, intermediate_cert: str | None,
+                        output: str) -> None:
     """Create content tree NAME on a device."""
     body = {"name": name, "datastore": datastore, "url": url, "format": fmt.upper(), "sha256": sha256,
-            "max_size_bytes": max_size, "generation_count": generation}
+            "max_size_bytes": max_size, "generation_count": generation,
+            **_signature_body(signature, sign_key, signer_cert, intermediate_cert)}
     c = client.request("POST", _path("devices", device, "content-trees"), json=body)
     _done(output, c, f"content tree {c['name']!r} created ({c['uuid']})")
 
@@ -411,17 +446,28 @@ def content_tree_get(client: AdminClient, content_tree: str, device: str, output
 @click.option("--sha256")
 @click.option("--max-size", type=SIZE)
 @click.option("--generation", type=int)
+@signature_options
 @output_option
 @pass_client
 def content_tree_update(client: AdminClient, content_tree: str, device: str, new_name: str | None, url: str | None,
-                        sha256: str | None, max_size: int | None, generation: int | None, output: str) -> None:
+                        sha256: str | None, max_size: int | None, generation: int | None, signature: Path | None,
+                        sign_key: Path | None, signer_cert: str | None, intermediate_cert: str | None,
+                        output: str) -> None:
     """Change some fields of a content tree."""
     body = {k: v for k, v in {"name": new_name, "url": url, "sha256": sha256, "max_size_bytes": max_size,
                               "generation_count": generation}.items() if v is not None}
+    body.update(_signature_body(signature, sign_key, signer_cert, intermediate_cert))
     if not body:
-        raise click.UsageError("nothing to change: give --name, --url, --sha256, --max-size or --generation")
+        raise click.UsageError("nothing to change: give --name, --url, --sha256, --max-size, --generation or a "
+                               "signature option")
     c = client.request("PATCH", _path("devices", device, "content-trees", content_tree), json=body)
-    _done(output, c, f"content tree {c['name']!r} updated")
+    message = f"content tree {c['name']!r} updated"
+    if c.get("refetched"):
+        message += "\n  the device fetches its content again (no generation is needed for a content tree)"
+        if c.get("volumes_keeping_content"):
+            message += (f"\n  volumes made from it keep their current content until purged: "
+                        f"{', '.join(c['volumes_keeping_content'])}")
+    _done(output, c, message)
 
 
 @content_tree_group.command("delete")
@@ -504,17 +550,37 @@ def volume_get(client: AdminClient, volume: str, device: str, output: str) -> No
 @click.option("--name", "new_name", help="Rename.")
 @click.option("--size", type=SIZE, help="New maximum size.")
 @click.option("--readonly/--read-write", default=None)
+@click.option("--purge/--no-purge", default=True, show_default=True,
+              help="A new size or read-only flag needs a new generation of the volume on the device: --purge "
+                   "makes one and purges the apps using the volume to it; --no-purge refuses such a change.")
 @output_option
 @pass_client
 def volume_update(client: AdminClient, volume: str, device: str, new_name: str | None, size: int | None,
-                  readonly: bool | None, output: str) -> None:
-    """Change name, size or read-only flag (use 'purge' to recreate it)."""
+                  readonly: bool | None, purge: bool, output: str) -> None:
+    """Change name, size or read-only flag.
+
+    A device never resizes or re-flags a volume in place: such a change makes
+    a new generation of the volume, created afresh (blank, or from its content
+    tree), and the apps using it move to it with a purge, as 'purge' does.
+    The data in the old generation is not carried over.
+    """
     body = {k: v for k, v in {"name": new_name, "max_size_bytes": size, "readonly": readonly}.items()
             if v is not None}
     if not body:
         raise click.UsageError("nothing to change: give --name, --size or --readonly/--read-write")
-    v = client.request("PATCH", _path("devices", device, "volumes", volume), json=body)
-    _done(output, v, f"volume {v['name']!r} updated")
+    v = client.request("PATCH", _path("devices", device, "volumes", volume), json=body,
+                       params={"purge": "true" if purge else "false"})
+    message = f"volume {v['name']!r} updated"
+    old = v.get("regenerated_from")
+    if old is not None:
+        new = v["generation_count"]
+        source = "blank" if v["origin"] == "blank" else "from its content tree"
+        message += (f": new generation {old} -> {new}\n  the device creates generation {new} afresh ({source}) "
+                    f"with the new settings and deletes generation {old} once no app uses it; "
+                    f"the data in generation {old} is not carried over")
+        apps = v.get("purged_apps") or []
+        message += f"\n  apps purged to move to it: {', '.join(apps)}" if apps else "\n  no app uses it"
+    _done(output, v, message)
 
 
 @volume_group.command("purge")
@@ -611,8 +677,15 @@ REPORTED_COLUMNS = ["KIND", "NAME", "GEN", "STATE", "PROGRESS", "MAX", "USED", "
 _KIND_LABEL = {"content_tree": "content"}  # keeps the table inside a terminal's width
 
 
+def _error_text(r: dict[str, Any], error_label: str = "") -> str:
+    """The reported error's description; a warning or a notice says so."""
+    err = r.get("error") or {}
+    label = {1: "notice: ", 2: "warning: "}.get(err.get("severity", 0), error_label)
+    return label + err["description"] if err.get("description") else ""
+
+
 def _reported_row(r: dict[str, Any]) -> list[str]:
-    err = (r.get("error") or {}).get("description", "")
+    err = _error_text(r)
     return [_KIND_LABEL.get(r["kind"], r["kind"]), r["display_name"] or r["object_key"][:12], str(r["generation"]),
             r["state_name"], f"{r['progress']}%", _size(r["max_size_bytes"]), human_bytes(r["cur_size_bytes"]),
             str(r["ref_count"]), err]
@@ -655,12 +728,12 @@ def _pending(client: AdminClient, device: str, kind: str, state: str,
 
 
 def _event_line(r: dict[str, Any]) -> str:
-    err = (r.get("error") or {}).get("description")
+    err = _error_text(r, "error: ")
     name = r["display_name"] or r["object_key"][:12]
     gen = f"#{r['generation']}" if r["kind"] == "volume" else ""
     used = f"  used {human_bytes(r['cur_size_bytes'])}" if r["cur_size_bytes"] else ""
     return (f"{datetime.now():%H:%M:%S}  {r['kind']:<12}  {name + gen:<24}  {r['state_name']:<16} "
-            f"{r['progress']:>3}%{used}" + (f"  error: {err}" if err else ""))
+            f"{r['progress']:>3}%{used}" + (f"  {err}" if err else ""))
 
 
 @admin.command("reported")
@@ -776,11 +849,14 @@ def history(client: AdminClient, device: str, volume: str | None, content_tree: 
 @output_option
 @pass_client
 def metrics(client: AdminClient, device: str, volume: str, limit: int, output: str) -> None:
-    """Usage samples a device sent for one volume, oldest first."""
+    """Samples a device sent for one volume (every field of its ZMetricVolume), oldest first."""
     data = client.get(_path("devices", device, "volumes", volume, "metrics"), limit=limit)
-    _show(output, data, f"METRICS {volume}", ["TIME", "TOTAL", "USED", "FREE", "READ", "WRITTEN"],
-          lambda: lambda s: [_when(s["at"]), human_bytes(s["total_bytes"]), human_bytes(s["used_bytes"]),
-                     human_bytes(s["free_bytes"]), human_bytes(s["read_bytes"]), human_bytes(s["write_bytes"])])
+    _show(output, data, f"METRICS {volume}",
+          ["TIME", "NAME", "TOTAL", "USED", "FREE", "READ", "WRITTEN", "READ OPS", "WRITE OPS"],
+          lambda: lambda s: [_when(s["at"]), s["display_name"] or "-", human_bytes(s["total_bytes"]),
+                             human_bytes(s["used_bytes"]), human_bytes(s["free_bytes"]),
+                             human_bytes(s["read_bytes"]), human_bytes(s["write_bytes"]),
+                             str(s["read_count"]), str(s["write_count"])])
 
 
 __all__ = ["AdminClient", "AdminError", "SIZE", "admin", "parse_size"]

@@ -79,10 +79,13 @@ def _lock_data_dir(data_dir: Path) -> int:
 @click.option("--onboard-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--poll-interval", type=float, default=10.0, show_default=True, help="Seconds between config polls.")
 @click.option("--metrics-interval", type=float, default=60.0, show_default=True)
+@click.option("--content-trust", type=click.Path(dir_okay=False, exists=True, path_type=Path), multiple=True,
+              help="PEM bundle of CAs trusted to sign content (siginfo), besides the controller's root CA.")
 def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: float, log_format: str,
                log_level: str, progress: bool | None, controller_url: str | None, root_ca: Path | None,
                serial: str, soft_serial: str, trace_wire: Path | None, onboard_cert: Path | None,
-               onboard_key: Path | None, poll_interval: float, metrics_interval: float) -> None:
+               onboard_key: Path | None, poll_interval: float, metrics_interval: float,
+               content_trust: tuple[Path, ...]) -> None:
     """Reconcile the device with its config: download content, create volumes, report.
 
     The config comes from --config (a file) or --controller (EVE API v2).
@@ -98,7 +101,9 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
         raise click.UsageError("--controller needs --root-ca (the controller's root CA certificate)")
     logsetup.configure(log_format, log_level)
     lock_fd = _lock_data_dir(data_dir)
-    agent = Agent(data_dir, AgentOptions(once=once))
+    # Signed content must chain to the controller's root CA or to an operator's bundle.
+    anchors = b"".join(p.read_bytes().rstrip() + b"\n" for p in ((root_ca,) if root_ca else ()) + content_trust)
+    agent = Agent(data_dir, AgentOptions(once=once, content_trust=anchors))
     uplink = None
     if controller_url:
         assert root_ca is not None

@@ -35,14 +35,19 @@ def print_table(console: Console, title: str, columns: Sequence[str], rows: list
 
 def print_status_tables(console: Console, doc: dict[str, Any]) -> None:
     def err(obj: dict[str, Any]) -> str:
+        if obj.get("warning") and not obj.get("error"):  # a volume's warning (shared by several apps)
+            return "warning: " + obj["warning"]["description"]
         return obj["error"]["description"] if obj.get("error") else ""
 
-    print_table(console, "VOLUMES", ["UUID", "GEN", "NAME", "STATE", "PROGRESS", "MAX", "USED", "REFS", "ERROR"], [
-        [v["uuid"], str(v["generation_count"]), v["display_name"], v["state"], f"{v['progress']}%",
+    print_table(console, "VOLUMES", ["UUID", "GEN", "NAME", "FORMAT", "STATE", "PROGRESS", "MAX", "USED", "REFS",
+                                     "ERROR"], [
+        [v["uuid"], str(v["generation_count"]), v["display_name"], v.get("format") or "", v["state"],
+         f"{v['progress']}%",
          human_bytes(v["max_size_bytes"]), human_bytes(v["cur_size_bytes"]), str(v["ref_count"]), err(v)]
         for v in doc["volumes"]])
-    print_table(console, "CONTENT TREES", ["UUID", "NAME", "SHA256", "STATE", "PROGRESS", "SIZE", "REFS", "ERROR"], [
-        [c["uuid"], c["display_name"], c["sha256"][:12], c["state"], f"{c['progress']}%",
+    print_table(console, "CONTENT TREES", ["UUID", "NAME", "FORMAT", "SHA256", "STATE", "PROGRESS", "SIZE", "REFS",
+                                           "ERROR"], [
+        [c["uuid"], c["display_name"], c.get("format") or "", c["sha256"][:12], c["state"], f"{c['progress']}%",
          human_bytes(c["cur_size_bytes"]), str(c["ref_count"]), err(c)] for c in doc["content_trees"]])
     print_table(console, "BLOBS", ["SHA256", "STATE", "SIZE", "REFS"], [
         [b["sha256"][:12], b["state"], human_bytes(b["size"]), str(b["ref_count"])] for b in doc["blobs"]])

@@ -6,6 +6,8 @@ explicitly, as the volume API asks; and read back what each device reports.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hmac
 from datetime import datetime
@@ -17,8 +19,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from edgevol.api import messages as m
+from edgevol.api.formats import format_name
 from edgevol.controller.context import ControllerContext
 from edgevol.controller.store import UNSET, Conflict, Invalid, NotFound
+from edgevol.model.desired import ImageFormat
 
 PREFIX = "/api/v1"
 
@@ -42,9 +46,11 @@ def to_json(record: Any) -> Any:
             value = [to_json(v) if dataclasses.is_dataclass(v) else
                      (v.decode() if isinstance(v, bytes) else v) for v in value]
         data[f.name] = value
-    for name, enum in (("type", m.DsType), ("format", m.Format), ("state", m.ZSwState)):
+    for name, enum in (("type", m.DsType), ("state", m.ZSwState)):
         if name in data and isinstance(data[name], int):
             data[f"{name}_name"] = enum.Name(data[name])
+    if isinstance(data.get("format"), int):
+        data["format_name"] = format_name(data["format"])
     return data
 
 
@@ -69,10 +75,15 @@ class ContentTreeIn(BaseModel):
     name: str
     datastore: str = Field(description="datastore uuid or name")
     url: str
-    format: str = Field(description="RAW, QCOW2 or CONTAINER")
+    format: str = Field(description=f"one of {', '.join(f.name for f in ImageFormat)}")
     sha256: str | None = None
     max_size_bytes: int = 0
     generation_count: int = 0
+    signature_base64: str | None = Field(None, description="siginfo.signature, base64 of its bytes")
+    signer_cert_url: str = Field("", description="siginfo.signercerturl, relative to the datastore")
+    intermediate_cert_url: str = Field("", description="siginfo.intercertsurl, relative to the datastore")
+    sign_key_pem: str | None = Field(None, description="a private key (PEM) to sign the sha256 with here; "
+                                     "used once, never stored")
 
 
 class ContentTreePatch(BaseModel):
@@ -81,6 +92,27 @@ class ContentTreePatch(BaseModel):
     sha256: str | None = None
     max_size_bytes: int | None = None
     generation_count: int | None = None
+    signature_base64: str | None = None
+    signer_cert_url: str | None = None
+    intermediate_cert_url: str | None = None
+    sign_key_pem: str | None = None
+
+
+def _signature_fields(body: ContentTreeIn | ContentTreePatch) -> dict[str, Any]:
+    """siginfo fields of a request as the store takes them (bytes), leaving out what was not given."""
+    out: dict[str, Any] = {}
+    if body.signature_base64 is not None:
+        try:
+            out["signature"] = base64.b64decode(body.signature_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid("signature_base64 is not base64") from None
+    if body.sign_key_pem is not None:
+        out["sign_key_pem"] = body.sign_key_pem.encode()
+    for name in ("signer_cert_url", "intermediate_cert_url"):
+        value = getattr(body, name)
+        if value is not None and (value or isinstance(body, ContentTreePatch)):
+            out[name] = value
+    return out
 
 
 class VolumeIn(BaseModel):
@@ -164,7 +196,7 @@ def router(ctx: ControllerContext) -> APIRouter:
     def create_content_tree(device: str, body: ContentTreeIn) -> Any:
         return to_json(s.create_content_tree(device, body.name, body.datastore, body.url, body.format,
                                              sha256=body.sha256, max_size_bytes=body.max_size_bytes,
-                                             generation_count=body.generation_count))
+                                             generation_count=body.generation_count, **_signature_fields(body)))
 
     @r.get("/devices/{device}/content-trees/{ref}")
     def get_content_tree(device: str, ref: str) -> Any:
@@ -172,7 +204,13 @@ def router(ctx: ControllerContext) -> APIRouter:
 
     @r.patch("/devices/{device}/content-trees/{ref}")
     def update_content_tree(device: str, ref: str, body: ContentTreePatch) -> Any:
-        return to_json(s.update_content_tree(ref, device=device, **_patch(body)))
+        """The content tree, with ``refetched`` (the device fetches it again) and the volumes made from it,
+        which keep their content until purged."""
+        plain = _patch(body.model_copy(update={"signature_base64": None, "signer_cert_url": None,
+                                               "intermediate_cert_url": None, "sign_key_pem": None}))
+        done = s.update_content_tree(ref, device=device, **plain, **_signature_fields(body))
+        return {**to_json(done.content_tree), "refetched": done.refetched,
+                "volumes_keeping_content": list(done.volumes_keeping_content)}
 
     @r.delete("/devices/{device}/content-trees/{ref}", status_code=204)
     def delete_content_tree(device: str, ref: str) -> None:
@@ -194,8 +232,14 @@ def router(ctx: ControllerContext) -> APIRouter:
         return to_json(s.get_volume(ref, device))
 
     @r.patch("/devices/{device}/volumes/{ref}")
-    def update_volume(device: str, ref: str, body: VolumePatch) -> Any:
-        return to_json(s.update_volume(ref, device=device, **_patch(body)))
+    def update_volume(device: str, ref: str, body: VolumePatch, purge: bool = True) -> Any:
+        """A new size or read-only flag needs a new generation of the volume on the device: it is made, and
+        the apps using the volume purged to it, unless ``purge=false``, which refuses such a change (409).
+        The answer is the volume with ``regenerated_from`` (the generation replaced, or null) and
+        ``purged_apps``."""
+        done = s.update_volume(ref, device=device, purge=purge, **_patch(body))
+        return {**to_json(done.volume), "regenerated_from": done.regenerated_from,
+                "purged_apps": list(done.purged_apps)}
 
     @r.post("/devices/{device}/volumes/{ref}/purge")
     def purge_volume(device: str, ref: str) -> Any:

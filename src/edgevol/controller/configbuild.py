@@ -112,10 +112,14 @@ def config_from_snapshot(snap: ConfigSnapshot, credentials: CredentialEncryption
             credentials.apply(cfg, entry, ds, snap.device)
     for ct in snap.content_trees:
         # dsId for older devices, ds_ids_list for newer ones; both name the same datastore.
-        cfg.contentInfo.add(uuid=ct.uuid, dsId=ct.datastore_uuid, ds_ids_list=[ct.datastore_uuid],
-                            URL=ct.url, iformat=ct.format, sha256=ct.sha256 or "",
-                            maxSizeBytes=ct.max_size_bytes, displayName=ct.name,
-                            generation_count=ct.generation_count)
+        entry = cfg.contentInfo.add(uuid=ct.uuid, dsId=ct.datastore_uuid, ds_ids_list=[ct.datastore_uuid],
+                                    URL=ct.url, iformat=ct.format, sha256=ct.sha256 or "",
+                                    maxSizeBytes=ct.max_size_bytes, displayName=ct.name,
+                                    generation_count=ct.generation_count)
+        if ct.signature:
+            entry.siginfo.signercerturl = ct.signer_cert_url
+            entry.siginfo.intercertsurl = ct.intermediate_cert_url
+            entry.siginfo.signature = ct.signature
     for vol in snap.volumes:
         v = cfg.volumes.add(uuid=vol.uuid, generationCount=vol.generation_count,
                             maxsizebytes=vol.max_size_bytes, readonly=vol.readonly, displayName=vol.name)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from edgevol.api import messages as m
+from edgevol.api.formats import format_name
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,13 @@ class ContentTree:
     max_size_bytes: int
     generation_count: int
     created_at: datetime
+    signer_cert_url: str = ""
+    intermediate_cert_url: str = ""
+    signature: bytes | None = None  # siginfo.signature; shown as hex
 
     @property
     def format_name(self) -> str:
-        return m.Format.Name(self.format)
+        return format_name(self.format)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,24 @@ class Volume:
     readonly: bool
     generation_count: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class VolumeUpdate:
+    """What an update did: a change of size, read-only flag or origin needs a new generation."""
+
+    volume: Volume
+    regenerated_from: int | None = None  # the generation it replaced, when the change needed a new one
+    purged_apps: tuple[str, ...] = ()  # names of the apps purged to follow the new generation
+
+
+@dataclass(frozen=True)
+class ContentTreeUpdate:
+    """What an update did: a change of what the content is makes the device fetch it again."""
+
+    content_tree: ContentTree
+    refetched: bool = False  # the device fetches the content again (no generation needed)
+    volumes_keeping_content: tuple[str, ...] = ()  # volumes made from it, unchanged until purged
 
 
 @dataclass(frozen=True)
@@ -183,6 +205,8 @@ class StateChange:
 
 @dataclass(frozen=True)
 class VolumeMetric:
+    """One ``ZMetricVolume`` as the device sent it (every field of the message, and when)."""
+
     volume_uuid: str
     at: datetime
     total_bytes: int
@@ -190,3 +214,6 @@ class VolumeMetric:
     free_bytes: int
     read_bytes: int
     write_bytes: int
+    display_name: str = ""
+    read_count: int = 0
+    write_count: int = 0

@@ -39,6 +39,8 @@ from edgevol.trust.pki import der_sha256
 __all__ = ["UNSET", "Conflict", "ControllerStore", "Invalid", "NotFound", "StoreError"]
 
 MAX_NAME = ck.MAX_NAME
+# Volume fields that fix its content: a device applies a change of one only to a new generation.
+_REGENERATING = ("content_tree_uuid", "max_size_bytes", "origin", "readonly")
 
 T = TypeVar("T")
 
@@ -465,12 +467,17 @@ class ControllerStore:
 
     def create_content_tree(self, device: str, name: str, datastore: str, url: str, format: int | str, *,
                             sha256: str | None = None, max_size_bytes: int = 0, generation_count: int = 0,
-                            uuid: str | None = None) -> r.ContentTree:
-        """Content ``url`` (relative to the datastore) for ``device``; ``format`` is a Format number or name."""
+                            uuid: str | None = None, signature: bytes | None = None, signer_cert_url: str = "",
+                            intermediate_cert_url: str = "", sign_key_pem: bytes | None = None) -> r.ContentTree:
+        """Content ``url`` (relative to the datastore) for ``device``; ``format`` is a Format number or name.
+
+        ``signature`` (or ``sign_key_pem``, to sign here) with ``signer_cert_url`` makes it signed content.
+        """
         ck.check_name(name, "content tree")
-        fmt = ck.enum_number(m.Format, format, "format")
+        fmt = ck.format_number(format)
         digest, size = ck.check_sha256(sha256), ck.check_size(max_size_bytes, "max_size_bytes")
         gen = ck.check_size(generation_count, "generation_count")
+        signer, inter, sig = ck.siginfo(digest, signature, signer_cert_url, intermediate_cert_url, sign_key_pem)
         with self._write() as s:
             dev = self._device(s, device)
             ds = self._datastore(s, datastore)
@@ -480,7 +487,8 @@ class ControllerStore:
                 raise Conflict(f"a content tree with uuid {ct_uuid} already exists")
             ct = db.ContentTree(uuid=ct_uuid, device_uuid=dev.uuid, name=name, datastore_uuid=ds.uuid, url=url,
                                 format=fmt, sha256=digest, max_size_bytes=size, generation_count=gen,
-                                created_at=self.now())
+                                created_at=self.now(), signer_cert_url=signer, intermediate_cert_url=inter,
+                                signature=sig)
             s.add(ct)
             self._bump(s, [dev.uuid])
             self._validate(s, dev.uuid, {(ObjectKind.CONTENT_TREE, ct.uuid)}, f"content tree {name!r}")
@@ -500,7 +508,14 @@ class ControllerStore:
     def update_content_tree(self, ref: str, *, device: str | None = None, name: str = UNSET,
                             datastore: str = UNSET, url: str = UNSET, format: int | str = UNSET,
                             sha256: str | None = UNSET, max_size_bytes: int = UNSET,
-                            generation_count: int = UNSET) -> r.ContentTree:
+                            generation_count: int = UNSET, signature: bytes | None = UNSET,
+                            signer_cert_url: str = UNSET, intermediate_cert_url: str = UNSET,
+                            sign_key_pem: bytes | None = None) -> r.ContentTreeUpdate:
+        """Change some fields. The device needs no generation bump for a content tree: it fetches it
+        again whenever what the content is changes, as EVE's volumemgr deletes and recreates a content
+        tree whose URL, format or sha256 changed (pkg/pillar/cmd/volumemgr/handlecontent.go:53-62).
+        Volumes already made from it keep their content until they are purged; the answer names them.
+        """
         with self._write() as s:
             ct = self._owned(s, db.ContentTree, "content tree", ref, device)
             new: dict[str, Any] = {}
@@ -513,13 +528,21 @@ class ControllerStore:
             if url is not UNSET:
                 new["url"] = url
             if format is not UNSET:
-                new["format"] = ck.enum_number(m.Format, format, "format")
+                new["format"] = ck.format_number(format)
             if sha256 is not UNSET:
                 new["sha256"] = ck.check_sha256(sha256)
             if max_size_bytes is not UNSET:
                 new["max_size_bytes"] = ck.check_size(max_size_bytes, "max_size_bytes")
             if generation_count is not UNSET:
                 new["generation_count"] = ck.check_size(generation_count, "generation_count")
+            if sign_key_pem is not None or any(v is not UNSET for v in (signature, signer_cert_url,
+                                                                        intermediate_cert_url)):
+                # a new siginfo is given whole; a re-signature needs the (new) sha256
+                new["signer_cert_url"], new["intermediate_cert_url"], new["signature"] = ck.siginfo(
+                    new.get("sha256", ct.sha256), None if signature is UNSET else signature,
+                    ct.signer_cert_url if signer_cert_url is UNSET else signer_cert_url,
+                    ct.intermediate_cert_url if intermediate_cert_url is UNSET else intermediate_cert_url,
+                    sign_key_pem)
             changed = {k: v for k, v in new.items() if getattr(ct, k) != v}
             if changed:
                 for key, value in changed.items():
@@ -527,7 +550,10 @@ class ControllerStore:
                 self._bump(s, [ct.device_uuid])
                 self._validate(s, ct.device_uuid, {(ObjectKind.CONTENT_TREE, ct.uuid)},
                                f"content tree {ct.name!r}")
-            return cv.ct_rec(ct)
+            refetched = bool(set(changed) - {"name"})
+            users = s.scalars(select(db.Volume.name).where(db.Volume.content_tree_uuid == ct.uuid)
+                              .order_by(db.Volume.name)).all() if refetched else []
+            return r.ContentTreeUpdate(cv.ct_rec(ct), refetched=refetched, volumes_keeping_content=tuple(users))
 
     def delete_content_tree(self, ref: str, device: str | None = None) -> None:
         """Refused while a volume is made from it."""
@@ -576,8 +602,18 @@ class ControllerStore:
 
     def update_volume(self, ref: str, *, device: str | None = None, name: str = UNSET,
                       max_size_bytes: int = UNSET, readonly: bool = UNSET,
-                      content_tree: str | None = UNSET) -> r.Volume:
-        """Change some fields; ``content_tree=None`` makes it blank. Use purge_volume to recreate it."""
+                      content_tree: str | None = UNSET, purge: bool = True) -> r.VolumeUpdate:
+        """Change some fields; ``content_tree=None`` makes it blank.
+
+        A device never changes the size, read-only flag or origin of a volume it
+        has: without a generation bump it holds the volume in error ("Need volume
+        regeneration ... generation counter not incremented", EVE's volumemgr,
+        pkg/pillar/cmd/volumemgr/handlevolume.go:48-59 and quantifyChanges at :408).
+        So such a change is made together with what :meth:`purge_volume` does, in
+        the same transaction: a new generation, and the apps that follow the
+        volume purged to it. With ``purge=False`` it is refused (:class:`Conflict`)
+        instead. A change of the name alone never makes a new generation.
+        """
         with self._write() as s:
             vol = self._owned(s, db.Volume, "volume", ref, device)
             new: dict[str, Any] = {}
@@ -594,12 +630,50 @@ class ControllerStore:
                 new["content_tree_uuid"] = tree.uuid if tree else None
                 new["origin"] = "download" if tree else "blank"
             changed = {k: v for k, v in new.items() if getattr(vol, k) != v}
+            regenerate = sorted(k for k in changed if k in _REGENERATING)
+            previous = vol.generation_count
+            if regenerate and not purge:
+                what = ", ".join(f"{k} from {getattr(vol, k)} to {changed[k]}" for k in regenerate)
+                users = self._following_apps(s, vol)
+                raise Conflict(f"volume {vol.name!r}: changing {what} needs a new generation of the volume: a device "
+                               "never changes an existing volume in place (it would hold it in error, 'Need volume "
+                               "regeneration ... generation counter not incremented'); allow the purge to create "
+                               f"generation {previous + 1} afresh" + (f" and purge apps {', '.join(users)} to it"
+                                                                      if users else ""))
+            purged: tuple[str, ...] = ()
             if changed:
                 for key, value in changed.items():
                     setattr(vol, key, value)
+                if regenerate:
+                    purged = self._regenerate(s, vol)
                 self._bump(s, [vol.device_uuid])
                 self._validate(s, vol.device_uuid, {(ObjectKind.VOLUME, vol.uuid)}, f"volume {vol.name!r}")
-            return cv.vol_rec(vol)
+            return r.VolumeUpdate(cv.vol_rec(vol), regenerated_from=previous if regenerate else None,
+                                  purged_apps=purged)
+
+    def _following_apps(self, s: Session, vol: db.Volume) -> list[str]:
+        """Names of the apps whose refs follow the volume's current generation."""
+        return list(s.scalars(select(db.App.name).join(db.AppVolumeRef, db.AppVolumeRef.app_uuid == db.App.uuid)
+                              .where(db.AppVolumeRef.volume_uuid == vol.uuid,
+                                     db.AppVolumeRef.generation_count == vol.generation_count)
+                              .distinct().order_by(db.App.name)).all())
+
+    def _regenerate(self, s: Session, vol: db.Volume) -> tuple[str, ...]:
+        """Bump the volume's generation; the app refs that followed the old one move with a purge counter bump.
+
+        Returns the names of the apps purged.
+        """
+        old = vol.generation_count
+        purged = tuple(self._following_apps(s, vol))
+        vol.generation_count = old + 1
+        users = select(db.AppVolumeRef.app_uuid).where(db.AppVolumeRef.volume_uuid == vol.uuid,
+                                                       db.AppVolumeRef.generation_count == old)
+        s.execute(update(db.App).where(db.App.uuid.in_(users))
+                  .values(purge_counter=db.App.purge_counter + 1).execution_options(synchronize_session=False))
+        s.execute(update(db.AppVolumeRef).where(db.AppVolumeRef.volume_uuid == vol.uuid,
+                                                db.AppVolumeRef.generation_count == old)
+                  .values(generation_count=old + 1).execution_options(synchronize_session=False))
+        return purged
 
     def purge_volume(self, ref: str, device: str | None = None) -> r.Volume:
         """Ask the device to recreate the volume from scratch: a new generation.
@@ -611,15 +685,7 @@ class ControllerStore:
         """
         with self._write() as s:
             vol = self._owned(s, db.Volume, "volume", ref, device)
-            old = vol.generation_count
-            vol.generation_count = old + 1
-            users = select(db.AppVolumeRef.app_uuid).where(db.AppVolumeRef.volume_uuid == vol.uuid,
-                                                           db.AppVolumeRef.generation_count == old)
-            s.execute(update(db.App).where(db.App.uuid.in_(users))
-                      .values(purge_counter=db.App.purge_counter + 1).execution_options(synchronize_session=False))
-            s.execute(update(db.AppVolumeRef).where(db.AppVolumeRef.volume_uuid == vol.uuid,
-                                                    db.AppVolumeRef.generation_count == old)
-                      .values(generation_count=old + 1).execution_options(synchronize_session=False))
+            self._regenerate(s, vol)
             self._bump(s, [vol.device_uuid])
             s.flush()
             return cv.vol_rec(vol)
@@ -849,7 +915,8 @@ class ControllerStore:
                              .limit(limit)).all()
             return [r.VolumeMetric(volume_uuid=x.volume_uuid, at=x.at, total_bytes=x.total_bytes,
                                    used_bytes=x.used_bytes, free_bytes=x.free_bytes, read_bytes=x.read_bytes,
-                                   write_bytes=x.write_bytes) for x in reversed(rows)]
+                                   write_bytes=x.write_bytes, display_name=x.display_name,
+                                   read_count=x.read_count, write_count=x.write_count) for x in reversed(rows)]
 
     def count(self, table: str) -> int:
         """Rows in one of the controller's tables (for tests and the status page)."""

@@ -220,11 +220,14 @@ class _Mapper:
                     raise _Unmapped(f"the current config's volume {vol.uuid!r}#{vol.generationCount} is invalid")
                 return _Target(vol_uuid, vol.generationCount)
             raise _Unmapped(f"app {app_uuid} references no volume made from content tree {image_uuid}")
-        if not any(_canon_uuid(d.image.uuidandversion.uuid) == image_uuid for d in app.drives):
+        drive = next((d for d in app.drives if _canon_uuid(d.image.uuidandversion.uuid) == image_uuid), None)
+        if drive is None:
             raise _Unmapped(f"app {app_uuid} no longer has a drive with image {image_uuid}")
-        from edgevol.model.legacy import implicit_volume_uuid  # lazy: written alongside this module
+        from edgevol.model.legacy import implicit_generation, implicit_volume_uuid  # lazy: written alongside
 
-        return _Target(implicit_volume_uuid(app_uuid, image_uuid), 0)  # implicit volumes are generation 0
+        # exactly the volume the config parser makes of that drive
+        return _Target(implicit_volume_uuid(app_uuid, image_uuid),
+                       implicit_generation(app.purge.counter, drive.preserve))
 
     @staticmethod
     def _check_kind(cfg: EdgeDevConfig, image_uuid: str, container: bool) -> None:

@@ -105,7 +105,7 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 _KEYS = {"blobs": ("sha256",), "content_trees": ("uuid",), "volumes": ("uuid", "generation"), "apps": ("uuid",)}
-_JSON_COLUMNS = {"error", "spec", "component_shas", "resolved", "layout", "refs"}
+_JSON_COLUMNS = {"error", "warning", "spec", "component_shas", "resolved", "layout", "refs", "signature_check"}
 
 # Columns added after a table first shipped: (table, column, declaration).
 _ADDED_COLUMNS = [
@@ -119,6 +119,9 @@ _ADDED_COLUMNS = [
     ("blobs", "stopped_state", "INTEGER NOT NULL DEFAULT 1"),
     ("content_trees", "stopped_state", "INTEGER NOT NULL DEFAULT 1"),
     ("volumes", "stopped_state", "INTEGER NOT NULL DEFAULT 1"),
+    ("volumes", "warning", "TEXT"),  # an ErrorRecord of severity warning, beside the error (reconcile/sharing.py)
+    ("volumes", "unreferenced_since", "REAL"),
+    ("content_trees", "signature_check", "TEXT"),
 ]
 
 # ZSwState numbers the store itself must know (it does not import the API's messages).
@@ -370,6 +373,38 @@ class StateStore:
         where, args = self._where(table, key)
         with self._lock:
             self._write(f"DELETE FROM {table} WHERE {where}", args)
+            self.version += 1
+
+    def move_volume(self, old: tuple[str, int], new: tuple[str, int], **fields: Any) -> None:
+        """Give volume row ``old`` the identity ``new``, and point the apps using it there, in one transaction.
+
+        A row already at ``new`` (one that never got a volume) gives way. Used when
+        a controller's volume takes over an implicit one: a crash leaves either the
+        old identity everywhere or the new one everywhere.
+        """
+        enc = self._encode(fields)
+
+        def work() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM volumes WHERE uuid=? AND generation=?", new)
+                sets = "".join(f", {k}=?" for k in enc)
+                self._db.execute(f"UPDATE volumes SET uuid=?, generation=?{sets} WHERE uuid=? AND generation=?",
+                                 (*new, *enc.values(), *old))
+                for app_uuid, raw in self._db.execute("SELECT uuid, refs FROM apps").fetchall():
+                    refs = json.loads(raw or "[]")
+                    moved = [list(new) if [u, g] == list(old) else [u, g] for u, g in refs]
+                    if moved != refs:
+                        self._db.execute("UPDATE apps SET refs=? WHERE uuid=?",
+                                         (json.dumps(moved, sort_keys=True), app_uuid))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            self._retry_when_full(work)
             self.version += 1
 
     # -- outbox -------------------------------------------------------------

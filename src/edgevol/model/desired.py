@@ -15,8 +15,14 @@ class ImageFormat(enum.StrEnum):
     """Content formats the device knows how to store and turn into volumes."""
 
     RAW = "raw"
+    QCOW = "qcow"
     QCOW2 = "qcow2"
+    VHD = "vhd"
+    VMDK = "vmdk"
+    OVA = "ova"
+    VHDX = "vhdx"
     CONTAINER = "container"
+    ISO = "iso"
 
 
 class DatastoreKind(enum.StrEnum):
@@ -72,6 +78,18 @@ class Datastore:
 
 
 @dataclass(frozen=True)
+class ContentSignature:
+    """A content tree's ``siginfo``: who signed its sha256, and where their certificates are.
+
+    The URLs are relative to the content tree's datastore, as its own URL is.
+    """
+
+    signer_cert_url: str
+    intermediate_cert_url: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class ContentTree:
     uuid: str
     datastore_id: str
@@ -81,6 +99,7 @@ class ContentTree:
     max_size_bytes: int | None
     display_name: str = ""
     generation: int = 0
+    signature: ContentSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -92,12 +111,15 @@ class Volume:
     max_size_bytes: int
     readonly: bool
     display_name: str = ""
-    # A legacy Drive's ``preserve``; kept for later use, not acted on yet.
+    # A legacy Drive's ``preserve``: a purge of its app keeps this volume (generation 0 for good).
     preserve: bool = False
     # Set only for an implicit volume made from a legacy Drive (see edgevol.model.legacy):
     # the app instance it belongs to and the drive's image ("" for a blank drive without one).
     app_uuid: str = ""
     image_uuid: str = ""
+    # Set only for a volume the controller allocated for an app's Drive (transition phase 2): the
+    # implicit volume it takes over, data and all, if the device has one.
+    adopts: str = ""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -154,6 +176,8 @@ class Settings:
     # How often volumes' used bytes are measured again (EVE's timer.metric.diskscan.interval; EVE's default
     # is 300 s, edgevol's is shorter as a scan of its volume files is cheap).
     disk_scan_interval_seconds: float = 10.0
+    # edgevol.content.signature.required: a content tree without siginfo is refused.
+    require_signatures: bool = False
 
 
 @dataclass

@@ -9,8 +9,9 @@ rest of the device only ever deals with volumes.
 Rules:
 
 * Only an app with ``drives`` and *no* ``volumeRefList`` gets implicit volumes.
-  When both are sent (transition phase 1) ``volumeRefList`` wins and the drives,
-  images included, are ignored.
+  When both are sent (transition phases 1 and 2) ``volumeRefList`` wins: the
+  drives make no volumes, but each one names the controller's volume that
+  takes over its implicit volume (see *Adoption* below).
 * An implicit volume is identified by (app instance UUID, image UUID) and gets
   a deterministic UUID a controller can compute too::
 
@@ -22,9 +23,19 @@ Rules:
   ``66666666-7777-8888-9999-aaaaaaaaaaaa`` gives volume
   ``470abbe1-7286-5b8a-b116-e3d0d8deb6f6``. An HDD_EMPTY drive without an image
   uses ``f"{app_uuid}/blank-{index}"`` (index: the drive's 0-based position).
-  The generation is 0. A controller moving the app to ``volumeRefList`` (phase 3)
-  keeps the data by naming the explicit volume with this same UUID and the same
-  origin, content tree, size and readonly flag.
+* Its generation is the app's purge counter, so a purge of a drive-based app
+  regenerates its drives the way a purge regenerates explicit volumes (the old
+  generation serves until the new one is ready). A drive with ``preserve``
+  always has generation 0: a purge keeps it and its data.
+* *Adoption* (phase 2: the controller sends the drives and, for the same app,
+  volumes with UUIDs it allocated). Each drive is matched to one of the app's
+  referenced volumes: a drive with an image to a DOWNLOAD volume from the
+  content tree with the image's UUID; an HDD_EMPTY drive to a BLANK volume,
+  the one at the drive's position in ``volumeRefList`` if it is BLANK, else
+  the first BLANK one left. The matched volume's ``adopts`` names the drive's
+  implicit volume; the device renames that volume, data and all, to the
+  controller's UUID instead of creating an empty one. A volume is matched to
+  one drive at most.
 * HDD_EMPTY makes a BLANK volume of ``maxsizebytes``; every other drive type
   makes a DOWNLOAD volume from the image, whose content tree is built from the
   image (uuid, dsId, name as URL and display name, sha256, iformat, sizeBytes as
@@ -68,6 +79,48 @@ def implicit_volume_uuid(app_uuid: str, image_key: str) -> str:
     return str(uuidlib.uuid5(IMPLICIT_VOLUME_NAMESPACE, f"{app_uuid}/{image_key}"))
 
 
+def implicit_generation(app_purge_counter: int, preserve: bool) -> int:
+    """An implicit volume follows its app's purge counter, unless its drive is to be preserved."""
+    return 0 if preserve else app_purge_counter
+
+
+def _drive_key(drive: Any, index: int) -> str:
+    """The image UUID a drive's implicit volume is named by, or ``blank-<index>`` for an empty drive without one.
+
+    Raises :class:`Invalid` for an image UUID that is not one.
+    """
+    has_image = drive.HasField("image") and bool(drive.image.uuidandversion.uuid)
+    if has_image:
+        return canonical_uuid(drive.image.uuidandversion.uuid, "image uuid")
+    return f"blank-{index}"
+
+
+def _plan_adoptions(app_id: str, app: Any, state: DesiredState, adopted: set[str]) -> None:
+    """Phase 2: point each of the app's drives at the controller's volume that replaces it (``Volume.adopts``)."""
+    refs = [r.uuid for r in state.apps[app_id].volume_refs]
+    free = [u for u in dict.fromkeys(refs) if u in state.volumes and not state.volumes[u].implicit
+            and u not in adopted]
+    for index, drive in enumerate(app.drives):
+        try:
+            key = _drive_key(drive, index)
+        except Invalid:
+            continue  # nothing to adopt from a drive that never made a volume
+        if drive.drvtype == _HDD_EMPTY:
+            blank = [u for u in free if state.volumes[u].origin is VolumeOrigin.BLANK]
+            at_index = refs[index] if index < len(refs) else None
+            pick = at_index if at_index in blank else next(iter(blank), None)
+        else:
+            pick = next((u for u in free if state.volumes[u].origin is VolumeOrigin.DOWNLOAD
+                         and state.volumes[u].content_tree_id == key), None)
+        if pick is None:
+            continue
+        free.remove(pick)
+        adopted.add(pick)
+        implicit = implicit_volume_uuid(app_id, key)
+        if implicit != pick:  # a controller that reused the implicit UUID needs no adoption
+            state.volumes[pick] = dataclasses.replace(state.volumes[pick], adopts=implicit)
+
+
 @dataclass(frozen=True)
 class _Planned:
     """One drive turned into a volume, and the content tree it adds (None: blank, or an explicit tree)."""
@@ -84,8 +137,9 @@ def add_implicit_volumes(apps: Iterable[Any], state: DesiredState, bad_ds: dict[
     ``state`` (content trees, volumes, the apps' volume refs, errors).
     """
     plans: dict[str, list[_Planned]] = {}
+    adopted: set[str] = set()
     for app in apps:
-        if not app.drives or app.volumeRefList:
+        if not app.drives:
             continue
         try:
             app_id = canonical_uuid(app.uuidandversion.uuid)
@@ -93,6 +147,9 @@ def add_implicit_volumes(apps: Iterable[Any], state: DesiredState, bad_ds: dict[
             continue  # the app parser already refused it
         if app_id not in state.apps:
             continue  # refused (a duplicate id, say): it gets no volumes
+        if app.volumeRefList:
+            _plan_adoptions(app_id, app, state, adopted)
+            continue
         try:
             plans[app_id] = _plan_app(app_id, app, state, bad_ds, bad_trees)
         except Invalid as exc:
@@ -125,7 +182,7 @@ def _plan_app(app_id: str, app: Any, state: DesiredState, bad_ds: dict[str, str]
     planned: list[_Planned] = []
     for index, drive in enumerate(app.drives):
         try:
-            p = _plan_drive(app_id, app.displayname, index, drive, state, bad_ds, bad_trees)
+            p = _plan_drive(app_id, app.displayname, app.purge.counter, index, drive, state, bad_ds, bad_trees)
         except Invalid as exc:
             raise Invalid(f"drive {index}: {exc}") from None
         vol = p.volume
@@ -140,7 +197,7 @@ def _plan_app(app_id: str, app: Any, state: DesiredState, bad_ds: dict[str, str]
     return planned
 
 
-def _plan_drive(app_id: str, app_name: str, index: int, drive: Any, state: DesiredState,
+def _plan_drive(app_id: str, app_name: str, app_purge: int, index: int, drive: Any, state: DesiredState,
                 bad_ds: dict[str, str], bad_trees: dict[str, str]) -> _Planned:
     if drive.drvtype not in _DRIVE_TYPES:
         raise Invalid(f"drvtype {drive.drvtype} is unknown")
@@ -153,7 +210,7 @@ def _plan_drive(app_id: str, app_name: str, index: int, drive: Any, state: Desir
     if drive.drvtype == _HDD_EMPTY:
         if size == 0:
             raise Invalid("an HDD_EMPTY drive needs maxsizebytes > 0")
-        origin, key = VolumeOrigin.BLANK, image_id or f"blank-{index}"
+        origin, key = VolumeOrigin.BLANK, _drive_key(drive, index)
     else:
         if not has_image:
             raise Invalid(f"a {_DRIVE_TYPES[drive.drvtype]} drive needs an image (only HDD_EMPTY may omit it)")
@@ -163,7 +220,8 @@ def _plan_drive(app_id: str, app_name: str, index: int, drive: Any, state: Desir
             raise Invalid(f"image {image_id}: {exc}") from None
         origin, key = VolumeOrigin.DOWNLOAD, image_id
     shown = image.name if has_image and image.name else "blank"
-    vol = Volume(uuid=implicit_volume_uuid(app_id, key), generation=0, origin=origin,
+    vol = Volume(uuid=implicit_volume_uuid(app_id, key), generation=implicit_generation(app_purge, drive.preserve),
+                 origin=origin,
                  content_tree_id=tree.uuid if tree else None, max_size_bytes=size, readonly=drive.readonly,
                  display_name=f"{app_name}/{shown}", preserve=drive.preserve, app_uuid=app_id,
                  image_uuid=image_id)
@@ -184,8 +242,8 @@ def _image_tree(image: Any, image_id: str, state: DesiredState, bad_ds: dict[str
         return explicit, False
     as_tree = m.ContentTree(
         uuid=image_id, dsId=image.dsId, URL=image.name, iformat=image.iformat, sha256=image.sha256,
-        maxSizeBytes=check_size(image.sizeBytes, "sizeBytes"), displayName=image.name)
-    return _parse_content_tree(as_tree, state.datastores, bad_ds), True
+        maxSizeBytes=check_size(image.sizeBytes, "sizeBytes"), displayName=image.name, siginfo=image.siginfo)
+    return _parse_content_tree(as_tree, state.datastores, bad_ds, state.settings.require_signatures), True
 
 
 def _conflicting_trees(plans: dict[str, list[_Planned]]) -> set[str]:

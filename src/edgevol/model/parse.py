@@ -8,6 +8,7 @@ the cause, and everything else is applied. An id that any object failed on
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid as uuidlib
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from edgevol.device.datastores.base import ConfigError
 from edgevol.device.datastores.oci_refs import parse_image_ref, split_registry_address
 from edgevol.model.desired import (
+    ContentSignature,
     AppInstance,
     ContentTree,
     Datastore,
@@ -34,7 +36,8 @@ from edgevol.model.desired import (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # Wire enum numbers (org.lfedge.eve.config) mapped to what edgevol supports.
-_FORMATS = {1: ImageFormat.RAW, 3: ImageFormat.QCOW2, 8: ImageFormat.CONTAINER}
+_FORMATS = {1: ImageFormat.RAW, 2: ImageFormat.QCOW, 3: ImageFormat.QCOW2, 4: ImageFormat.VHD, 5: ImageFormat.VMDK,
+            6: ImageFormat.OVA, 7: ImageFormat.VHDX, 8: ImageFormat.CONTAINER, 9: ImageFormat.ISO}
 _FORMAT_NAMES = {0: "FmtUnknown", 1: "RAW", 2: "QCOW", 3: "QCOW2", 4: "VHD", 5: "VMDK", 6: "OVA",
                  7: "VHDX", 8: "CONTAINER", 9: "ISO", 10: "PVC"}
 _DS_KINDS = {1: DatastoreKind.HTTP, 2: DatastoreKind.HTTPS, 3: DatastoreKind.S3, 4: DatastoreKind.SFTP,
@@ -42,6 +45,7 @@ _DS_KINDS = {1: DatastoreKind.HTTP, 2: DatastoreKind.HTTPS, 3: DatastoreKind.S3,
 _BLANK, _DOWNLOAD = 1, 2
 
 MAX_REASONABLE_SIZE = 1 << 50  # 1 PiB: anything larger is a typo or an attack
+MAX_SIGNATURE_BYTES = 4096  # an RSA-16384 signature is 2 KiB; base64 of an ECDSA one far less
 
 
 class Invalid(ValueError):
@@ -111,6 +115,8 @@ _EVE_INT_ITEMS: dict[str, tuple[str, int, int]] = {
     "timer.metric.diskscan.interval": ("disk_scan_interval_seconds", 5, 3600),
 }
 _EVE_BOOL_ITEMS = {"storage.apps.ignore.disk.check": "ignore_disk_check"}
+_EDGEVOL_BOOL_ITEMS = {"edgevol.disk.thin.overcommit": "thin_overcommit",
+                       "edgevol.content.signature.required": "require_signatures"}
 # What Go's strconv.ParseBool accepts, as EVE parses a bool item.
 _GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
              "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
@@ -168,9 +174,9 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             if parsed is not None:
                 eve_values[parsed[0]] = parsed[1]
             continue
-        if key == "edgevol.disk.thin.overcommit":
+        if key in _EDGEVOL_BOOL_ITEMS:
             if raw in ("true", "false"):
-                values["thin_overcommit"] = raw == "true"
+                values[_EDGEVOL_BOOL_ITEMS[key]] = raw == "true"
             else:
                 errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want true or false"))
             continue
@@ -250,7 +256,24 @@ def _parse_datastore(ds: Any, contexts: dict[str, bytes] | None = None) -> Datas
     )
 
 
-def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[str, str]) -> ContentTree:
+def _parse_signature(siginfo: Any, required: bool) -> ContentSignature | None:
+    """``siginfo`` as a :class:`ContentSignature`; None when absent (an error if signatures are required)."""
+    if not (siginfo.signercerturl or siginfo.intercertsurl or siginfo.signature):
+        if required:
+            raise Invalid("has no siginfo, and edgevol.content.signature.required is true")
+        return None
+    if not siginfo.signercerturl or not siginfo.signature:
+        raise Invalid("siginfo needs both signercerturl and signature")
+    check_relative_path(siginfo.signercerturl, "siginfo.signercerturl")
+    if siginfo.intercertsurl:
+        check_relative_path(siginfo.intercertsurl, "siginfo.intercertsurl")
+    if len(siginfo.signature) > MAX_SIGNATURE_BYTES:
+        raise Invalid(f"siginfo.signature is {len(siginfo.signature)} bytes; more than any signature")
+    return ContentSignature(siginfo.signercerturl, siginfo.intercertsurl, bytes(siginfo.signature))
+
+
+def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[str, str],
+                        require_signature: bool = False) -> ContentTree:
     ct_id = canonical_uuid(ct.uuid, "content tree uuid")
     ds_ids = [ct.dsId] if ct.dsId else list(ct.ds_ids_list)
     if not ds_ids:
@@ -263,7 +286,7 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
     fmt = _FORMATS.get(ct.iformat)
     if fmt is None:
         raise Invalid(f"format {_FORMAT_NAMES.get(ct.iformat, ct.iformat)} is not supported "
-                      "(supported: RAW, QCOW2, CONTAINER)")
+                      f"(supported: {', '.join(_FORMAT_NAMES[n] for n in sorted(_FORMATS))})")
     if not ct.URL:
         raise Invalid("URL is empty")
     check_relative_path(ct.URL, "URL")
@@ -283,9 +306,14 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
     elif ds.kind is DatastoreKind.CONTAINER_REGISTRY:
         raise Invalid(f"{fmt.name} content cannot come from a container registry datastore")
     max_size = check_size(ct.maxSizeBytes, "maxSizeBytes") or None
+    signature = _parse_signature(ct.siginfo, require_signature)
+    if signature is not None and ds.kind is DatastoreKind.CONTAINER_REGISTRY:
+        raise Invalid("siginfo: the signer's certificates are fetched from the content tree's datastore, "
+                      "and a container registry does not serve them")
     return ContentTree(
         uuid=ct_id, datastore_id=ds_id, url=ct.URL, format=fmt, sha256=sha, max_size_bytes=max_size,
         display_name=ct.displayName, generation=check_size(ct.generation_count, "generation_count"),
+        signature=signature,
     )
 
 
@@ -369,7 +397,8 @@ def parse_config(cfg: Any) -> DesiredState:
         cfg.datastores, lambda ds: _parse_datastore(ds, contexts), ObjectKind.DATASTORE, "datastore id",
         lambda ds: ds.id, lambda ds: {}, errors)
     state.content_trees, bad_trees = _collect(
-        cfg.contentInfo, lambda ct: _parse_content_tree(ct, state.datastores, bad_ds), ObjectKind.CONTENT_TREE,
+        cfg.contentInfo, lambda ct: _parse_content_tree(ct, state.datastores, bad_ds,
+                                                        state.settings.require_signatures), ObjectKind.CONTENT_TREE,
         "content tree uuid", lambda ct: ct.uuid,
         lambda ct: {"name": ct.displayName, "generation": max(ct.generation_count, 0)}, errors)
     state.volumes, _ = _collect(
@@ -383,4 +412,14 @@ def parse_config(cfg: Any) -> DesiredState:
     # Imported here because legacy.py builds on this module's validators.
     from edgevol.model.legacy import add_implicit_volumes
     add_implicit_volumes(cfg.apps, state, bad_ds, bad_trees)
+    _iso_read_only(state)
     return state
+
+
+def _iso_read_only(state: DesiredState) -> None:
+    """A volume made from an ISO is read-only whatever the config says: EVE attaches it as a CD-ROM
+    (pkg/pillar/cmd/domainmgr/domainmgr.go:2484-2488) with readonly=on (pkg/pillar/hypervisor/kvm.go:384-390)."""
+    for key, v in state.volumes.items():
+        tree = state.content_trees.get(v.content_tree_id or "")
+        if tree is not None and tree.format is ImageFormat.ISO and not v.readonly:
+            state.volumes[key] = dataclasses.replace(v, readonly=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography import x509
 
+from edgevol.api import messages as m
 from edgevol.controller.db.errors import Invalid
 from edgevol.controller.db.models import NAME_LEN
 from edgevol.model import parse
@@ -79,6 +80,20 @@ def enum_number(wrapper: Any, value: int | str, what: str) -> int:
     return number
 
 
+def format_number(value: int | str) -> int:
+    """A content format by number or name, eve-api's or edgevol's BLOB_TREE; never FmtUnknown or PVC."""
+    from edgevol.api.formats import format_number as number_of
+
+    try:
+        number = number_of(value)
+    except (ValueError, TypeError):
+        known = [n for n in m.Format.keys()[1:] if n != "PVC"] + ["BLOB_TREE"]
+        raise Invalid(f"format {value!r} is unknown (known: {', '.join(known)})") from None
+    if number == 0:
+        raise Invalid("format must not be FmtUnknown")
+    return number
+
+
 def check_cert_pem(pem: bytes, what: str) -> bytes:
     """Parse to be sure it is a certificate, but keep the exact bytes: their sha256 is the identity."""
     if not isinstance(pem, bytes) or not pem:
@@ -117,3 +132,26 @@ def prefix_range(column: Any, prefix: bytes) -> Any:
 def clamp(value: int) -> int:
     """uint64 from the wire into a signed 64-bit column."""
     return min(int(value), INT64_MAX)
+
+
+def siginfo(sha256: str | None, signature: bytes | None, signer_cert_url: str, intermediate_cert_url: str,
+            sign_key_pem: bytes | None) -> tuple[str, str, bytes | None]:
+    """(signer URL, intermediate URL, signature) for a content tree; with ``sign_key_pem`` the controller
+    signs the content's sha256 itself (the key is used here and never stored)."""
+    from edgevol.trust.content import sign_content
+    from edgevol.trust.pki import TrustError
+
+    if sign_key_pem is not None:
+        if signature:
+            raise Invalid("give a signature or a key to sign with, not both")
+        if not sha256:
+            raise Invalid("signing needs the content's sha256")
+        try:
+            signature = sign_content(sha256, sign_key_pem)
+        except TrustError as exc:
+            raise Invalid(str(exc)) from None
+    if signature and not signer_cert_url:
+        raise Invalid("a signature needs the signer's certificate URL (signer_cert_url)")
+    if not signature and (signer_cert_url or intermediate_cert_url):
+        raise Invalid("certificate URLs without a signature sign nothing")
+    return signer_cert_url, intermediate_cert_url, signature or None

@@ -23,7 +23,9 @@ def ds_rec(d: db.Datastore) -> r.Datastore:
 def ct_rec(c: db.ContentTree) -> r.ContentTree:
     return r.ContentTree(uuid=c.uuid, device_uuid=c.device_uuid, name=c.name, datastore_uuid=c.datastore_uuid,
                          url=c.url, format=c.format, sha256=c.sha256, max_size_bytes=c.max_size_bytes,
-                         generation_count=c.generation_count, created_at=c.created_at)
+                         generation_count=c.generation_count, created_at=c.created_at,
+                         signer_cert_url=c.signer_cert_url or "", intermediate_cert_url=c.intermediate_cert_url or "",
+                         signature=c.signature)
 
 
 def vol_rec(v: db.Volume) -> r.Volume:

@@ -107,15 +107,16 @@ def decode_info(info: Any) -> list[ObjectReport]:
     return out
 
 
-def decode_metrics(msg: Any) -> list[tuple[str, dict[str, int]]]:
-    """(volume uuid, column values) per ``ZMetricVolume`` in a ``ZMetricMsg``."""
+def decode_metrics(msg: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(volume uuid, column values) per ``ZMetricVolume`` in a ``ZMetricMsg``: every field of it."""
     out = []
     for v in msg.vm:
         try:
             vol = parse.canonical_uuid(v.uuid.lower(), "metric volume uuid")
         except parse.Invalid as exc:
             raise Invalid(str(exc)) from None
-        out.append((vol, dict(total_bytes=clamp(v.totalBytes), used_bytes=clamp(v.usedBytes),
-                              free_bytes=clamp(v.freeBytes), read_bytes=clamp(v.readBytes),
-                              write_bytes=clamp(v.writeBytes))))
+        out.append((vol, dict(display_name=v.displayName, total_bytes=clamp(v.totalBytes),
+                              used_bytes=clamp(v.usedBytes), free_bytes=clamp(v.freeBytes),
+                              read_bytes=clamp(v.readBytes), write_bytes=clamp(v.writeBytes),
+                              read_count=clamp(v.readCount), write_count=clamp(v.writeCount))))
     return out

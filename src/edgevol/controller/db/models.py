@@ -145,6 +145,10 @@ class ContentTree(Base):
     max_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     generation_count: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime]
+    # siginfo (migration 0005): certificate URLs relative to the datastore, signature over sha256
+    signer_cert_url: Mapped[str] = mapped_column(Text, default="", server_default="")
+    intermediate_cert_url: Mapped[str] = mapped_column(Text, default="", server_default="")
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class Volume(Base):
@@ -248,7 +252,10 @@ class StateChange(Base):
 
 
 class VolumeMetric(Base):
-    """One sample of a volume's usage; not tied to the volumes table (the device may know more)."""
+    """One ``ZMetricVolume`` a device sent, every field of it; not tied to the volumes table (the device may know more).
+
+    ``display_name``, ``read_count`` and ``write_count`` came with migration 0004.
+    """
 
     __tablename__ = "volume_metrics"
     __table_args__ = (
@@ -265,3 +272,6 @@ class VolumeMetric(Base):
     free_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     read_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     write_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    display_name: Mapped[str] = mapped_column(Text, default="", server_default="")
+    read_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    write_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

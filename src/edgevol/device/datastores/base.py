@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "BytesSink",
     "Cancelled",
     "ConfigError",
     "Datastore",
@@ -84,6 +85,25 @@ class Sink(Protocol):
     def reset(self) -> None:
         """Discard everything received so far (offset becomes 0)."""
         ...
+
+
+class BytesSink:
+    """Collects a small body in memory (manifests, tokens, certificates)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+        self.offset += len(data)
+
+    def reset(self) -> None:
+        self._parts.clear()
+        self.offset = 0
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
 
 
 ProgressFn = Callable[[int, int | None], None]

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from edgevol.device.datastores.base import Cancelled, PermanentError, ProgressFn, Sink
+from edgevol.device.datastores.base import BytesSink, Cancelled, PermanentError, ProgressFn, Sink
 from edgevol.device.datastores.http import HttpDatastore
 from edgevol.device.datastores.oci_refs import split_registry_address
 from edgevol.device.datastores.registry import RegistryClient
@@ -75,6 +75,15 @@ class DatastoreClients:
                               progress=progress, cancel=cancel, expected_size=source.expected_size)
         else:
             client.fetch(source.locator, sink, max_size=source.max_size, progress=progress, cancel=cancel)
+
+    def fetch_small(self, spec: DatastoreSpec, suffix: str, limit: int) -> bytes:
+        """One attempt to fetch a small file (a certificate) from an HTTP(S) datastore into memory."""
+        client = self._client(spec)
+        if isinstance(client, RegistryClient):
+            raise PermanentError(f"datastore {spec.uuid} is a container registry, which serves no files")
+        sink = BytesSink()
+        client.fetch(suffix, sink, max_size=limit, progress=None, cancel=None)
+        return sink.getvalue()
 
     def close(self) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ __all__ = [
     "host_platform",
     "layer_compression",
     "parse_index",
+    "parse_artifact",
     "parse_manifest",
     "select_platform",
     "sniff_media_type",
@@ -246,6 +247,59 @@ def parse_manifest(data: bytes, media_type: str | None = None) -> ImageManifest:
             )
         layers.append(desc)
     return ImageManifest(config, layers)
+
+
+TITLE_ANNOTATION = "org.opencontainers.image.title"  # a blob's file name, as ORAS and `oras push` set it
+MAX_ARTIFACT_FILES = 10_000
+
+
+def parse_artifact(data: bytes, media_type: str | None = None) -> ImageManifest:
+    """Config and file blobs of an OCI artifact (a BLOB_TREE content tree), all validated.
+
+    An artifact is an OCI image manifest whose config may be of any media type
+    (often the empty descriptor) and whose blobs are plain files, each named by
+    its ``org.opencontainers.image.title`` annotation. Names are checked here:
+    relative, no ``.``/``..`` segment, no backslash or control character, at
+    most 255 bytes a segment, each file named once and never also a directory.
+    """
+    doc = _load(data, "artifact manifest")
+    if "manifests" in doc:
+        raise PermanentError("expected an artifact manifest but got an image index")
+    _check_media_type(doc, media_type, frozenset({MEDIA_OCI_MANIFEST}), "artifact manifest")
+    config = _descriptor(doc.get("config"), "config")
+    raw = doc.get("layers")
+    if not isinstance(raw, list) or not raw:
+        raise PermanentError("artifact manifest lists no blobs ('layers')")
+    if len(raw) > MAX_ARTIFACT_FILES:
+        raise PermanentError(f"artifact manifest lists {len(raw)} blobs; more than {MAX_ARTIFACT_FILES}")
+    files: list[Descriptor] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        desc = _descriptor(item, f"blobs[{i}]")
+        if isinstance(item, dict) and item.get("urls"):
+            raise PermanentError(f"blob {i} ({desc.digest}) must be fetched from external URLs; refused")
+        name = check_file_name(desc.annotations.get(TITLE_ANNOTATION, ""), f"blob {i} ({desc.digest})")
+        parents = {"/".join(name.split("/")[:k]) for k in range(1, name.count("/") + 1)}
+        if name in names or parents & names or any(n.startswith(name + "/") for n in names):
+            raise PermanentError(f"blob {i} ({desc.digest}): file name {name!r} is used twice, or as a file "
+                                 "and a directory")
+        names.add(name)
+        files.append(desc)
+    return ImageManifest(config, files)
+
+
+def check_file_name(name: str, where: str) -> str:
+    """A relative file name that stays inside the directory it is created in."""
+    if not name:
+        raise PermanentError(f"{where} has no {TITLE_ANNOTATION} annotation to name its file")
+    if name.startswith("/") or "\\" in name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise PermanentError(f"{where}: file name {name!r} is absolute or has a backslash or control character")
+    segments = name.split("/")
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise PermanentError(f"{where}: file name {name!r} has an empty, '.' or '..' segment")
+    if any(len(seg.encode()) > 255 for seg in segments) or len(name.encode()) > 4096:
+        raise PermanentError(f"{where}: file name {name[:64]!r}... is too long")
+    return name
 
 
 def _load(data: bytes, what: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
+from .base import BytesSink, ConfigError, DatastoreError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
 from .http import CHUNK_SIZE, USER_AGENT, FetchAttempt, refuse_downgrade, retry_after_seconds, ssl_context
 from .oci_manifest import (
     MANIFEST_MEDIA_TYPES,
@@ -97,25 +97,6 @@ class ManifestDigestMismatch(PermanentError):
     Permanent for this attempt (the bytes are unusable), but like a blob's digest
     mismatch it may be damage in transit, so callers may retry a bounded number of times.
     """
-
-
-class _BytesSink:
-    """Collects a small body in memory (manifests, tokens)."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self._parts.append(data)
-        self.offset += len(data)
-
-    def reset(self) -> None:
-        self._parts.clear()
-        self.offset = 0
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
 
 
 class RegistryClient:
@@ -480,7 +461,7 @@ def _read_capped(resp: httpx.Response, url: str, limit: int, what: str) -> bytes
     length = resp.headers.get("content-length", "").strip()
     if length.isdigit() and int(length) > limit:
         raise PermanentError(f"{url}: {what} is {int(length)} bytes, more than the {limit} allowed")
-    sink = _BytesSink()
+    sink = BytesSink()
     for chunk in resp.iter_raw(CHUNK_SIZE):
         if sink.offset + len(chunk) > limit:
             raise PermanentError(f"{url}: {what} is larger than the {limit} bytes allowed")
@@ -514,7 +495,7 @@ def _transport_error(url: str, exc: httpx.HTTPError) -> DatastoreError:
     """Classify a transport failure the way the HTTP datastore does."""
     if isinstance(exc, httpx.InvalidURL):
         return PermanentError(f"{url}: invalid URL ({exc})")
-    return FetchAttempt(url, _BytesSink(), None, None, None, False).classify(exc)
+    return FetchAttempt(url, BytesSink(), None, None, None, False).classify(exc)
 
 
 def _sha256(data: bytes) -> str:

@@ -26,9 +26,11 @@ from edgevol.device.datastores.credentials import DatastoreCredentials
 from edgevol.device.errors import error, mirror_error, standing
 from edgevol.device.migrate import load_checkpointed_config, migrate_legacy_layout
 from edgevol.device.paths import DataDir
+from edgevol.device.reconcile.adoption import adopt_implicit, settle_name
 from edgevol.device.reconcile.apps import app_references, sync_apps
 from edgevol.device.reconcile.blobs import BlobDownloader
 from edgevol.device.reconcile.gc import GarbageCollector
+from edgevol.device.reconcile.signatures import SignatureChecker, check_key, due, gate
 from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.space import SpaceLedger, disk_full
@@ -51,6 +53,7 @@ CRASH_COOLDOWN_SECONDS = 10.0
 class AgentOptions:
     once: bool = False
     workers: int = 4
+    content_trust: bytes = b""  # PEM trust anchors for signed content (siginfo)
 
 
 class Agent:
@@ -79,6 +82,7 @@ class Agent:
         self._purge_first: set[tuple[str, int]] = set()  # new generations that fit only once the old ones go
         self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
         self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
+        self.signatures = SignatureChecker(self.store, self.clients, lambda: self.options.content_trust)
         self.builder = VolumeBuilder(self.store, self.cas, self.files, self.dirvols, self._task_failed)
         self.gc = GarbageCollector(self.store, self.cas, self.builder, self.reporter, self._busy, self._any_busy)
         self.space = SpaceLedger(self.dirs.root, self.store)
@@ -302,7 +306,12 @@ class Agent:
                               cur_size=blob["size"] if loaded else blob["done_bytes"],
                               error=mirror_error(blob["error"], ObjectKind.CONTENT_TREE, ct.uuid,
                                                  ct.display_name, f"blob sha256:{ct.sha256[:12]}"))
+            check = self._signature_gate(ct, row, ct.sha256, fields, now) \
+                if blob is not None and blob["state"] == S.LOADED and ct.signature is not None else None
             self.store.update("content_trees", (ct.uuid,), **fields)
+            if check is not None:  # after the update: the check's verdict must land on a VERIFYING tree
+                self._submit(f"sig:{ct.uuid}", self.signatures.check, ct, d.datastores[ct.datastore_id], ct.sha256,
+                             check, d.settings)
         for err in d.errors:
             if err.kind is ObjectKind.CONTENT_TREE and _is_uuid(err.object_id):
                 record = error(f"invalid config: {err.message}", err.kind, err.object_id, err.name,
@@ -314,6 +323,24 @@ class Agent:
                 else:
                     self.store.update("content_trees", (err.object_id,), state=S.ERROR,
                                       error=standing(existing["error"], record))
+
+    def _signature_gate(self, ct: Any, row: dict[str, Any], digest: str, fields: dict[str, Any],
+                        now: float) -> str | None:
+        """Hold a loaded signed tree in VERIFYING (or its signature's error) until its signature holds.
+
+        Returns the verdict key when a check is to start now, else None.
+        """
+        key = check_key(ct, digest, self.options.content_trust)
+        override = gate(row, key)
+        if override is None:
+            return None
+        fields.update(override)
+        if override["state"] == S.VERIFYING and not self._busy(f"sig:{ct.uuid}") and due(row, key, now):
+            fields["error"] = None
+            return key
+        if override["state"] == S.VERIFYING:
+            fields["error"] = row["error"]  # a transient failure's notice stays while its retry waits
+        return None
 
     def _sync_container_tree(self, ct: Any, row: dict[str, Any], d: DesiredState, now: float) -> None:
         key = f"tree:{ct.uuid}"
@@ -358,7 +385,17 @@ class Agent:
                     self.builder.record_created(ident, adopted, spec)
                     row = self.store.get("volumes", *ident)
                     assert row is not None
+                elif v.adopts and adopt_implicit(self.store, self.reporter, v, spec, row):
+                    continue  # a drive's volume taken over (transition phase 2), or refused with an error
             if row["path"]:
+                if not Path(row["path"]).name.startswith(f"{v.uuid}#{v.generation}."):
+                    settle_name(self.store, ident, Path(row["path"]))  # an adoption interrupted by a crash
+                    row = self.store.get("volumes", *ident)
+                    assert row is not None
+                if row["spec"] is None:  # found on disk before the config named it (an orphan, a migrated disk)
+                    self.store.update("volumes", ident, spec=spec, unreferenced_since=None)
+                    row = self.store.get("volumes", *ident)
+                    assert row is not None
                 if not Path(row["path"]).exists():
                     log.warning("volume file vanished; creating it again", volume=key)
                     self.store.update("volumes", ident, path=None, state=S.INITIAL, progress=0)

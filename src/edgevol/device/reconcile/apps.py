@@ -23,13 +23,17 @@ import structlog
 from edgevol.api import messages as m
 from edgevol.device.crashpoints import crash_point
 from edgevol.device.errors import error, standing
+from edgevol.device.reconcile.sharing import flag_shared_volumes
 from edgevol.device.report.apps import app_info, app_state, report_apps
+from edgevol.device.report.info import volume_error
 from edgevol.device.state import ErrorRecord, StateStore
 from edgevol.model.desired import DesiredState, ObjectKind
 from edgevol.model.parse import Invalid, canonical_uuid
 
 log = structlog.get_logger("edgevol.apps")
 S = m.ZSwState
+_SEVERITY_RANK = {"notice": 1, "warning": 2, "error": 3}
+_Decision = tuple[Any, dict[str, Any], list[list[Any]], dict[str, Any]]  # app, its row, wanted refs, new fields
 
 
 def sync_apps(store: StateStore, d: DesiredState, now: float,
@@ -44,12 +48,15 @@ def sync_apps(store: StateStore, d: DesiredState, now: float,
     then BringDown and purgeCmdDone drop the old refs, then RecreateVolumes).
     """
     refused = {e.object_id for e in d.errors if e.kind is ObjectKind.APP}
+    decided: list[_Decision] = []
     for app in d.apps.values():
         want = [[r.uuid, r.generation] for r in app.volume_refs]
         row = store.get("apps", app.uuid)
         if row is None:
+            own = _unmatched(d, want, None, app.uuid, app.display_name)
             store.insert("apps", uuid=app.uuid, display_name=app.display_name, purge_counter=app.purge_counter,
-                         refs=want, create_time=now, error=_unmatched(d, want, None, app.uuid, app.display_name))
+                         refs=want, create_time=now,
+                         error=_with_volume_errors(store, own, want, want, None, app.uuid, app.display_name))
             continue
         fields: dict[str, Any] = {"display_name": app.display_name, "error": None}
         if row["refs"] != want:
@@ -75,6 +82,10 @@ def sync_apps(store: StateStore, d: DesiredState, now: float,
             fields["purge_counter"] = app.purge_counter
         if fields["error"] is None:
             fields["error"] = _unmatched(d, fields.get("refs", row["refs"]), row["error"], app.uuid, app.display_name)
+        decided.append((app, row, want, fields))
+    # the volumes' warnings first, from the refs the apps hold after this pass, so appErr carries them now
+    flag_shared_volumes(store, d, _refs_held(store, d, refused, decided))
+    for app, row, want, fields in decided:
         fields["error"] = _with_volume_errors(store, fields["error"], fields.get("refs", row["refs"]), want,
                                               row["error"], app.uuid, app.display_name)
         store.update("apps", (app.uuid,), **fields)
@@ -100,6 +111,14 @@ def sync_apps(store: StateStore, d: DesiredState, now: float,
         if _is_uuid(uuid):
             reports[uuid] = app_info(uuid, name, S.INITIAL, [], record)
     report_apps(store, d.device_id or store.meta_get("device_id") or "", reports)
+
+
+def _refs_held(store: StateStore, d: DesiredState, refused: set[str],
+               decided: list[_Decision]) -> dict[str, list[list[Any]]]:
+    """app uuid -> the refs it holds once this pass is done (an app gone from the config holds none)."""
+    moving = {app.uuid: fields["refs"] for app, _row, _want, fields in decided if "refs" in fields}
+    return {row["uuid"]: moving.get(row["uuid"], row["refs"]) for row in store.all("apps")
+            if row["uuid"] in d.apps or row["uuid"] in refused}
 
 
 def _is_uuid(value: str) -> bool:
@@ -128,7 +147,7 @@ def _unmatched(d: DesiredState, refs: list[list[Any]], old: dict[str, Any] | Non
 
 def _with_volume_errors(store: StateStore, own: ErrorRecord | None, refs: list[list[Any]], want: list[list[Any]],
                         old: dict[str, Any] | None, uuid: str, name: str) -> ErrorRecord | None:
-    """The app's own error followed by those of the volumes it uses or is moving to.
+    """The app's own error followed by those of the volumes it uses or is moving to (or their warnings).
 
     EVE's zedmanager gathers its volume refs' errors into the app's error, so
     ``appErr`` says "Remaining disk space ..." when a volume waits for space
@@ -139,12 +158,12 @@ def _with_volume_errors(store: StateStore, own: ErrorRecord | None, refs: list[l
     found: list[ErrorRecord] = [own] if own is not None else []
     for u, g in [*refs, *(r for r in want if r not in refs)]:
         row = store.get("volumes", u, g)
-        rec = ErrorRecord.from_dict(row["error"]) if row is not None else None
+        rec = ErrorRecord.from_dict(volume_error(row)) if row is not None else None
         if rec is not None and rec not in found:
             found.append(rec)
     if not found or found == [own]:
         return own
-    severity = "error" if any(r.severity == "error" for r in found) else found[0].severity
+    severity = max((r.severity for r in found), key=lambda s: _SEVERITY_RANK.get(s, 0))  # EVE: the highest
     retry = next((r.retry_condition for r in reversed(found) if r.retry_condition), "")
     merged = ErrorRecord(description="\n\n".join(r.description for r in found), time=max(r.time for r in found),
                          severity=severity, retry_condition=retry, entity=ObjectKind.APP, entity_id=uuid,

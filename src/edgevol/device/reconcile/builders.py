@@ -73,7 +73,7 @@ class VolumeBuilder:
 
         try:
             if tree is None and directory:
-                path = self.dirs.create_blank(v.uuid, v.generation)
+                path = self.dirs.create_blank(v.uuid, v.generation, readonly=v.readonly)
             elif tree is None:
                 path = self.files.create_blank(v.uuid, v.generation, v.max_size_bytes,
                                                fmt=settings.blank_format.value, readonly=v.readonly)
@@ -111,7 +111,7 @@ class VolumeBuilder:
                   for layer in layout["layers"]]
         return self.dirs.create_from_layers(v.uuid, v.generation, layers,
                                             self.cas.blob_path(config["digest"]).read_bytes(),
-                                            v.max_size_bytes or None, progress)
+                                            v.max_size_bytes or None, progress, readonly=v.readonly)
 
     def record_created(self, ident: tuple[str, int], path: Path, spec: dict[str, Any]) -> None:
         """The volume exists: its createTime is now, as EVE stamps it on CREATED_VOLUME

@@ -4,10 +4,17 @@ Volumes go when the config no longer names them and no app uses them.
 Content trees and blobs go once nothing references them for the configured
 delay (``edgevol.gc.delay.seconds``; 0 = at once), so a content tree
 re-added within the delay is reused without a download.
+
+A volume found on disk that no row knows and the config does not name (a
+legacy disk the migration moved for a config that has changed since, say)
+is taken into the state as an *unclaimed* volume: reported like any other,
+kept for the same delay in case a config claims it, then collected.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -23,6 +30,7 @@ from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind
 
 log = structlog.get_logger("edgevol.gc")
 S = m.ZSwState
+_VOLUME_NAME = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})#([0-9]+)\.[a-z0-9]+$")
 
 
 class GarbageCollector:
@@ -35,10 +43,14 @@ class GarbageCollector:
         self.busy = busy  # is the task with this key running?
         self.any_busy = any_busy  # is any task whose key starts with this prefix running?
         self._roots: dict[str, Descriptor] | None = None
+        self._last_scan = 0.0
 
     def collect(self, d: DesiredState, now: float) -> int:
         """Remove what nothing wants any more; returns how many objects went (their space is free)."""
-        removed = self._volumes(d)
+        if now - self._last_scan >= d.settings.disk_scan_interval_seconds:
+            self._last_scan = now
+            self._claim_unknown_volumes(d, now)
+        removed = self._volumes(d, now)
         if self.any_busy("tree:") or self.any_busy("volume:"):
             return removed  # a tree walk may add blobs its tree does not list yet; a volume may be reading one
         delay = d.settings.gc_delay_seconds
@@ -47,7 +59,27 @@ class GarbageCollector:
         self._index()
         return removed
 
-    def _volumes(self, d: DesiredState) -> int:
+    def _claim_unknown_volumes(self, d: DesiredState, now: float) -> None:
+        """Give every volume on disk that no row knows, and the config does not name, a row of its own."""
+        root = self.builder.files.root
+        known = {(r["uuid"], r["generation"]) for r in self.store.all("volumes")}
+        for entry in sorted(root.iterdir()) if root.is_dir() else []:
+            match = _VOLUME_NAME.match(entry.name)
+            if match is None:
+                continue  # temp files and other names are not volumes
+            ident = (match.group(1), int(match.group(2)))
+            wanted = d.volumes.get(ident[0])
+            if ident in known or (wanted and wanted.generation == ident[1]) or self.busy(f"volume:{ident[0]}#{ident[1]}"):
+                continue
+            usage = self.builder.usage(Path(entry), 0)
+            self.store.insert("volumes", uuid=ident[0], generation=ident[1], display_name=f"unclaimed {entry.name}",
+                              state=S.CREATED_VOLUME, progress=100, path=str(entry), max_size=usage.virtual_size,
+                              cur_size=usage.allocated, create_time=entry.stat().st_mtime, ref_change_time=now,
+                              unreferenced_since=now)
+            log.warning("volume on disk that nothing names; reported, and collected after the GC delay",
+                        path=str(entry))
+
+    def _volumes(self, d: DesiredState, now: float) -> int:
         removed = 0
         bad = {e.object_id for e in d.errors if e.kind is ObjectKind.VOLUME}
         used = app_references(self.store)
@@ -58,6 +90,8 @@ class GarbageCollector:
                 continue
             if self.busy(f"volume:{row['uuid']}#{row['generation']}"):
                 continue
+            if row["unreferenced_since"] is not None and now - row["unreferenced_since"] < d.settings.gc_delay_seconds:
+                continue  # an unclaimed volume waits for the GC delay, in case a config claims it
             self.builder.delete(*ident)
             crash_point("volume.deleted")
             # "gone" is queued before the row goes: a kill in between must leave the row, so the next run

@@ -32,6 +32,11 @@ def timestamp(seconds: float) -> Timestamp:
     return ts
 
 
+def volume_error(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What a volume reports in ``volumeErr``: its own error, else its warning (reconcile/sharing.py)."""
+    return row["error"] or row.get("warning")
+
+
 def error_info(err: ErrorRecord | dict[str, Any] | None) -> Any:
     if isinstance(err, dict):
         err = ErrorRecord.from_dict(err)
@@ -59,7 +64,7 @@ def volume_info(row: dict[str, Any]) -> Any:
     info.usage.CopyFrom(usage_info(row))
     info.resources.maxSizeBytes = row["max_size"]
     info.resources.curSizeBytes = row["cur_size"]
-    err = error_info(row["error"])
+    err = error_info(volume_error(row))
     if err is not None:
         info.volumeErr.CopyFrom(err)
     return info

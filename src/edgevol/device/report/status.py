@@ -8,6 +8,7 @@ from typing import Any
 from edgevol.api import messages as m
 from edgevol.device.report.info import wire_state
 from edgevol.device.state import StateStore
+from edgevol.device.volumes.files import volume_format
 
 
 def _state(n: int) -> str:
@@ -31,11 +32,13 @@ def status_document(store: StateStore) -> dict[str, Any]:
         "uuid": r["uuid"], "generation_count": r["generation"], "display_name": r["display_name"],
         **_states(r), "progress": r["progress"], "max_size_bytes": r["max_size"],
         "cur_size_bytes": r["cur_size"], "path": r["path"], "readonly": bool(r["readonly"]),
-        "ref_count": r["ref_count"], "error": _error(r["error"]),
+        "format": volume_format(r["path"]) if r["path"] else None,
+        "ref_count": r["ref_count"], "error": _error(r["error"]), "warning": _error(r.get("warning")),
     } for r in store.all("volumes")]
     trees = [{
         "uuid": r["uuid"], "display_name": r["display_name"], "sha256": r["sha256"],
-        **_states(r), "progress": r["progress"], "cur_size_bytes": r["cur_size"],
+        "format": (r["spec"] or {}).get("format"), **_states(r), "progress": r["progress"],
+        "cur_size_bytes": r["cur_size"],
         "component_sha_list": r["component_shas"] or [], "ref_count": r["ref_count"],
         "error": _error(r["error"]),
     } for r in store.all("content_trees")]

@@ -1,15 +1,20 @@
 """Directory volumes: an unpacked OCI root filesystem (or an empty directory) per volume.
 
 ``<root>/<uuid>#<generation>.container/`` holds ``rootfs/`` and, for volumes
-made from an image, ``image-config.json``. A volume is built under a temp name
-and renamed into place only when complete, so a crash never leaves a
-half-unpacked rootfs under the final name.
+made from an image, ``image-config.json``. A read-only volume also holds
+``config.json``, an OCI runtime spec whose ``root`` is ``{"path": "rootfs",
+"readonly": true}`` (the runtime spec's way to have a runtime mount the root
+filesystem read-only), and every file and directory in it has lost its write
+permission bits. A volume is built under a temp name and renamed into place
+only when complete, so a crash never leaves a half-unpacked rootfs under the
+final name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +24,20 @@ from edgevol.device.volumes.rootfs import UnpackError, UnpackLimits, unpack_laye
 
 SUFFIX = "container"
 CONFIG_NAME = "image-config.json"
+RUNTIME_SPEC_NAME = "config.json"  # the OCI runtime bundle's config (opencontainers/runtime-spec, config.md)
+# A minimal runtime spec: the version and where the root filesystem is, read-only.
+READONLY_SPEC = {"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": True}}
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+
+def _drop_write_bits(top: Path) -> None:
+    """chmod a-w on everything under ``top`` and on ``top`` itself; symlinks are left alone (never followed)."""
+    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(top, topdown=False, follow_symlinks=False):
+        for name in dirnames + filenames:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(name, stat.S_IMODE(st.st_mode) & ~_WRITE_BITS, dir_fd=dir_fd)
+    os.chmod(top, stat.S_IMODE(os.stat(top).st_mode) & ~_WRITE_BITS)
 
 
 def tree_usage(path: Path) -> int:
@@ -55,7 +74,7 @@ class DirectoryVolumes:
         p = self.path_for(uuid, generation)
         return p if p.is_dir() else None
 
-    def _build(self, uuid: str, generation: int, fill: Callable[[Path], None]) -> Path:
+    def _build(self, uuid: str, generation: int, fill: Callable[[Path], None], readonly: bool = False) -> Path:
         final = self.path_for(uuid, generation)
         if final.exists():
             raise VolumeError(f"volume {uuid}#{generation} already exists at {final}")
@@ -66,6 +85,9 @@ class DirectoryVolumes:
             (tmp / "rootfs").mkdir(mode=0o755)
             fill(tmp)
             os.chmod(tmp, 0o755)
+            if readonly:
+                (tmp / RUNTIME_SPEC_NAME).write_text(json.dumps(READONLY_SPEC, indent=2) + "\n")
+                _drop_write_bits(tmp)
             os.sync()  # a whole tree: one sync beats an fsync per file
             os.replace(tmp, final)
             fsutil.fsync_dir(self.root)
@@ -74,13 +96,13 @@ class DirectoryVolumes:
             raise
         return final
 
-    def create_blank(self, uuid: str, generation: int) -> Path:
+    def create_blank(self, uuid: str, generation: int, readonly: bool = False) -> Path:
         """An empty rootfs; its maxsizebytes is enforced as a quota by whoever mounts it."""
-        return self._build(uuid, generation, lambda _d: None)
+        return self._build(uuid, generation, lambda _d: None, readonly)
 
     def create_from_layers(self, uuid: str, generation: int, layers: list[tuple[Path, str, str]],
                            config: bytes, max_bytes: int | None,
-                           progress: Callable[[int, int], None] | None = None) -> Path:
+                           progress: Callable[[int, int], None] | None = None, readonly: bool = False) -> Path:
         """Unpack ``layers`` (path, media type, digest) in order; cap total bytes at ``max_bytes``."""
         def fill(d: Path) -> None:
             try:  # refuse a config that is not JSON before it lands beside the rootfs
@@ -94,7 +116,7 @@ class DirectoryVolumes:
             with open(d / CONFIG_NAME, "wb") as f:
                 f.write(config)
 
-        return self._build(uuid, generation, fill)
+        return self._build(uuid, generation, fill, readonly)
 
     def delete(self, uuid: str, generation: int) -> bool:
         p = self.path_for(uuid, generation)

@@ -1,6 +1,8 @@
-"""File volumes: qcow2/raw disk images for VMs, one file per (uuid, generation).
+"""File volumes: disk images for VMs, one file per (uuid, generation).
 
-Files are named ``<uuid>#<generation>.<fmt>`` so that a bumped generation lives
+Files are named ``<uuid>#<generation>.<fmt>``, ``fmt`` being the volume's
+disk format in lower case as EVE names them (``qcow2``, ``raw``, ``qcow``,
+``vhd``, ``vmdk``, ``vhdx``, ``iso``), so that a bumped generation lives
 beside the old one. Every volume is built under a temp name and only renamed
 into place when complete, so a crash never leaves a half-written volume that
 looks real; ``clean_temps`` sweeps the leftovers.
@@ -17,14 +19,24 @@ from pathlib import Path
 
 from edgevol import fsutil
 from edgevol.device.crashpoints import crash_point
-from edgevol.device.volumes import qemu
-from edgevol.device.volumes.qemu import FORMATS, QemuImgError
+from edgevol.device.volumes import ova, qemu
+from edgevol.device.volumes.qemu import QemuImgError
 
 SECTOR = 512
 
+# A volume's disk format (its file suffix, and edgevol.model.desired.ImageFormat's value of the content it
+# can be made from) -> the qemu-img driver that opens it. An ISO is opened as raw, as EVE hands it to the
+# hypervisor (pkg/pillar/cmd/domainmgr/domainmgr.go:2484-2488).
+DRIVERS = {"qcow2": "qcow2", "raw": "raw", "qcow": "qcow", "vhd": "vpc", "vmdk": "vmdk", "vhdx": "vhdx", "iso": "raw"}
+FORMATS = tuple(DRIVERS)
+# VMDK create types that keep everything in the one file (others name extents in other files).
+_VMDK_SELF_CONTAINED = ("monolithicSparse", "streamOptimized")
+_ISO_DESCRIPTOR_AT = 32 * 1024  # ISO 9660 and UDF volume descriptors start after 16 sectors of 2 KiB
+_ISO_IDS = (b"CD001", b"NSR02", b"NSR03")  # ISO 9660 primary/supplementary descriptor, UDF's NSR
+
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID_RE = re.compile(rf"^{_UUID}$")
-_NAME_RE = re.compile(rf"^({_UUID})#(0|[1-9][0-9]*)\.(qcow2|raw)$")
+_NAME_RE = re.compile(rf"^({_UUID})#(0|[1-9][0-9]*)\.({'|'.join(FORMATS)})$")
 
 
 class VolumeError(Exception):
@@ -50,6 +62,15 @@ def parse_name(name: str) -> tuple[str, int, str] | None:
 def _round_up(size: int) -> int:
     # qcow2 cannot be resized to a non-sector size; keep both formats alike.
     return -(-size // SECTOR) * SECTOR
+
+
+def volume_format(path: Path) -> str | None:
+    """The disk format of a volume file by its name (``container`` for a directory volume), None if unknown."""
+    path = Path(path)
+    if path.suffix == ".container":
+        return "container"
+    parsed = parse_name(path.name)
+    return parsed[2] if parsed else None
 
 
 class FileVolumes:
@@ -125,31 +146,54 @@ class FileVolumes:
         readonly: bool = False,
         progress: Callable[[float], None] | None = None,
     ) -> Path:
-        """A volume holding the disk image ``src``, grown (never shrunk) to ``size``.
+        """A volume holding the disk image ``src`` (content format ``src_fmt``), grown (never shrunk) to ``size``.
 
         ``src`` is an untrusted downloaded blob: it is refused unless it really
-        is ``src_fmt`` and stands alone (no backing or external data file that
-        could make the guest read host files).
+        is ``src_fmt`` and stands alone (no backing, external data or extent
+        file that could make the guest read host files). As EVE does
+        (pkg/pillar/volumehandlers/filehandler.go:118-124, 176-201), the volume
+        keeps the image's format and is grown to ``size``; an ISO is never
+        grown and always read-only. Where qemu-img cannot grow the format
+        (qcow, vhd, vmdk, vhdx) and growth is needed, the volume is converted
+        to qcow2 and grown; an OVA's disk always becomes a qcow2 volume.
         """
-        final = self.path_for(uuid, generation, src_fmt)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise VolumeError(f"volume size must be a non-negative integer, got {size!r}")
+        src = Path(src)
+        if src_fmt == "ova":
+            return self._create_from_ova(uuid, generation, src, size, readonly, progress)
+        if src_fmt not in DRIVERS:
+            raise VolumeError(f"unsupported image format {src_fmt!r}; expected one of {FORMATS} or 'ova'")
         self._ensure_absent(uuid, generation)
-        self._validate(Path(src), src_fmt, what="source image")
+        info = self._validate(src, src_fmt, f"source image {src}")
+        return self._make(uuid, generation, src, src_fmt, info, size, readonly, progress)
+
+    def _make(self, uuid: str, generation: int, src: Path, src_fmt: str, info: qemu.ImageInfo, size: int,
+              readonly: bool, progress: Callable[[float], None] | None, *, convert: bool = False) -> Path:
+        """Copy the validated ``src`` into place, in its format or (``convert``, or growth it cannot take) qcow2."""
+        target = _round_up(size)
+        if src_fmt == "iso":  # a CD-ROM: never grown, never written
+            grow, readonly = False, True
+        else:
+            grow = info.virtual_size < target
+        keep = not convert and (DRIVERS[src_fmt] in qemu.GROWABLE or not grow)
+        out_fmt = src_fmt if keep else "qcow2"
+        src_drv, out_drv = DRIVERS[src_fmt], DRIVERS[out_fmt]
+        final = self.path_for(uuid, generation, out_fmt)
         tmp = fsutil.temp_path_for(final)
         try:
-            if self.use_reflink and self._reflink(Path(src), tmp):
+            # A VMDK is rewritten by qemu-img (as monolithicSparse): a streamOptimized one, as OVAs carry,
+            # cannot be written in place ("Could not write to allocated cluster for streamOptimized").
+            if out_fmt == src_fmt and src_drv != "vmdk" and self.use_reflink and self._reflink(src, tmp):
                 # The clone is our private file: re-validate it so nothing the
                 # source could have become in between slips through.
-                self._validate(tmp, src_fmt, what="cloned image", deep=True)
+                self._validate(tmp, src_fmt, f"cloned image {tmp}", deep=True)
                 if progress is not None:
                     progress(100.0)
             else:
-                qemu.convert(Path(src), src_fmt, tmp, src_fmt, progress, qemu_img=self.qemu_img)
-            target = _round_up(size)
-            info = qemu.image_info(tmp, src_fmt, qemu_img=self.qemu_img)
-            if info.virtual_size < target:
-                qemu.resize(tmp, src_fmt, target, qemu_img=self.qemu_img)
+                qemu.convert(src, src_drv, tmp, out_drv, progress, qemu_img=self.qemu_img)
+            if grow and qemu.image_info(tmp, out_drv, qemu_img=self.qemu_img).virtual_size < target:
+                qemu.resize(tmp, out_drv, target, qemu_img=self.qemu_img)
             crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
         except QemuImgError as exc:
@@ -160,35 +204,95 @@ class FileVolumes:
             raise
         return final
 
-    def _validate(self, path: Path, fmt: str, what: str, deep: bool = False) -> qemu.ImageInfo:
-        """Refuse images that are not what they claim or that reference other files."""
+    def _create_from_ova(self, uuid: str, generation: int, src: Path, size: int, readonly: bool,
+                         progress: Callable[[float], None] | None) -> Path:
+        """Take the first disk the OVA's OVF names (a VMDK), and make a qcow2 volume of it."""
+        self._ensure_absent(uuid, generation)
+        # The extracted disk is a temp file beside the volumes, so clean_temps sweeps it after a crash.
+        disk = fsutil.temp_path_for(self.path_for(uuid, generation, "vmdk"))
         try:
-            info = qemu.image_info(path, fmt, qemu_img=self.qemu_img)
+            try:
+                name = ova.extract_first_disk(
+                    src, disk, None if progress is None else lambda done, total: progress(50 * done / max(total, 1)))
+            except ova.OvaError as exc:
+                raise VolumeError(f"OVA {src}: {exc}") from exc
+            info = self._validate(disk, "vmdk", f"OVA {src}: disk {name!r}")
+            half = None if progress is None else (lambda pct: progress(50 + pct / 2))
+            return self._make(uuid, generation, disk, "vmdk", info, size, readonly, half, convert=True)
+        finally:
+            disk.unlink(missing_ok=True)
+
+    def _validate(self, path: Path, fmt: str, subject: str, deep: bool = False) -> qemu.ImageInfo:
+        """Refuse images that are not what they claim or that reference other files; ``subject`` names the
+        image in error messages."""
+        drv = DRIVERS[fmt]
+        if drv == "vmdk":
+            self._check_vmdk_header(path, subject)
+        try:
+            info = qemu.image_info(path, drv, qemu_img=self.qemu_img)
         except QemuImgError as exc:
-            raise VolumeError(f"{what} {path} is not a valid {fmt} image: {exc.stderr}") from exc
-        if info.format != fmt:
-            raise VolumeError(f"{what} {path} is {info.format}, but was declared as {fmt}")
+            raise VolumeError(f"{subject} is not a valid {fmt} image: {exc.stderr}") from exc
+        if info.format != drv:
+            raise VolumeError(f"{subject} is {info.format}, but was declared as {fmt}")
         if info.backing_file is not None:
             raise VolumeError(
-                f"{what} {path} has a backing file ({info.backing_file!r}); refused for safety"
+                f"{subject} has a backing file ({info.backing_file!r}); refused for safety"
             )
         if info.data_file is not None:
             raise VolumeError(
-                f"{what} {path} has an external data file ({info.data_file!r}); refused for safety"
+                f"{subject} has an external data file ({info.data_file!r}); refused for safety"
             )
         if info.corrupt:
-            raise VolumeError(f"{what} {path} is marked corrupt")
+            raise VolumeError(f"{subject} is marked corrupt")
+        if drv == "vmdk" and (info.create_type not in _VMDK_SELF_CONTAINED
+                              or any(e != str(path) for e in info.extents)):
+            raise VolumeError(f"{subject} is a {info.create_type} vmdk with extents in other files "
+                              f"({', '.join(info.extents)}); refused for safety")
+        if fmt == "iso":
+            self._check_iso(path, subject)
         if deep and fmt == "qcow2":
             try:
                 result = qemu.check(path, fmt, qemu_img=self.qemu_img)
             except QemuImgError as exc:
-                raise VolumeError(f"{what} {path} failed qemu-img check: {exc.stderr}") from exc
+                raise VolumeError(f"{subject} failed qemu-img check: {exc.stderr}") from exc
             if not result.ok:
                 raise VolumeError(
-                    f"{what} {path} is damaged: {result.corruptions} corruptions, "
+                    f"{subject} is damaged: {result.corruptions} corruptions, "
                     f"{result.check_errors} check errors"
                 )
         return info
+
+    @staticmethod
+    def _check_vmdk_header(path: Path, subject: str) -> None:
+        """Only a sparse VMDK with its own data: a text descriptor, or a sparse header of capacity 0 (whose
+        embedded descriptor is read instead), can name any host file as an extent, and qemu-img info would
+        open those files before we could look at the answer."""
+        with open(path, "rb") as f:
+            head = f.read(20)
+        if head.startswith(b"# Disk Desc"):
+            raise VolumeError(f"{subject} is a VMDK descriptor, which names other files as extents; refused for "
+                              "safety (a VMDK must be monolithicSparse or streamOptimized)")
+        if head[:4] != b"KDMV":
+            raise VolumeError(f"{subject} is not a valid vmdk image: no sparse VMDK header (KDMV)")
+        if int.from_bytes(head[12:20], "little") == 0:
+            raise VolumeError(f"{subject} is a vmdk whose header defers to a descriptor; refused for safety")
+
+    @staticmethod
+    def _check_iso(path: Path, subject: str) -> None:
+        """A plausible ISO 9660 or UDF image: a volume descriptor where the standards put the first one.
+
+        qemu opens an ISO as raw, so any bytes would pass qemu-img info."""
+        found = set()
+        with open(path, "rb") as f:
+            f.seek(_ISO_DESCRIPTOR_AT)
+            for _ in range(16):
+                block = f.read(2048)
+                if len(block) < 6:
+                    break
+                found.add(block[1:6])
+        if not found.intersection(_ISO_IDS):
+            raise VolumeError(f"{subject} is not a valid iso image: no ISO 9660 or UDF volume descriptor "
+                              f"at {_ISO_DESCRIPTOR_AT} bytes")
 
     @staticmethod
     def _reflink(src: Path, dst: Path) -> bool:
@@ -228,11 +332,12 @@ class FileVolumes:
             st = path.stat()
         except OSError as exc:
             raise VolumeError(f"cannot stat volume {path}: {exc}") from exc
-        if fmt == "raw":
+        drv = DRIVERS.get(fmt or "", "qcow2")
+        if drv == "raw":
             virtual = st.st_size
         else:
             try:
-                virtual = qemu.image_info(path, "qcow2", qemu_img=self.qemu_img).virtual_size
+                virtual = qemu.image_info(path, drv, qemu_img=self.qemu_img).virtual_size
             except QemuImgError as exc:
                 raise VolumeError(f"cannot inspect volume {path}: {exc}") from exc
         return VolumeUsage(virtual_size=virtual, allocated=st.st_blocks * 512)
@@ -253,4 +358,4 @@ class FileVolumes:
         return fsutil.remove_temps(self.root)
 
 
-__all__ = ["FileVolumes", "VolumeError", "VolumeUsage", "parse_name"]
+__all__ = ["FORMATS", "FileVolumes", "VolumeError", "VolumeUsage", "parse_name", "volume_format"]

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-FORMATS = ("qcow2", "raw")
+# qemu-img's drivers for the disk formats edgevol accepts (VHD is qemu's "vpc"; ISO is opened as raw).
+FORMATS = ("qcow2", "raw", "qcow", "vpc", "vmdk", "vhdx")
+# The drivers ``qemu-img resize`` can grow: the others answer "Image format driver does not support
+# resize" (qemu-img 7.2; tests/test_formats.py checks it against the qemu-img in use).
+GROWABLE = ("qcow2", "raw")
 
 # qemu-img info parses image metadata of untrusted files; cap what a crafted
 # header can make it consume (same idea as other cloud stacks use).
@@ -52,6 +56,9 @@ class ImageInfo:
     data_file: str | None
     dirty: bool
     corrupt: bool = False
+    # VMDK only: its create type and the files its extents live in (a descriptor can name host files).
+    create_type: str | None = None
+    extents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,8 @@ def image_info(path: Path, fmt: str | None = None, qemu_img: str = "qemu-img") -
             data_file=specific.get("data-file"),
             dirty=bool(data.get("dirty-flag", False)),
             corrupt=bool(specific.get("corrupt", False)),
+            create_type=specific.get("create-type"),
+            extents=tuple(str(e["filename"]) for e in specific.get("extents") or ()),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise QemuImgError(cmd, 0, f"unparsable qemu-img info output: {exc}") from exc

@@ -38,8 +38,10 @@ from typing import BinaryIO
 import zstandard
 
 from edgevol.device.volumes.tarsafe import (
+    HeaderTooBig,
     Root,
     UnsafePath,
+    guarded_tarinfo,
     lstat_at,
     open_dir_at,
     remove_at,
@@ -50,8 +52,6 @@ CHUNK = 1 << 20
 # Longest name we accept: anything longer could not be opened by a normal
 # program in the container (PATH_MAX) and would only cost deep walks.
 MAX_NAME_BYTES = 4095
-# pax / GNU long-name headers are read whole into memory by tarfile; cap them.
-MAX_META_HEADER = 1 << 20
 OPAQUE = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
 
@@ -76,11 +76,6 @@ _MAGIC: dict[str, bytes] = {
     "bzip2": b"BZh",
     "xz": b"\xfd7zXZ\x00",
 }
-
-_META_TYPES = frozenset(
-    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
-)
-
 
 class UnpackError(Exception):
     """A layer could not be applied; the message names the layer, the entry and why."""
@@ -262,39 +257,9 @@ def open_layer(
 # -- applying one layer -------------------------------------------------------
 
 
-class _HeaderTooBig(Exception):
-    pass
-
-
-def _guarded_tarinfo() -> type[tarfile.TarInfo]:
-    """A TarInfo class for one layer that refuses huge metadata headers and
-    remembers how the header stream ended (clean end-of-archive or not)."""
-
-    class _Guarded(tarfile.TarInfo):
-        ending: str | None = None
-
-        @classmethod
-        def frombuf(cls, buf, encoding, errors):  # type: ignore[no-untyped-def]
-            try:
-                obj = super().frombuf(buf, encoding, errors)
-            except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):
-                # A zero block, or a clean end of stream at a block boundary
-                # (some writers omit the zero blocks): a proper end.
-                _Guarded.ending = "end"
-                raise
-            except tarfile.HeaderError as e:
-                _Guarded.ending = str(e) or type(e).__name__
-                raise
-            if obj.type in _META_TYPES and obj.size > MAX_META_HEADER:
-                raise _HeaderTooBig(f"metadata header of {obj.size} bytes (limit {MAX_META_HEADER})")
-            return obj
-
-    return _Guarded
-
-
 # ValueError/OverflowError: tarfile parses pax and GNU sparse headers with int()/float() and lets
 # those escape (e.g. GNU.sparse.map=nan); entry errors are already UnpackErrors by the time they get here.
-_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, _HeaderTooBig,
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, HeaderTooBig,
                   ValueError, OverflowError)
 
 
@@ -311,7 +276,7 @@ def apply_layer(
     Directory metadata is deferred to :meth:`UnpackState.finish`, which the
     caller runs after the last layer (``unpack_layers`` does).
     """
-    info_cls = _guarded_tarinfo()
+    info_cls = guarded_tarinfo()
     last: str | None = None
     with Root(rootfs) as root:
         applier = _Applier(root, digest, limits, state)

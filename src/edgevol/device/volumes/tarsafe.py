@@ -14,14 +14,50 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# pax / GNU long-name headers are read whole into memory by tarfile; cap them.
+MAX_META_HEADER = 1 << 20
+_META_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 
 
 class UnsafePath(Exception):
     """A name would leave the root or cross a symlink / non-directory."""
+
+
+class HeaderTooBig(Exception):
+    """A tar metadata header (pax, GNU long name) larger than :data:`MAX_META_HEADER`."""
+
+
+def guarded_tarinfo() -> type[tarfile.TarInfo]:
+    """A TarInfo class for one archive that refuses huge metadata headers and
+    remembers how the header stream ended (clean end-of-archive or not)."""
+
+    class _Guarded(tarfile.TarInfo):
+        ending: str | None = None
+
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):  # type: ignore[no-untyped-def]
+            try:
+                obj = super().frombuf(buf, encoding, errors)
+            except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):
+                # A zero block, or a clean end of stream at a block boundary
+                # (some writers omit the zero blocks): a proper end.
+                _Guarded.ending = "end"
+                raise
+            except tarfile.HeaderError as e:
+                _Guarded.ending = str(e) or type(e).__name__
+                raise
+            if obj.type in _META_TYPES and obj.size > MAX_META_HEADER:
+                raise HeaderTooBig(f"metadata header of {obj.size} bytes (limit {MAX_META_HEADER})")
+            return obj
+
+    return _Guarded
 
 
 def split_name(name: str) -> tuple[str, ...]:
