@@ -242,3 +242,43 @@ def test_a_volume_nothing_names_is_reported_then_collected_after_the_gc_delay(tm
     assert seen_reported, "collected without ever being reported"
     assert not stray.exists()
     assert [v["display_name"] for v in device_status(data)["volumes"]] == ["other"]
+
+
+def test_a_migrated_legacy_disk_the_new_config_does_not_name_is_reported_then_collected(tmp_path):
+    """The legacy layout is migrated on the first start with the legacy checkpoint (its drives name the
+    implicit volumes), but the config that then arrives gives the apps volumes of other IDs: each migrated
+    disk is reported as unclaimed, kept for the GC delay, then collected and reported gone."""
+    import time
+
+    from edgevol.device.reconcile.agent import Agent, AgentOptions
+    from edgevol.model.parse import parse_config
+    from tests.test_migrate import build_legacy, implicit_targets
+
+    lg = build_legacy(tmp_path / "data")
+    targets = implicit_targets(lg)
+    b = ConfigBuilder().item("edgevol.gc.delay.seconds", "2").item("edgevol.disk.scan.interval.seconds", "0")
+    b.app([b.blank_volume(MiB, name="vm-new")], name="vm", app_id=lg.app_vm)
+    b.app([b.blank_volume(MiB, name="ct-new")], name="ct", app_id=lg.app_ct)
+    agent = Agent(lg.data, AgentOptions())  # the first start migrates, with the legacy checkpoint
+    try:
+        assert all(p.exists() for p in targets.values())  # moved into volumes/ under the implicit identities
+        agent.set_desired(parse_config(b.cfg))
+        start = time.monotonic()
+        agent.step()
+        unclaimed = {r["path"]: r for r in agent.store.all("volumes") if r["display_name"].startswith("unclaimed")}
+        assert set(unclaimed) == {str(p) for p in targets.values()}
+        sent = {k: m.ZInfoMsg.FromString(p) for k, _, p in agent.store.outbox_items()}
+        for row in unclaimed.values():  # reported, as a volume the controller can see and claim
+            vinfo = sent[f"volume/{row['uuid']}#0"].vinfo
+            assert vinfo.displayName.startswith("unclaimed") and vinfo.state == S.CREATED_VOLUME
+        while any(p.exists() for p in targets.values()):
+            assert time.monotonic() - start < 30, "unclaimed volumes never collected"
+            agent.step()
+            time.sleep(0.1)
+        assert time.monotonic() - start >= 2  # not before the GC delay
+        sent = {k: m.ZInfoMsg.FromString(p) for k, _, p in agent.store.outbox_items()}
+        for row in unclaimed.values():
+            assert sent[f"volume/{row['uuid']}#0"].vinfo.displayName == ""  # reported gone
+        assert {r["display_name"] for r in agent.store.all("volumes")} == {"vm-new", "ct-new"}
+    finally:
+        agent.close()

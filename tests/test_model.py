@@ -251,7 +251,7 @@ def test_unsupported_formats_are_refused(number, name):
     err = only_error(state)
     assert err.object_id == bad
     assert err.message == (f"format {name} is not supported "
-                           "(supported: RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, CONTAINER, ISO)")
+                           "(supported: RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, CONTAINER, ISO, BLOB_TREE)")
     assert list(state.content_trees) == [good]
 
 

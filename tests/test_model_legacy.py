@@ -276,7 +276,7 @@ def _case_unsupported_format(b, ds):
     d = drive(ds, "a.pvc", SHA, "raw")
     d.image.iformat = m.Format.PVC
     return [d], (f"drive 0: image {image_id(d)}: format PVC is not supported "
-                 "(supported: RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, CONTAINER, ISO)")
+                 "(supported: RAW, QCOW, QCOW2, VHD, VMDK, OVA, VHDX, CONTAINER, ISO, BLOB_TREE)")
 
 
 def _case_same_image_twice(b, ds):

@@ -23,6 +23,12 @@ class ImageFormat(enum.StrEnum):
     VHDX = "vhdx"
     CONTAINER = "container"
     ISO = "iso"
+    BLOB_TREE = "blob_tree"  # edgevol's: an OCI artifact of plain files (Format 1000, edgevol.api.formats)
+
+    @property
+    def manifested(self) -> bool:
+        """Content made of several blobs that a manifest lists, fetched and tracked one by one."""
+        return self in (ImageFormat.CONTAINER, ImageFormat.BLOB_TREE)
 
 
 class DatastoreKind(enum.StrEnum):

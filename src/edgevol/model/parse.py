@@ -14,6 +14,7 @@ import uuid as uuidlib
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from edgevol.api.formats import BLOB_TREE
 from edgevol.device.datastores.base import ConfigError
 from edgevol.device.datastores.oci_refs import parse_image_ref, split_registry_address
 from edgevol.model.desired import (
@@ -35,11 +36,12 @@ from edgevol.model.desired import (
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-# Wire enum numbers (org.lfedge.eve.config) mapped to what edgevol supports.
+# Wire enum numbers (org.lfedge.eve.config, plus edgevol's BLOB_TREE) mapped to what edgevol supports.
 _FORMATS = {1: ImageFormat.RAW, 2: ImageFormat.QCOW, 3: ImageFormat.QCOW2, 4: ImageFormat.VHD, 5: ImageFormat.VMDK,
-            6: ImageFormat.OVA, 7: ImageFormat.VHDX, 8: ImageFormat.CONTAINER, 9: ImageFormat.ISO}
+            6: ImageFormat.OVA, 7: ImageFormat.VHDX, 8: ImageFormat.CONTAINER, 9: ImageFormat.ISO,
+            BLOB_TREE: ImageFormat.BLOB_TREE}
 _FORMAT_NAMES = {0: "FmtUnknown", 1: "RAW", 2: "QCOW", 3: "QCOW2", 4: "VHD", 5: "VMDK", 6: "OVA",
-                 7: "VHDX", 8: "CONTAINER", 9: "ISO", 10: "PVC"}
+                 7: "VHDX", 8: "CONTAINER", 9: "ISO", 10: "PVC", BLOB_TREE: "BLOB_TREE"}
 _DS_KINDS = {1: DatastoreKind.HTTP, 2: DatastoreKind.HTTPS, 3: DatastoreKind.S3, 4: DatastoreKind.SFTP,
              5: DatastoreKind.CONTAINER_REGISTRY, 6: DatastoreKind.AZURE_BLOB, 7: DatastoreKind.GOOGLE_STORAGE}
 _BLANK, _DOWNLOAD = 1, 2
@@ -292,7 +294,14 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
     check_relative_path(ct.URL, "URL")
     sha = canonical_sha256(ct.sha256)
     ds = datastores[ds_id]
-    if fmt is ImageFormat.CONTAINER:
+    if fmt is ImageFormat.BLOB_TREE and ds.kind is not DatastoreKind.CONTAINER_REGISTRY:
+        if ds.kind not in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
+            raise Invalid(f"BLOB_TREE content comes from a container registry or an HTTP(S) datastore, "
+                          f"not {ds.kind.value}")
+        if sha is None:
+            raise Invalid("sha256 (the artifact manifest's digest) is required for BLOB_TREE content from an "
+                          "HTTP datastore: it names the manifest in the OCI layout at URL")
+    elif fmt.manifested:
         if ds.kind is not DatastoreKind.CONTAINER_REGISTRY:
             raise Invalid(f"CONTAINER content needs a container registry datastore, not {ds.kind.value}")
         try:

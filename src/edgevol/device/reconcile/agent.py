@@ -230,7 +230,7 @@ class Agent:
         wanted: dict[str, BlobSource] = {}
         for ct in d.content_trees.values():
             ds = d.datastores[ct.datastore_id]
-            if ct.format is not ImageFormat.CONTAINER:
+            if not ct.format.manifested:
                 assert ct.sha256 is not None
                 wanted.setdefault(ct.sha256, BlobSource(ds, ct.url, max_size=ct.max_size_bytes))
                 continue
@@ -292,7 +292,7 @@ class Agent:
                 row = self.store.get("content_trees", ct.uuid)
                 assert row is not None
             self.store.update("content_trees", (ct.uuid,), generation=ct.generation, display_name=ct.display_name)
-            if ct.format is ImageFormat.CONTAINER:
+            if ct.format.manifested:
                 self._sync_container_tree(ct, row, d, now)
                 continue
             assert ct.sha256 is not None

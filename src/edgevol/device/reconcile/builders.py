@@ -79,6 +79,8 @@ class VolumeBuilder:
                                                fmt=settings.blank_format.value, readonly=v.readonly)
             elif tree.format is ImageFormat.CONTAINER:
                 path = self._unpack(v, tree, lambda done, total: progress(done * 100 / max(total, 1)))
+            elif tree.format is ImageFormat.BLOB_TREE:
+                path = self._blob_tree(v, tree)
             else:
                 assert tree.sha256 is not None
                 path = self.files.create_from_image(v.uuid, v.generation, self.cas.blob_path(tree.sha256),
@@ -112,6 +114,14 @@ class VolumeBuilder:
         return self.dirs.create_from_layers(v.uuid, v.generation, layers,
                                             self.cas.blob_path(config["digest"]).read_bytes(),
                                             v.max_size_bytes or None, progress, readonly=v.readonly)
+
+    def _blob_tree(self, v: Volume, tree: ContentTree) -> Path:
+        """A directory of the artifact's files, each copied from its verified CAS blob under its title."""
+        row = self.store.get("content_trees", tree.uuid)
+        if row is None or not row["layout"]:
+            raise VolumeError(f"content tree {tree.uuid} has no resolved artifact")
+        files = [(blob["title"], self.cas.blob_path(blob["digest"])) for blob in row["layout"]["layers"]]
+        return self.dirs.create_from_files(v.uuid, v.generation, files, readonly=v.readonly)
 
     def record_created(self, ident: tuple[str, int], path: Path, spec: dict[str, Any]) -> None:
         """The volume exists: its createTime is now, as EVE stamps it on CREATED_VOLUME

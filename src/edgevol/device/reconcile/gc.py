@@ -136,7 +136,7 @@ class GarbageCollector:
         referenced: set[str] = set()
         for r in self.store.all("content_trees"):
             referenced.update(r["component_shas"] or [])
-            if r["sha256"] and r["spec"] and r["spec"].get("format") != ImageFormat.CONTAINER.value:
+            if r["sha256"] and r["spec"] and not ImageFormat(r["spec"].get("format")).manifested:
                 referenced.add(r["sha256"])
         for row in self.store.all("blobs"):
             sha = row["sha256"]

@@ -61,4 +61,4 @@ def _file_based(row: dict[str, Any], d: DesiredState) -> bool:
     if v is None or v.generation != row["generation"] or v.content_tree_id is None:
         return False  # a blank volume becomes a file or a directory by the apps using it, when created
     tree = d.content_trees.get(v.content_tree_id)
-    return tree is not None and tree.format is not ImageFormat.CONTAINER
+    return tree is not None and not tree.format.manifested

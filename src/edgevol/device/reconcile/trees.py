@@ -12,6 +12,7 @@ fetches in parallel.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from typing import Any, Callable
@@ -23,16 +24,25 @@ from edgevol.device.cas import ContentStore
 from edgevol.device.datastores.base import ConfigError, NotFoundError, PermanentError, TransientError
 from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
-from edgevol.device.datastores.oci_manifest import INDEX_MEDIA_TYPES, parse_index, parse_manifest, select_platform
+from edgevol.device.datastores.oci_manifest import (
+    INDEX_MEDIA_TYPES,
+    MEDIA_OCI_MANIFEST,
+    TITLE_ANNOTATION,
+    parse_artifact,
+    parse_index,
+    parse_manifest,
+    select_platform,
+)
 from edgevol.device.datastores.oci_refs import parse_image_ref
 from edgevol.device.datastores.registry import ManifestDigestMismatch, RegistryClient
 from edgevol.device.errors import error, human_bytes
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
-from edgevol.model.desired import ContentTree, Datastore, ObjectKind, Settings
+from edgevol.model.desired import ContentTree, Datastore, DatastoreKind, ImageFormat, ObjectKind, Settings
 
 log = structlog.get_logger("edgevol.trees")
 S = m.ZSwState
+MAX_MANIFEST_BYTES = 4 << 20  # as the registry client caps a manifest
 
 
 def _hex(digest: str) -> str:
@@ -51,9 +61,38 @@ def layout_blobs(layout: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def layout_sources(layout: dict[str, Any], ds: Datastore) -> dict[str, BlobSource]:
-    """Config and layers to download; each must arrive with exactly the size its descriptor states."""
-    return {b["digest"]: BlobSource(ds, layout["repository"], max_size=b["size"], expected_size=b["size"])
+    """Config and layers to download; each must arrive with exactly the size its descriptor states.
+
+    From a registry a blob is addressed by its repository (and digest); from an OCI
+    layout on an HTTP datastore by its path ``<layout>/blobs/sha256/<hex>``.
+    """
+    def locator(digest: str) -> str:
+        return f"{layout['repository']}/blobs/sha256/{digest}" if layout.get("source") == "layout" \
+            else layout["repository"]
+
+    return {b["digest"]: BlobSource(ds, locator(b["digest"]), max_size=b["size"], expected_size=b["size"])
             for b in (layout["config"], *layout["layers"])}
+
+
+def _layout(repository: str, manifests: list[dict[str, Any]], config: Any, layers: list[Any], *,
+            blob_tree: bool) -> dict[str, Any]:
+    """What a resolved tree is made of, as stored with its row; a BLOB_TREE's blobs carry their file names."""
+    def entry(d: Any) -> dict[str, Any]:
+        out = {"digest": _hex(d.digest), "media_type": d.media_type, "size": d.size}
+        if blob_tree:
+            out["title"] = d.annotations[TITLE_ANNOTATION]
+        return out
+
+    return {"repository": repository, "manifests": manifests,
+            "config": {"digest": _hex(config.digest), "media_type": config.media_type, "size": config.size},
+            "layers": [entry(d) for d in layers]}
+
+
+def _check_size(layout: dict[str, Any], ct: ContentTree) -> None:
+    total = sum(b["size"] for b in layout_blobs(layout))
+    if ct.max_size_bytes and total > ct.max_size_bytes:
+        raise PermanentError(f"{ct.url} needs {human_bytes(total)} ({total} bytes), more than "
+                             f"maxSizeBytes {ct.max_size_bytes}")
 
 
 def derive_status(layout: dict[str, Any], blobs: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
@@ -90,28 +129,10 @@ class ContainerResolver:
         spec = tree_spec(ct)
         attempt = row["attempts"] + 1
         try:
-            ref = parse_image_ref(ds.fqdn, ds.dpath, ct.url)
-            if ct.sha256:
-                ref = dataclasses.replace(ref, digest=f"sha256:{ct.sha256}")
-            client = self.clients.registry(ds)
-            resolved = row["resolved"]
-            fresh = not resolved or resolved.get("spec") != spec
-            if fresh:
-                digest = ref.digest
-                if digest is None:
-                    self.store.update("content_trees", (ct.uuid,), state=S.RESOLVING_TAG, progress=0)
-                    digest = client.resolve(ref).digest
-                    log.info("tag resolved", content_tree=ct.uuid, reference=str(ref), digest=digest)
-                resolved = {"digest": digest, "reference": str(ref), "spec": spec}
-                self.store.update("content_trees", (ct.uuid,), sha256=_hex(digest), state=S.RESOLVED_TAG)
-            try:
-                layout = self._walk(client, ref.repository, resolved["digest"], ct)
-            except NotFoundError as exc:
-                if not fresh or ref.digest is not None:
-                    raise
-                # The digest came from hashing the tag's answer (no Docker-Content-Digest): a byte
-                # damaged in transit, or a tag moved in between, names a manifest that is not there.
-                raise TransientError(f"{exc}; the tag {ref} will be resolved again") from exc
+            if ds.kind is DatastoreKind.CONTAINER_REGISTRY:
+                resolved, layout = self._from_registry(ct, ds, row["resolved"], spec)
+            else:  # a BLOB_TREE in an OCI image layout on an HTTP(S) datastore
+                resolved, layout = self._from_layout(ct, ds, spec)
         except (TransientError, ManifestDigestMismatch) as exc:  # bytes damaged in transit: retry, bounded
             backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds,
                               settings.download_max_attempts)
@@ -136,25 +157,71 @@ class ContainerResolver:
         self.store.update("content_trees", (ct.uuid,), resolved=resolved, layout=layout, attempts=0, next_retry=0,
                           error=None, component_shas=[b["digest"] for b in layout_blobs(layout)])
 
+    def _from_registry(self, ct: ContentTree, ds: Datastore, resolved: dict[str, Any] | None,
+                       spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Resolve the tag (unless latched) and walk the manifests: (resolved, layout)."""
+        ref = parse_image_ref(ds.fqdn, ds.dpath, ct.url)
+        if ct.sha256:
+            ref = dataclasses.replace(ref, digest=f"sha256:{ct.sha256}")
+        client = self.clients.registry(ds)
+        fresh = not resolved or resolved.get("spec") != spec
+        if fresh:
+            digest = ref.digest
+            if digest is None:
+                self.store.update("content_trees", (ct.uuid,), state=S.RESOLVING_TAG, progress=0)
+                digest = client.resolve(ref).digest
+                log.info("tag resolved", content_tree=ct.uuid, reference=str(ref), digest=digest)
+            resolved = {"digest": digest, "reference": str(ref), "spec": spec}
+            self.store.update("content_trees", (ct.uuid,), sha256=_hex(digest), state=S.RESOLVED_TAG)
+        try:
+            layout = self._walk(client, ref.repository, resolved["digest"], ct)
+        except NotFoundError as exc:
+            if not fresh or ref.digest is not None:
+                raise
+            # The digest came from hashing the tag's answer (no Docker-Content-Digest): a byte
+            # damaged in transit, or a tag moved in between, names a manifest that is not there.
+            raise TransientError(f"{exc}; the tag {ref} will be resolved again") from exc
+        return resolved, layout
+
+    def _from_layout(self, ct: ContentTree, ds: Datastore,
+                     spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A BLOB_TREE served as an OCI image layout: the manifest is ``URL/blobs/sha256/<sha256>``."""
+        assert ct.sha256 is not None
+        base = ct.url.rstrip("/")
+        hexd = ct.sha256
+        with self._guard:
+            lock = self._digest_locks.setdefault(hexd, threading.Lock())
+        with lock:  # a tree naming the same manifest in a registry may be storing it right now
+            row = self.store.get("blobs", hexd)
+            if self.cas.has(hexd) and row is not None and row["media_type"]:
+                body = self.cas.blob_path(hexd).read_bytes()
+            else:
+                body = self.clients.fetch_small(ds, f"{base}/blobs/sha256/{hexd}", MAX_MANIFEST_BYTES)
+                if hashlib.sha256(body).hexdigest() != hexd:
+                    raise ManifestDigestMismatch(f"the manifest at {base}/blobs/sha256/{hexd[:12]}... hashes to "
+                                                 f"{hashlib.sha256(body).hexdigest()[:12]}...")
+                self._store_manifest(hexd, MEDIA_OCI_MANIFEST, body, row)
+        config, files = parse_artifact(body)
+        layout = _layout(base, [{"digest": hexd, "media_type": MEDIA_OCI_MANIFEST, "size": len(body)}], config,
+                         files, blob_tree=True)
+        layout["source"] = "layout"
+        _check_size(layout, ct)
+        return {"digest": f"sha256:{hexd}", "reference": ct.url, "spec": spec}, layout
+
     def _walk(self, client: RegistryClient, repository: str, digest: str, ct: ContentTree) -> dict[str, Any]:
-        """Fetch (or read back from the CAS) the manifests and work out config and layers."""
+        """Fetch (or read back from the CAS) the manifests and work out config and layers (or files)."""
+        blob_tree = ct.format is ImageFormat.BLOB_TREE
         media_type, body = self._manifest(client, repository, digest, None)
         manifests = [{"digest": _hex(digest), "media_type": media_type, "size": len(body)}]
         if media_type in INDEX_MEDIA_TYPES:
+            if blob_tree:
+                raise PermanentError(f"{digest} is an image index; a BLOB_TREE is one artifact manifest")
             chosen = select_platform(parse_index(body, media_type))
             media_type, body = self._manifest(client, repository, chosen.digest, chosen.media_type)
             manifests.append({"digest": _hex(chosen.digest), "media_type": media_type, "size": len(body)})
-        config, layers = parse_manifest(body, media_type)
-        layout = {
-            "repository": repository,
-            "manifests": manifests,
-            "config": {"digest": _hex(config.digest), "media_type": config.media_type, "size": config.size},
-            "layers": [{"digest": _hex(l.digest), "media_type": l.media_type, "size": l.size} for l in layers],
-        }
-        total = sum(b["size"] for b in layout_blobs(layout))
-        if ct.max_size_bytes and total > ct.max_size_bytes:
-            raise PermanentError(f"image {digest} needs {human_bytes(total)} ({total} bytes), more than "
-                                 f"maxSizeBytes {ct.max_size_bytes}")
+        config, layers = parse_artifact(body, media_type) if blob_tree else parse_manifest(body, media_type)
+        layout = _layout(repository, manifests, config, layers, blob_tree=blob_tree)
+        _check_size(layout, ct)
         return layout
 
     def _manifest(self, client: RegistryClient, repository: str, digest: str,
@@ -172,6 +239,11 @@ class ContainerResolver:
             return row["media_type"], self.cas.blob_path(hexd).read_bytes()
         fetched_type, body = client.fetch_manifest(repository, digest)
         media_type = fetched_type or media_type or ""
+        self._store_manifest(hexd, media_type, body, row)
+        return media_type, body
+
+    def _store_manifest(self, hexd: str, media_type: str, body: bytes, row: dict[str, Any] | None) -> None:
+        """A manifest checked against its digest goes into the CAS as a LOADED blob."""
         if not self.cas.has(hexd):
             with self.cas.ingest(hexd, expected_size=len(body)) as ingest:
                 ingest.write(body)
@@ -182,7 +254,6 @@ class ContainerResolver:
             self.store.insert("blobs", sha256=hexd, create_time=now, ref_change_time=now, **fields)
         else:
             self.store.update("blobs", (hexd,), **fields)
-        return media_type, body
 
     def _fail(self, key: str, ct: ContentTree, attempt: int, desc: str, settings: Settings, once: bool,
               hint: str = "") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Callable
@@ -115,6 +116,27 @@ class DirectoryVolumes:
                 raise VolumeError(str(exc)) from exc
             with open(d / CONFIG_NAME, "wb") as f:
                 f.write(config)
+
+        return self._build(uuid, generation, fill, readonly)
+
+    def create_from_files(self, uuid: str, generation: int, files: list[tuple[str, Path]],
+                          readonly: bool = False) -> Path:
+        """``rootfs/`` holding each (name, source) as a file of its own: a BLOB_TREE's blobs, copied.
+
+        Copies, never links: the sources are the CAS's immutable blobs, which a task
+        writing into its volume must not reach. Names were checked when the
+        manifest was read; they are checked again here against the directory itself.
+        """
+        def fill(d: Path) -> None:
+            root = (d / "rootfs").resolve()
+            for name, source in files:
+                target = (root / name)
+                if root not in target.resolve().parents:
+                    raise VolumeError(f"file name {name!r} leaves the volume")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(source, "rb") as src, open(target, "xb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                os.chmod(target, 0o644)
 
         return self._build(uuid, generation, fill, readonly)
 
