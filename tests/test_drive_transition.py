@@ -282,3 +282,18 @@ def test_a_migrated_legacy_disk_the_new_config_does_not_name_is_reported_then_co
         assert {r["display_name"] for r in agent.store.all("volumes")} == {"vm-new", "ct-new"}
     finally:
         agent.close()
+
+
+def test_a_bigger_controller_volume_takes_over_the_drive_and_grows(tmp_path, datastore_dir, http_server):
+    """The controller may give the volume more room than the drive had: the data stays, the disk grows."""
+    from edgevol.device.volumes import qemu
+
+    story = Story(tmp_path, datastore_dir, http_server.url)
+    story.deploy_and_write()
+    root, scratch = story.phase2()
+    story.b.cfg.volumes[0].maxsizebytes = 6 * MiB  # the drive had 4 MiB
+    assert run_once(story.data, story.b, story.cfg).returncode == 0
+    v = by_name(device_status(story.data)["volumes"], "web root")
+    path = Path(v["path"])
+    assert v["uuid"] == root and read_at(path, 3 * MiB, len(APP_BYTES)) == APP_BYTES
+    assert qemu.image_info(path, path.suffix.lstrip(".")).virtual_size == 6 * MiB
