@@ -297,15 +297,19 @@ def test_datastore_types():
     b = ConfigBuilder()
     unknown = b.datastore(DS_URL)
     b.cfg.datastores[-1].dType = m.DsType.DsUnknown
-    s3 = b.datastore("s3.example.com")
+    s3 = b.datastore("s3.example.com", dpath="bucket")
+    b.cfg.datastores[-1].dType = m.DsType.DsS3
+    aws = b.datastore("", dpath="bucket/prefix")  # no endpoint: AWS for the region (syncop.go)
+    b.cfg.datastores[-1].dType = m.DsType.DsS3
+    nobucket = b.datastore("s3.example.com")
     b.cfg.datastores[-1].dType = m.DsType.DsS3
     reg = b.datastore("registry.example.com")
     b.cfg.datastores[-1].dType = m.DsType.DsContainerRegistry
     https = b.datastore("https://secure.example")
     state = parse_config(b.cfg)
-    err = only_error(state)
-    assert (err.object_id, err.message) == (unknown, "datastore type 0 is unknown")
-    assert state.datastores[s3].kind is DatastoreKind.S3
+    errors = {e.object_id: e.message for e in state.errors}
+    assert errors == {unknown: "datastore type 0 is unknown", nobucket: "an S3 datastore names its bucket in dpath"}
+    assert state.datastores[s3].kind is DatastoreKind.S3 and state.datastores[aws].fqdn == ""
     assert state.datastores[reg].kind is DatastoreKind.CONTAINER_REGISTRY
     assert state.datastores[https].kind is DatastoreKind.HTTPS
 

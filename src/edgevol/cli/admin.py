@@ -299,11 +299,12 @@ def datastore_group() -> None:
 @datastore_group.command("create")
 @click.argument("name")
 @click.option("--type", "ds_type", required=True,
-              type=click.Choice(["DsHttp", "DsHttps", "DsContainerRegistry"], case_sensitive=False))
-@click.option("--fqdn", required=True, help="e.g. http://host:port, https://host or docker://registry")
-@click.option("--dpath", default="", help="Path prefix (HTTP) or repository namespace.")
-@click.option("--api-key", default="", help="User name / API key for the datastore.")
-@click.option("--password", default="", help="Password for the datastore (never shown again).")
+              type=click.Choice(["DsHttp", "DsHttps", "DsContainerRegistry", "DsS3"], case_sensitive=False))
+@click.option("--fqdn", default="", help="e.g. http://host:port, https://host, docker://registry, or an S3 "
+              "endpoint (empty for AWS)")
+@click.option("--dpath", default="", help="Path prefix (HTTP), repository namespace, or S3 bucket[/prefix].")
+@click.option("--api-key", default="", help="User name / API key (S3: access key) for the datastore.")
+@click.option("--password", default="", help="Password (S3: secret key) for the datastore (never shown again).")
 @click.option("--region", default="")
 @click.option("--ca-cert", "ca_certs", type=click.File("r"), multiple=True,
               help="PEM CA certificate the device trusts for this datastore (repeatable).")

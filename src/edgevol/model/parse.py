@@ -231,7 +231,7 @@ def _parse_datastore(ds: Any, contexts: dict[str, bytes] | None = None) -> Datas
     if kind is None:
         raise Invalid(f"datastore type {ds.dType} is unknown")
     fqdn = ds.fqdn.strip()
-    if not fqdn:
+    if not fqdn and kind is not DatastoreKind.S3:  # an S3 datastore without an endpoint is AWS itself
         raise Invalid("fqdn is empty")
     if kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         url = fqdn if "://" in fqdn else f"{kind.value}://{fqdn}"
@@ -249,6 +249,8 @@ def _parse_datastore(ds: Any, contexts: dict[str, bytes] | None = None) -> Datas
             split_registry_address(fqdn)
         except ConfigError as exc:
             raise Invalid(str(exc)) from None
+    elif kind is DatastoreKind.S3 and not ds.dpath.strip("/"):
+        raise Invalid("an S3 datastore names its bucket in dpath")
     if ds.dpath:
         check_relative_path(ds.dpath, "dpath")
     return Datastore(

@@ -17,6 +17,7 @@ from edgevol.device.datastores.base import BytesSink, Cancelled, PermanentError,
 from edgevol.device.datastores.http import HttpDatastore
 from edgevol.device.datastores.oci_refs import split_registry_address
 from edgevol.device.datastores.registry import RegistryClient
+from edgevol.device.datastores.s3 import S3Datastore
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
 
@@ -44,12 +45,12 @@ class DatastoreClients:
         self._lock = threading.Lock()
         # Turns a spec with cipherData into one with clear credentials, or raises a PermanentError.
         self._credentials = credentials
-        self._clients: dict[tuple[DatastoreSpec, float], HttpDatastore | RegistryClient] = {}
+        self._clients: dict[tuple[DatastoreSpec, float], HttpDatastore | RegistryClient | S3Datastore] = {}
         # From the config (edgevol.download.read.timeout.seconds); part of the cache key, so a
         # change takes effect with the next attempt while attempts in flight keep their client.
         self.read_timeout = read_timeout
 
-    def _client(self, spec: DatastoreSpec) -> HttpDatastore | RegistryClient:
+    def _client(self, spec: DatastoreSpec) -> HttpDatastore | RegistryClient | S3Datastore:
         with self._lock:
             key = (spec, self.read_timeout)
             client = self._clients.get(key)
@@ -92,7 +93,7 @@ class DatastoreClients:
             self._clients.clear()
 
 
-def _open(spec: DatastoreSpec, read_timeout: float) -> HttpDatastore | RegistryClient:
+def _open(spec: DatastoreSpec, read_timeout: float) -> HttpDatastore | RegistryClient | S3Datastore:
     if spec.kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         return HttpDatastore(spec.fqdn, spec.dpath, secure_default=spec.kind is DatastoreKind.HTTPS,
                              api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
@@ -101,4 +102,7 @@ def _open(spec: DatastoreSpec, read_timeout: float) -> HttpDatastore | RegistryC
         scheme, host, _path = split_registry_address(spec.fqdn)
         return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
                               read_timeout=read_timeout)
+    if spec.kind is DatastoreKind.S3:
+        return S3Datastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password, region=spec.region,
+                           ca_pems=spec.ca_pems, read_timeout=read_timeout)
     raise PermanentError(f"datastore kind {spec.kind.value} is not supported by this device yet")
