@@ -450,10 +450,18 @@ def test_dangling_references_are_refused_with_the_cause():
 
 def test_ds_ids_list_is_used_when_ds_id_is_empty():
     b, ds = base()
+    other = b.datastore("http://mirror.example")
     ct = b.content_tree("", "a.raw", SHA, "raw")
-    b.cfg.contentInfo[0].ds_ids_list.extend([ds, new_id()])
+    b.cfg.contentInfo[0].ds_ids_list.extend([ds, other])
     state = parse_config(b.cfg)
     assert state.errors == [] and state.content_trees[ct].datastore_id == ds
+    assert state.content_trees[ct].fallback_datastore_ids == (other,)
+    # an unknown datastore in the list refuses the tree, as EVE's downloader cannot use the list then
+    # (pkg/pillar/cmd/downloader/downloader.go:457-465, prepareDatastoresList)
+    missing = new_id()
+    b.cfg.contentInfo[0].ds_ids_list.append(missing)
+    assert {e.object_id: e.message for e in parse_config(b.cfg).errors}[ct] == \
+        f"datastore {missing} is not in the config"
 
 
 def test_a_content_tree_on_an_invalid_datastore_says_why():

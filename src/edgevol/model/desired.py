@@ -106,6 +106,8 @@ class ContentTree:
     display_name: str = ""
     generation: int = 0
     signature: ContentSignature | None = None
+    # The rest of ``ds_ids_list``, in order: where the content is fetched when datastore_id fails.
+    fallback_datastore_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

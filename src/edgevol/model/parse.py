@@ -279,14 +279,21 @@ def _parse_signature(siginfo: Any, required: bool) -> ContentSignature | None:
 def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[str, str],
                         require_signature: bool = False) -> ContentTree:
     ct_id = canonical_uuid(ct.uuid, "content tree uuid")
-    ds_ids = [ct.dsId] if ct.dsId else list(ct.ds_ids_list)
+    # ds_ids_list wins; dsId is for controllers that send no list (EVE zedagent/handlecontent.go:39-48)
+    ds_ids = list(ct.ds_ids_list) or ([ct.dsId] if ct.dsId else [])
     if not ds_ids:
         raise Invalid("names no datastore (dsId is empty)")
-    ds_id = canonical_uuid(ds_ids[0], "dsId")
-    if ds_id in bad_ds:
-        raise Invalid(f"datastore {ds_id} is invalid: {bad_ds[ds_id]}")
-    if ds_id not in datastores:
-        raise Invalid(f"datastore {ds_id} is not in the config")
+    field = "ds_ids_list entry" if ct.ds_ids_list else "dsId"
+    ordered: list[str] = []
+    for raw_id in ds_ids:  # every one must be usable, as EVE's downloader.go:457-465 needs them all
+        one = canonical_uuid(raw_id, field)
+        if one in bad_ds:
+            raise Invalid(f"datastore {one} is invalid: {bad_ds[one]}")
+        if one not in datastores:
+            raise Invalid(f"datastore {one} is not in the config")
+        if one not in ordered:
+            ordered.append(one)
+    ds_id = ordered[0]
     fmt = _FORMATS.get(ct.iformat)
     if fmt is None:
         raise Invalid(f"format {_FORMAT_NAMES.get(ct.iformat, ct.iformat)} is not supported "
@@ -324,7 +331,7 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
     return ContentTree(
         uuid=ct_id, datastore_id=ds_id, url=ct.URL, format=fmt, sha256=sha, max_size_bytes=max_size,
         display_name=ct.displayName, generation=check_size(ct.generation_count, "generation_count"),
-        signature=signature,
+        signature=signature, fallback_datastore_ids=tuple(ordered[1:]),
     )
 
 

@@ -13,13 +13,26 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from edgevol.device.datastores.base import BytesSink, Cancelled, PermanentError, ProgressFn, Sink
+import structlog
+
+from edgevol.device.datastores.base import (
+    BytesSink,
+    Cancelled,
+    DatastoreError,
+    PermanentError,
+    ProgressFn,
+    Sink,
+    TransientError,
+)
 from edgevol.device.datastores.http import HttpDatastore
 from edgevol.device.datastores.oci_refs import split_registry_address
 from edgevol.device.datastores.registry import RegistryClient
 from edgevol.device.datastores.s3 import S3Datastore
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
+
+
+log = structlog.get_logger("edgevol.datastores")
 
 
 @dataclass(frozen=True)
@@ -34,9 +47,15 @@ class BlobSource:
     locator: str
     max_size: int | None = None
     expected_size: int | None = None
+    # Other places with the same bytes, tried in order within an attempt when this one fails: the content
+    # tree's fallback datastores (ds_ids_list), then other content trees naming the same sha256.
+    alternates: tuple[BlobSource, ...] = ()
 
     def describe(self) -> str:
         return self.locator
+
+    def all(self) -> list[BlobSource]:
+        return [self, *self.alternates]
 
 
 class DatastoreClients:
@@ -67,7 +86,30 @@ class DatastoreClients:
 
     def fetch_blob(self, source: BlobSource, sha256: str, sink: Sink, *, progress: ProgressFn | None,
                    cancel: threading.Event | None) -> None:
-        """One attempt to deliver the blob's bytes from ``sink.offset`` on."""
+        """One attempt to deliver the blob's bytes from ``sink.offset`` on, from ``source`` or, when that
+        fails, from each of its alternates in turn (EVE's downloader walks a content tree's datastore list
+        the same way, keeping every error: pkg/pillar/cmd/downloader/downloader.go:512-540). A failure of
+        them all is transient if any one was, and names every datastore's error."""
+        sources = source.all()
+        errors: list[DatastoreError] = []
+        for one in sources:
+            try:
+                self._fetch_from(one, sha256, sink, progress=progress, cancel=cancel)
+                return
+            except DatastoreError as exc:
+                errors.append(exc)
+                if len(sources) > 1:
+                    log.warning("datastore failed; trying the next one", sha256=sha256, datastore=one.datastore.uuid,
+                                error=str(exc))
+        if len(errors) == 1:
+            raise errors[0]
+        summary = "; ".join(f"datastore {s.datastore.uuid}: {e}" for s, e in zip(sources, errors))
+        if any(e.retryable for e in errors):
+            raise TransientError(f"every datastore failed: {summary}")
+        raise PermanentError(f"every datastore failed: {summary}")
+
+    def _fetch_from(self, source: BlobSource, sha256: str, sink: Sink, *, progress: ProgressFn | None,
+                    cancel: threading.Event | None) -> None:
         client = self._client(source.datastore)
         if cancel is not None and cancel.is_set():
             raise Cancelled()

@@ -9,6 +9,7 @@ idempotent, so a restart after ``kill -9`` simply carries on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -226,19 +227,24 @@ class Agent:
         self.wake.set()
 
     def _wanted_blobs(self, d: DesiredState) -> dict[str, BlobSource]:
-        """Every blob the config needs and where to fetch it (the first content tree naming it wins)."""
-        wanted: dict[str, BlobSource] = {}
+        """Every blob the config needs and where to fetch it: the first content tree naming it, from its
+        first datastore; every other datastore of that tree and every other tree with the same bytes are
+        alternates, tried in turn when it fails."""
+        found: dict[str, list[BlobSource]] = {}
         for ct in d.content_trees.values():
-            ds = d.datastores[ct.datastore_id]
+            datastores = [d.datastores[ds_id] for ds_id in (ct.datastore_id, *ct.fallback_datastore_ids)]
             if not ct.format.manifested:
                 assert ct.sha256 is not None
-                wanted.setdefault(ct.sha256, BlobSource(ds, ct.url, max_size=ct.max_size_bytes))
+                found.setdefault(ct.sha256, []).extend(BlobSource(ds, ct.url, max_size=ct.max_size_bytes)
+                                                      for ds in datastores)
                 continue
             row = self.store.get("content_trees", ct.uuid)
             if row and row["layout"] and (row["resolved"] or {}).get("spec") == tree_spec(ct):
-                for sha, source in layout_sources(row["layout"], ds).items():
-                    wanted.setdefault(sha, source)
-        return wanted
+                for ds in datastores:
+                    for sha, source in layout_sources(row["layout"], ds).items():
+                        found.setdefault(sha, []).append(source)
+        return {sha: dataclasses.replace(sources[0], alternates=tuple(dict.fromkeys(
+            s for s in sources[1:] if s != sources[0]))) for sha, sources in found.items()}
 
     def _sync_blobs(self, d: DesiredState, now: float) -> None:
         running = sum(1 for k in list(self._tasks) if k.startswith("blob:") and self._busy(k))
