@@ -92,13 +92,13 @@ class DatastoreClients:
         them all is transient if any one was, and names every datastore's error."""
         sources = source.all()
         errors: list[DatastoreError] = []
-        for one in sources:
+        for n, one in enumerate(sources, start=1):
             try:
                 self._fetch_from(one, sha256, sink, progress=progress, cancel=cancel)
                 return
             except DatastoreError as exc:
                 errors.append(exc)
-                if len(sources) > 1:
+                if n < len(sources):
                     log.warning("datastore failed; trying the next one", sha256=sha256, datastore=one.datastore.uuid,
                                 error=str(exc))
         if len(errors) == 1:
