@@ -15,6 +15,7 @@ a 64 MiB tmpfs so the space figures are exact.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -70,11 +71,16 @@ def half_disk(datastore_dir: Path, http_server: RangeHTTPServer) -> tuple[Config
     return b, image, ds
 
 
+def deploy_generation_0(agent: Agent, b: ConfigBuilder) -> Path:
+    """Run the config until the "root" volume's generation 0 is created; its path."""
+    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
+    return Path(gens(agent, "root")[0]["path"])
+
+
 def test_half_disk_purge_removes_the_old_generation_before_creating_the_new(
         agent: Agent, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     b, image, _ = half_disk(datastore_dir, http_server)
-    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
-    old = Path(gens(agent, "root")[0]["path"])
+    old = deploy_generation_0(agent, b)
     purge(b)
     seen_both = []
 
@@ -100,8 +106,7 @@ def test_new_content_is_verified_before_the_old_generation_goes(
     """A purge onto new content that cannot be fetched yet leaves the old generation serving the app."""
     b, _, ds = half_disk(datastore_dir, http_server)
     b.item("edgevol.download.max.attempts", "1").item("edgevol.download.slow.retry.seconds", "0.2")
-    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
-    old = Path(gens(agent, "root")[0]["path"])
+    old = deploy_generation_0(agent, b)
     new_image = datastore_dir / "os2.raw"
     sha = sha256_file(make_raw_image(datastore_dir / "staging.raw", 4, seed=8))
     ct2 = b.content_tree(ds, "os2.raw", sha, "raw", name="os2")
@@ -117,21 +122,14 @@ def test_new_content_is_verified_before_the_old_generation_goes(
           set(gens(agent, "root")) == {1}, "generation 1 from the new content")
     assert not old.exists()
     with open(gens(agent, "root")[1]["path"], "rb") as f:
-        assert sha256_file_bytes(f.read(4 * MiB)) == sha
-
-
-def sha256_file_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
+        assert hashlib.sha256(f.read(4 * MiB)).hexdigest() == sha
 
 
 def test_no_break_when_the_new_generation_would_not_fit_anyway(
         agent: Agent, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     """Removing the old generation must buy the room; if it cannot, nothing is destroyed for nothing."""
     b, _, _ = half_disk(datastore_dir, http_server)
-    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
-    old = Path(gens(agent, "root")[0]["path"])
+    old = deploy_generation_0(agent, b)
     purge(b)
     b.cfg.volumes[0].maxsizebytes = 62 * MiB  # more than the disk holds beside the 4 MiB image
     drive(agent, b, lambda: "Remaining disk space" in error_text(agent, "root"), "generation 1 to wait")
@@ -149,8 +147,7 @@ def test_no_break_while_another_app_still_uses_the_old_generation(
     b, _, _ = half_disk(datastore_dir, http_server)
     vol = b.cfg.volumes[0].uuid
     b.app([vol], name="other")  # shares the volume and is not purged
-    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
-    old = Path(gens(agent, "root")[0]["path"])
+    old = deploy_generation_0(agent, b)
     purge(b)  # eclient-mount only; "other" is left naming generation 0
     drive(agent, b, lambda: "Remaining disk space" in error_text(agent, "root"), "generation 1 to wait")
     for _ in range(10):
@@ -167,8 +164,7 @@ def test_purge_that_fits_keeps_the_old_generation_serving_until_the_new_one_is_r
     generations exist side by side, and the app moves only once generation 1 is CREATED_VOLUME."""
     b, _, ds = half_disk(datastore_dir, http_server)
     b.cfg.volumes[0].maxsizebytes = 8 * MiB  # small: both generations fit
-    drive(agent, b, lambda: gens(agent, "root").get(0, {}).get("state") == S.CREATED_VOLUME, "generation 0")
-    old = Path(gens(agent, "root")[0]["path"])
+    old = deploy_generation_0(agent, b)
     new_image = make_raw_image(datastore_dir / "os2.raw", 4, seed=9)
     ct2 = b.content_tree(ds, "os2.raw", sha256_file(new_image), "raw", name="os2")
     purge(b, ct=ct2)
