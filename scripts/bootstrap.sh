@@ -12,6 +12,9 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 # The controller's tests start a throwaway PostgreSQL cluster with initdb/pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The SFTP datastore tests start their own OpenSSH server on loopback; Azurite (the Azure Blob tests) is an npm package.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need[*]} with apt-get" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -28,4 +31,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     echo "$want" > "$stamp"
+fi
+
+# Microsoft's Azure Storage server for the Azure Blob datastore tests, pinned, installed beside the venv.
+azurite_version=3.37.0
+if [ "$(cat .tools/npm/.azurite-version 2>/dev/null)" != "$azurite_version" ]; then
+    npm install --silent --no-audit --no-fund --prefix .tools/npm "azurite@$azurite_version" >/dev/null
+    echo "$azurite_version" > .tools/npm/.azurite-version
 fi

@@ -12,12 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from tests.datastore_cases import stop_process, wait_until_ready
 
 ACCESS_KEY = "edgevol-test-key"
 SECRET_KEY = "edgevol-test-secret-0123456789"
@@ -78,13 +79,7 @@ class RunningS3:
             c.put_object(Bucket=bucket, Key=key, Body=data)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, grace=3)  # a throwaway store: no need to wait for its shutdown
 
 
 def weed_binary() -> str:
@@ -94,7 +89,7 @@ def weed_binary() -> str:
     return found
 
 
-def start_s3(workdir: Path) -> RunningS3:
+def start_s3(workdir: Path, *, volume_size_mb: int = 64, max_volumes: int = 32) -> RunningS3:
     workdir.mkdir(parents=True, exist_ok=True)
     identities = {"identities": [{"name": "edgevol", "credentials": [{"accessKey": ACCESS_KEY,
                                                                         "secretKey": SECRET_KEY}],
@@ -108,22 +103,19 @@ def start_s3(workdir: Path) -> RunningS3:
             [weed_binary(), "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-filer",
              f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}", f"-s3.config={config}",
-             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=8"],
+             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-master.volumeSizeLimitMB={volume_size_mb}",
+             f"-volume.max={max_volumes}"],
             stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
     (workdir / "data").mkdir(exist_ok=True)
     s3 = RunningS3(proc, ports["s3"], workdir, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited {proc.returncode}: {log.read_text(errors='replace')[-3000:]}")
-        try:
-            s3.client().list_buckets()
-            s3.put("probe", "ready", b"ok")  # the volume server is up too
-            return s3
-        except Exception:  # not up yet
-            time.sleep(0.3)
-    s3.stop()
-    raise RuntimeError(f"SeaweedFS did not come up: {log.read_text(errors='replace')[-3000:]}")
+
+    def up() -> bool:
+        s3.client().list_buckets()
+        s3.put("probe", "ready", b"ok")  # the volume server is up too
+        return True
+
+    wait_until_ready(proc, up, what="SeaweedFS", log=log, timeout=60, interval=0.3)
+    return s3
 
 
 @pytest.fixture(scope="module")

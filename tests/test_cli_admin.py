@@ -208,3 +208,44 @@ def test_demo_runs_end_to_end(tmp_path):
     # everything was stopped: the device agent's lock is free again
     with open(work / "device" / "agent.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_the_cli_creates_each_cloud_datastore_type_and_the_device_config_carries_it(controller_factory,  # noqa: F811
+                                                                                    tmp_path):
+    """One datastore of each cloud type, with the fields as EVE's downloader maps them (syncop.go)."""
+    from edgevol.api import messages as m
+    from edgevol.controller.configbuild import build_config
+    from edgevol.controller.store import ControllerStore
+
+    ctrl = controller_factory(None)
+    ok(ctrl, "device", "create", "dev1", "--serial", "SN1")
+    key_file = tmp_path / "gcs-key.json"
+    key_file.write_text('{"type": "service_account", "client_email": "reader@example.iam"}\n')
+    made = {
+        "s3": ("DsS3", "https://s3.example.net", "images/vm", "--api-key", "AKIA1", "--password", "s3-secret",
+               "--region", "eu-west-1"),
+        "azure": ("DsAzureBlob", "https://acct.blob.core.windows.net", "images", "--api-key", "acct",
+                  "--password", "azure-key"),
+        "gcs": ("DsGoogleStorage", "", "bucket/vm", "--password-file", str(key_file)),
+        "sftp": ("DsSFTP", "files.example.net:2222", "srv/images", "--api-key", "reader", "--password", "pw"),
+    }
+    for name, (kind, fqdn, dpath, *rest) in made.items():
+        ok(ctrl, "datastore", "create", name, "--type", kind, "--fqdn", fqdn, "--dpath", dpath, *rest)
+        ok(ctrl, "content-tree", "create", f"os-{name}", "--device", "dev1", "--datastore", name, "--url",
+           "os.raw", "--format", "RAW", "--sha256", "ab" * 32)
+    listed = ok(ctrl, "datastore", "list", "-o", "json")
+    assert "s3-secret" not in json.dumps(listed) and "reader@example" not in json.dumps(listed)
+    assert "container" in refused(ctrl, "datastore", "create", "nocontainer", "--type", "DsAzureBlob", "--fqdn",
+                                  "https://acct.blob.core.windows.net")
+    assert "SFTP address" in refused(ctrl, "datastore", "create", "badsftp", "--type", "DsSFTP", "--fqdn",
+                                     "https://files.example.net")
+    assert "not both" in refused(ctrl, "datastore", "create", "both", "--type", "DsGoogleStorage", "--dpath", "b",
+                                 "--password", "x", "--password-file", str(key_file), code=2)
+    with ControllerStore(ctrl.db_url) as store:
+        sent = {m.DsType.Name(ds.dType): ds for ds in build_config(store, "dev1").datastores}
+    assert set(sent) == {"DsS3", "DsAzureBlob", "DsGoogleStorage", "DsSFTP"}
+    assert (sent["DsS3"].fqdn, sent["DsS3"].dpath, sent["DsS3"].region) == ("https://s3.example.net", "images/vm",
+                                                                             "eu-west-1")
+    assert (sent["DsAzureBlob"].apiKey, sent["DsAzureBlob"].dpath) == ("acct", "images")
+    assert sent["DsGoogleStorage"].password == key_file.read_text().rstrip("\n")  # the file's content, verbatim
+    assert (sent["DsSFTP"].fqdn, sent["DsSFTP"].apiKey) == ("files.example.net:2222", "reader")

@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 from edgevol.api import messages as m
-from edgevol.device.state import StateStore
 from edgevol.tools.faultproxy import FaultProxy, Rule
 from tests.configs import ConfigBuilder, new_id, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image
-from tests.controller_fixture import controller_factory  # noqa: F401
+from tests.conftest import by_name, device_status, make_raw_image, start_agent
+from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
 from tests.s3_fixture import ACCESS_KEY, REGION, SECRET_KEY, RunningS3, s3_server  # noqa: F401  (fixture)
 
 MiB = 1 << 20
@@ -29,12 +23,6 @@ def s3_datastore(b: ConfigBuilder, endpoint: str, dpath: str = "images/vm", secr
     ds = b.cfg.datastores.add(id=new_id(), dType=m.DsType.DsS3, fqdn=endpoint, dpath=dpath, apiKey=ACCESS_KEY,
                               password=secret, region=REGION)
     return str(ds.id)
-
-
-def run_once(data: Path, b: ConfigBuilder, cfg: Path) -> subprocess.CompletedProcess[str]:
-    b.save(cfg)
-    return subprocess.run([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg), "--once"],
-                          capture_output=True, text=True, timeout=180)
 
 
 def test_volumes_from_s3_content_and_clear_errors(tmp_path, s3_server: RunningS3) -> None:  # noqa: F811
@@ -49,6 +37,10 @@ def test_volumes_from_s3_content_and_clear_errors(tmp_path, s3_server: RunningS3
     b.download_volume(missing, 8 * MiB, name="vol-missing")
     denied = b.content_tree(wrong, "os2.raw", hashlib.sha256(b"y").hexdigest(), "raw", name="denied")
     b.download_volume(denied, 8 * MiB, name="vol-denied")
+    s3_server.put("images", "vm/too-big.raw", image)
+    too_big = b.content_tree(good, "too-big.raw", hashlib.sha256(b"z").hexdigest(), "raw", name="too-big",
+                             max_size=MiB)
+    b.download_volume(too_big, 8 * MiB, name="vol-too-big")
     data, cfg = tmp_path / "dev", tmp_path / "config.pb"
     proc = run_once(data, b, cfg)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -61,6 +53,8 @@ def test_volumes_from_s3_content_and_clear_errors(tmp_path, s3_server: RunningS3
     assert "s3://images" in nf and "vm/nothing-here.raw" in nf and "not found" in nf, nf
     refused = by_name(st["content_trees"], "denied")["error"]["description"]
     assert "refused the credentials" in refused and "secret key" in refused, refused
+    big = by_name(st["content_trees"], "too-big")["error"]["description"]
+    assert f"is {4 * MiB} bytes, more than maxSizeBytes {MiB}" in big, big  # refused before any byte is read
     assert SECRET_KEY not in json.dumps(st) and "not-the-secret" not in json.dumps(st)
 
 
@@ -81,57 +75,51 @@ def test_s3_download_survives_drops_corruption_and_a_kill(tmp_path, s3_server: R
         data, cfg = tmp_path / "dev", tmp_path / "config.pb"
         b.save(cfg)
         log = tmp_path / "agent.log"
-        with open(log, "wb") as out:
-            agent = subprocess.Popen([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg),
-                                      "--no-progress", "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        sha = sha256_file(image)
-        while True:  # the stalled attempt has written its first 8 MiB to the partial
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            partial = list((data / "cas").rglob(f"*{sha}*")) if (data / "cas").exists() else []
-            if stall.injected and any(p.is_file() and p.stat().st_size >= 8 * MiB for p in partial):
-                break
-            time.sleep(0.1)
-        agent.send_signal(signal.SIGKILL)
-        agent.wait(10)
-        before = len(proxy.requests_for("big.raw", "GET"))
-        proc = run_once(data, b, cfg)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        after_restart = proxy.requests_for("big.raw", "GET")[before:]
+        # the stalled attempt has written its first 8 MiB to the partial
+        kill_at_partial(start_agent(data, cfg, log), data, sha256_file(image), 8 * MiB,
+                        ready=lambda: stall.injected, log=log)
+        proc, after_restart = rerun_through(proxy, "big.raw", data, b, cfg)
     finally:
         proxy.stop()
     # the restarted agent asked S3 for the rest only: a ranged GET from where the partial ended
-    first = {k.lower(): v for k, v in after_restart[0].headers.items()}
-    assert first.get("range", "").startswith("bytes=") and int(first["range"][6:].rstrip("-")) >= 8 * MiB, first
-    resumed = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")
-               and '"download started"' in line]
-    assert resumed and resumed[0]["resume_from"] >= 8 * MiB, resumed  # from the partial, not from 0
+    assert_resumed(proc.stderr, 8 * MiB, first_get=after_restart[0].headers)
     assert drop.injected == 1 and corrupt.injected == 1
-    vol = by_name(device_status(data)["volumes"], "big")
-    with open(vol["path"], "rb") as f:
-        assert hashlib.sha256(f.read(24 * MiB)).hexdigest() == sha
-    store = StateStore(data / "state.db")
+    assert_volume_is(data, "big", image)
+
+
+def test_a_big_s3_object_comes_in_parallel_ranges_and_a_failed_part_resumes_there(tmp_path,
+                                                                                 s3_server: RunningS3) -> None:  # noqa: F811
+    """edgevol.download.parallel ranged GETs of one object at once (datastores/ranged.py), written in order."""
+    from edgevol.device.datastores.ranged import PART_SIZE
+
+    image = make_raw_image(tmp_path / "wide.raw", 48, seed=93)
+    s3_server.put("images", "vm/wide.raw", image)
+    proxy = FaultProxy(f"127.0.0.1:{s3_server.port}", seed=8)
+    proxy.start()
     try:
-        assert store.get("blobs", sha)["state"] == m.ZSwState.LOADED
+        # the third ranged GET the proxy sees is cut 1 MiB into its part
+        drop = proxy.add(Rule("drop", path="wide.raw", methods=frozenset({"GET"}), at=MiB, every=3, times=1))
+        b = ConfigBuilder().fast_retries(4).item("edgevol.download.parallel", "3")
+        ds = s3_datastore(b, f"http://127.0.0.1:{proxy.port}")
+        ct = b.content_tree(ds, "wide.raw", sha256_file(image), "raw", name="wide")
+        b.download_volume(ct, 64 * MiB, name="wide")
+        proc = run_once(tmp_path / "dev", b, tmp_path / "config.pb")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        gets = proxy.requests_for("wide.raw", "GET")
     finally:
-        store.close()
-    assert os.path.getsize(vol["path"]) >= 24 * MiB
-
-
-def test_the_admin_cli_creates_an_s3_datastore_and_the_device_config_carries_it(controller_factory) -> None:  # noqa: F811
-    from edgevol.controller.configbuild import build_config
-    from edgevol.controller.store import ControllerStore
-    from tests.test_cli_admin import ok, refused
-
-    ctrl = controller_factory(None)
-    ok(ctrl, "device", "create", "dev1", "--serial", "SN1")
-    ok(ctrl, "datastore", "create", "s3", "--type", "DsS3", "--fqdn", "https://s3.example.net", "--dpath",
-       "images/vm", "--api-key", ACCESS_KEY, "--password", SECRET_KEY, "--region", "eu-west-1")
-    ok(ctrl, "content-tree", "create", "os", "--device", "dev1", "--datastore", "s3", "--url", "os.raw",
-       "--format", "RAW", "--sha256", "ab" * 32)
-    assert "bucket" in refused(ctrl, "datastore", "create", "nobucket", "--type", "DsS3", "--fqdn",
-                               "https://s3.example.net")
-    with ControllerStore(ctrl.db_url) as store:
-        [ds] = build_config(store, "dev1").datastores
-    assert (ds.dType, ds.fqdn, ds.dpath, ds.region) == (m.DsType.DsS3, "https://s3.example.net", "images/vm",
-                                                        "eu-west-1")
+        proxy.stop()
+    assert drop.injected == 1
+    vol = by_name(device_status(tmp_path / "dev")["volumes"], "wide")
+    with open(vol["path"], "rb") as f:
+        assert f.read(48 * MiB) == image.read_bytes()
+    spans = []
+    for seen in gets:
+        first, last = {k.lower(): v for k, v in seen.headers.items()}["range"][6:].split("-")
+        spans.append((int(first), int(last) + 1, seen.started, seen.ended or seen.started))
+    # parts of PART_SIZE bytes, and at some moment more than one in flight
+    assert all(end - start <= PART_SIZE for start, end, _, _ in spans), spans
+    assert any(a[2] < b[3] and b[2] < a[3] for i, a in enumerate(spans) for b in spans[i + 1:]), "never overlapped"
+    # the failed part was fetched again from a part boundary, not the whole object from byte 0
+    starts = [start for start, _, _, _ in spans]
+    assert starts.count(0) == 1 and len(starts) - len(set(starts)) >= 1, starts
+    assert sum(end - start for start, end, _, _ in spans) <= 48 * MiB + 3 * PART_SIZE

@@ -314,6 +314,42 @@ def test_datastore_types():
     assert state.datastores[https].kind is DatastoreKind.HTTPS
 
 
+def test_cloud_datastore_fields_as_eve_maps_them():
+    """Azure: fqdn the blob service, dpath the container; GCS: fqdn empty for Google, dpath the bucket;
+    SFTP: fqdn host[:port] without a scheme (EVE pkg/pillar/cmd/downloader/syncop.go)."""
+    b = ConfigBuilder()
+
+    def add(dtype: int, fqdn: str, dpath: str = "") -> str:
+        ds = b.datastore(fqdn, dpath=dpath)
+        b.cfg.datastores[-1].dType = dtype
+        return ds
+
+    azure = add(m.DsType.DsAzureBlob, "https://acct.blob.core.windows.net", "images")
+    no_container = add(m.DsType.DsAzureBlob, "https://acct.blob.core.windows.net")
+    gcs = add(m.DsType.DsGoogleStorage, "", "bucket/prefix")
+    no_bucket = add(m.DsType.DsGoogleStorage, "")
+    sftp = add(m.DsType.DsSFTP, "files.example.net:2222", "srv/images")
+    sftp_default_port = add(m.DsType.DsSFTP, "files.example.net")
+    with_scheme = add(m.DsType.DsSFTP, "sftp://files.example.net:2222")  # as EVE takes it too
+    other_scheme = add(m.DsType.DsSFTP, "https://files.example.net")
+    with_path = add(m.DsType.DsSFTP, "files.example.net/srv")
+    bad_port = add(m.DsType.DsSFTP, "files.example.net:ssh")
+    state = parse_config(b.cfg)
+    errors = {e.object_id: e.message for e in state.errors}
+    assert errors == {
+        no_container: "an Azure Blob datastore names its container in dpath",
+        no_bucket: "a Google Storage datastore names its bucket in dpath",
+        other_scheme: "fqdn 'https://files.example.net' is not an SFTP address: host[:port] or "
+                      "sftp://host[:port], without a path",
+        with_path: "fqdn 'files.example.net/srv' is not an SFTP address: host[:port] or sftp://host[:port], "
+                   "without a path",
+        bad_port: "fqdn 'files.example.net:ssh' is not an SFTP address: host[:port] or sftp://host[:port], "
+                  "without a path",
+    }
+    kinds = {ds: state.datastores[ds].kind for ds in (azure, gcs, sftp, sftp_default_port, with_scheme)}
+    assert set(kinds.values()) == {DatastoreKind.AZURE_BLOB, DatastoreKind.GOOGLE_STORAGE, DatastoreKind.SFTP}
+
+
 def test_datastore_credentials_are_kept_out_of_repr():
     b = ConfigBuilder()
     ds = b.datastore(DS_URL, apiKey="user", password="hunter2")

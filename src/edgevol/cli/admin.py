@@ -299,20 +299,32 @@ def datastore_group() -> None:
 @datastore_group.command("create")
 @click.argument("name")
 @click.option("--type", "ds_type", required=True,
-              type=click.Choice(["DsHttp", "DsHttps", "DsContainerRegistry", "DsS3"], case_sensitive=False))
-@click.option("--fqdn", default="", help="e.g. http://host:port, https://host, docker://registry, or an S3 "
-              "endpoint (empty for AWS)")
-@click.option("--dpath", default="", help="Path prefix (HTTP), repository namespace, or S3 bucket[/prefix].")
-@click.option("--api-key", default="", help="User name / API key (S3: access key) for the datastore.")
-@click.option("--password", default="", help="Password (S3: secret key) for the datastore (never shown again).")
+              type=click.Choice(["DsHttp", "DsHttps", "DsContainerRegistry", "DsS3", "DsAzureBlob", "DsGoogleStorage",
+                                 "DsSFTP"], case_sensitive=False))
+@click.option("--fqdn", default="", help="e.g. http://host:port, https://host, docker://registry, an S3 endpoint "
+              "(empty for AWS), an Azure blob service URL, a GCS endpoint (empty for Google), or SFTP host:port")
+@click.option("--dpath", default="", help="Path prefix (HTTP, SFTP), repository namespace, S3 or GCS "
+              "bucket[/prefix], or Azure container.")
+@click.option("--api-key", default="", help="User name / API key (S3: access key; Azure: account name; SFTP: "
+              "user) for the datastore.")
+@click.option("--password", default="", help="Password (S3: secret key; Azure: account key or SAS token; GCS: "
+              "service-account JSON key) for the datastore (never shown again).")
+@click.option("--password-file", type=click.File("r"), default=None,
+              help="Read the password from a file ('-': standard input), e.g. a GCS service-account JSON key; "
+              "keeps it out of the shell history.")
 @click.option("--region", default="")
 @click.option("--ca-cert", "ca_certs", type=click.File("r"), multiple=True,
               help="PEM CA certificate the device trusts for this datastore (repeatable).")
 @output_option
 @pass_client
 def datastore_create(client: AdminClient, name: str, ds_type: str, fqdn: str, dpath: str, api_key: str,
-                     password: str, region: str, ca_certs: tuple[IO[str], ...], output: str) -> None:
+                     password: str, password_file: IO[str] | None, region: str, ca_certs: tuple[IO[str], ...],
+                     output: str) -> None:
     """Create datastore NAME."""
+    if password_file is not None:
+        if password:
+            raise click.UsageError("give --password or --password-file, not both")
+        password = password_file.read().rstrip("\r\n")
     body = {"name": name, "type": ds_type, "fqdn": fqdn, "dpath": dpath, "api_key": api_key,
             "password": password, "region": region, "ca_pems": [f.read() for f in ca_certs]}
     d = client.request("POST", "/datastores", json=body)

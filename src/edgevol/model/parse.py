@@ -225,13 +225,32 @@ def _encrypted_credentials(ds: Any, contexts: dict[str, bytes]) -> EncryptedCred
                                 context=contexts.get(ds.cipherData.cipherContextId))
 
 
+# Where each object store names its bucket (or container) in dpath.
+_BUCKETED = {DatastoreKind.S3: "an S3 datastore names its bucket",
+             DatastoreKind.AZURE_BLOB: "an Azure Blob datastore names its container",
+             DatastoreKind.GOOGLE_STORAGE: "a Google Storage datastore names its bucket"}
+
+
+def _sftp_host(fqdn: str) -> str | None:
+    """The host of an SFTP ``host[:port]`` or ``sftp://host[:port]`` (EVE takes both: zedUpload
+    sftputil/sftp.go:50-61), or None for another scheme, a path, user info or a port that is not a number."""
+    try:
+        parts = urlsplit(fqdn if fqdn.lower().startswith("sftp://") else f"sftp://{fqdn}")
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return None
+    if parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc:
+        return None
+    return parts.hostname
+
+
 def _parse_datastore(ds: Any, contexts: dict[str, bytes] | None = None) -> Datastore:
     ds_id = canonical_uuid(ds.id, "datastore id")
     kind = _DS_KINDS.get(ds.dType)
     if kind is None:
         raise Invalid(f"datastore type {ds.dType} is unknown")
     fqdn = ds.fqdn.strip()
-    if not fqdn and kind is not DatastoreKind.S3:  # an S3 datastore without an endpoint is AWS itself
+    if not fqdn and kind not in (DatastoreKind.S3, DatastoreKind.GOOGLE_STORAGE):  # empty: AWS or Google itself
         raise Invalid("fqdn is empty")
     if kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         url = fqdn if "://" in fqdn else f"{kind.value}://{fqdn}"
@@ -249,8 +268,10 @@ def _parse_datastore(ds: Any, contexts: dict[str, bytes] | None = None) -> Datas
             split_registry_address(fqdn)
         except ConfigError as exc:
             raise Invalid(str(exc)) from None
-    elif kind is DatastoreKind.S3 and not ds.dpath.strip("/"):
-        raise Invalid("an S3 datastore names its bucket in dpath")
+    elif kind in _BUCKETED and not ds.dpath.strip("/"):
+        raise Invalid(f"{_BUCKETED[kind]} in dpath")
+    elif kind is DatastoreKind.SFTP and not _sftp_host(fqdn):
+        raise Invalid(f"fqdn {fqdn!r} is not an SFTP address: host[:port] or sftp://host[:port], without a path")
     if ds.dpath:
         check_relative_path(ds.dpath, "dpath")
     return Datastore(
@@ -303,6 +324,11 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
     check_relative_path(ct.URL, "URL")
     sha = canonical_sha256(ct.sha256)
     ds = datastores[ds_id]
+    for other_id in ordered[1:]:  # a fallback must serve the same bytes the same way
+        other = datastores[other_id]
+        if (other.kind is DatastoreKind.CONTAINER_REGISTRY) != (ds.kind is DatastoreKind.CONTAINER_REGISTRY):
+            raise Invalid(f"ds_ids_list mixes a container registry with another kind of datastore ({ds_id} is "
+                          f"{ds.kind.value}, {other_id} is {other.kind.value})")
     if fmt is ImageFormat.BLOB_TREE and ds.kind is not DatastoreKind.CONTAINER_REGISTRY:
         if ds.kind not in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
             raise Invalid(f"BLOB_TREE content comes from a container registry or an HTTP(S) datastore, "

@@ -18,6 +18,7 @@ import structlog
 from edgevol.device.datastores.base import (
     BytesSink,
     Cancelled,
+    Datastore,
     DatastoreError,
     PermanentError,
     ProgressFn,
@@ -27,7 +28,6 @@ from edgevol.device.datastores.base import (
 from edgevol.device.datastores.http import HttpDatastore
 from edgevol.device.datastores.oci_refs import split_registry_address
 from edgevol.device.datastores.registry import RegistryClient
-from edgevol.device.datastores.s3 import S3Datastore
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
 
@@ -64,12 +64,14 @@ class DatastoreClients:
         self._lock = threading.Lock()
         # Turns a spec with cipherData into one with clear credentials, or raises a PermanentError.
         self._credentials = credentials
-        self._clients: dict[tuple[DatastoreSpec, float], HttpDatastore | RegistryClient | S3Datastore] = {}
+        self._clients: dict[tuple[DatastoreSpec, float], Datastore | RegistryClient] = {}
         # From the config (edgevol.download.read.timeout.seconds); part of the cache key, so a
         # change takes effect with the next attempt while attempts in flight keep their client.
         self.read_timeout = read_timeout
+        # Ranged reads at once for one big object on a store that allows it (edgevol.download.parallel).
+        self.range_streams = 1
 
-    def _client(self, spec: DatastoreSpec) -> HttpDatastore | RegistryClient | S3Datastore:
+    def _client(self, spec: DatastoreSpec) -> Datastore | RegistryClient:
         with self._lock:
             key = (spec, self.read_timeout)
             client = self._clients.get(key)
@@ -116,6 +118,9 @@ class DatastoreClients:
         if isinstance(client, RegistryClient):
             client.fetch_blob(source.locator, f"sha256:{sha256}", sink, max_size=source.max_size,
                               progress=progress, cancel=cancel, expected_size=source.expected_size)
+        elif getattr(client, "parallel_ranges", False):
+            client.fetch(source.locator, sink, max_size=source.max_size, progress=progress, cancel=cancel,
+                         streams=self.range_streams)
         else:
             client.fetch(source.locator, sink, max_size=source.max_size, progress=progress, cancel=cancel)
 
@@ -135,7 +140,7 @@ class DatastoreClients:
             self._clients.clear()
 
 
-def _open(spec: DatastoreSpec, read_timeout: float) -> HttpDatastore | RegistryClient | S3Datastore:
+def _open(spec: DatastoreSpec, read_timeout: float) -> Datastore | RegistryClient:
     if spec.kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         return HttpDatastore(spec.fqdn, spec.dpath, secure_default=spec.kind is DatastoreKind.HTTPS,
                              api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
@@ -144,7 +149,25 @@ def _open(spec: DatastoreSpec, read_timeout: float) -> HttpDatastore | RegistryC
         scheme, host, _path = split_registry_address(spec.fqdn)
         return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
                               read_timeout=read_timeout)
+    # Each cloud store's module imports its client library only when a device has such a datastore.
     if spec.kind is DatastoreKind.S3:
+        from edgevol.device.datastores.s3 import S3Datastore
+
         return S3Datastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password, region=spec.region,
                            ca_pems=spec.ca_pems, read_timeout=read_timeout)
-    raise PermanentError(f"datastore kind {spec.kind.value} is not supported by this device yet")
+    if spec.kind is DatastoreKind.AZURE_BLOB:
+        from edgevol.device.datastores.azure import AzureBlobDatastore
+
+        return AzureBlobDatastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password,
+                                  ca_pems=spec.ca_pems, read_timeout=read_timeout)
+    if spec.kind is DatastoreKind.GOOGLE_STORAGE:
+        from edgevol.device.datastores.gcs import GcsDatastore
+
+        return GcsDatastore(spec.fqdn, spec.dpath, password=spec.password, ca_pems=spec.ca_pems,
+                            read_timeout=read_timeout)
+    if spec.kind is DatastoreKind.SFTP:
+        from edgevol.device.datastores.sftp import SftpDatastore
+
+        return SftpDatastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password,
+                             read_timeout=read_timeout)
+    raise PermanentError(f"datastore kind {spec.kind.value} is not supported by this device")

@@ -6,29 +6,27 @@ Field mapping, as EVE's downloader uses them (lf-edge/eve pkg/pillar/cmd/downloa
 access key, ``password`` the secret key, ``region`` the region, and the
 content tree's URL the object key under that prefix.
 
-One ``fetch`` is one attempt, as for every datastore: it resumes from
-``sink.offset`` with a ``Range`` GET, enforces ``maxSizeBytes`` from the object's
-size before reading and while streaming, and classifies failures as transient
-(network, 5xx, throttling) or permanent (no such bucket or key, refused
-credentials). boto3's own retries are off: the downloader's backoff owns them.
+A fetch attempt is ``ranged.fetch_ranged`` over a HEAD and ranged GETs; this
+module classifies failures as transient (network, 5xx, throttling) or permanent
+(no such bucket or key, refused credentials). boto3's own retries are off: the
+downloader's backoff owns them.
 """
 
 from __future__ import annotations
 
-import re
-import tempfile
 import threading
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 from edgevol.netaddr import is_loopback_host
 
-from .base import Cancelled, ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
+from .base import ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
+from .ranged import fetch_ranged
+from .tls import ca_bundle_file, remove_ca_bundle
 
 CHUNK_SIZE = 1 << 20
-_TOTAL = re.compile(r"/(\d+)\s*$")
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AuthorizationHeaderMalformed",
            "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
@@ -38,6 +36,8 @@ _TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable
 
 class S3Datastore:
     """A DsS3 datastore; raises ConfigError for an unusable endpoint, bucket or CA certificate."""
+
+    parallel_ranges = True  # boto3 clients are thread-safe, and S3 serves ranges of one object in parallel
 
     def __init__(self, fqdn: str, dpath: str, *, api_key: str = "", password: str = "", region: str = "",
                  ca_pems: Sequence[bytes] = (), connect_timeout: float = 10.0, read_timeout: float = 30.0) -> None:
@@ -50,12 +50,12 @@ class S3Datastore:
             raise ConfigError("an S3 datastore names its bucket in dpath")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         endpoint = _endpoint(fqdn)
-        self._ca_file = _ca_bundle(ca_pems)
+        self._ca_file = ca_bundle_file(ca_pems, "s3")
         self.where = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint, region_name=region or "us-east-1",
             aws_access_key_id=api_key or None, aws_secret_access_key=password or None,
-            verify=self._ca_file.name if self._ca_file else True,
+            verify=self._ca_file or True,
             config=Config(signature_version=None if (api_key or password) else UNSIGNED,
                           s3={"addressing_style": "path" if endpoint else "auto"},
                           retries={"max_attempts": 1, "mode": "standard"},
@@ -64,55 +64,48 @@ class S3Datastore:
     def key_for(self, suffix: str) -> str:
         return f"{self.prefix}/{suffix.lstrip('/')}" if self.prefix else suffix.lstrip("/")
 
-    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None) -> None:
-        """One attempt to deliver object ``suffix`` from byte ``sink.offset`` to its end."""
-        from botocore.exceptions import BotoCoreError, ClientError
+    def describe(self, suffix: str) -> str:
+        return f"{self.where}/{self.key_for(suffix)}"
 
-        key = self.key_for(suffix)
-        name = f"{self.where}/{key}"
-        if cancel is not None and cancel.is_set():
-            raise Cancelled()
-        start = sink.offset
-        try:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-            if start > 0:
-                kwargs["Range"] = f"bytes={start}-"
-            try:
-                resp = self._client.get_object(**kwargs)
-            except ClientError as exc:
-                if start > 0 and _code(exc) in ("InvalidRange", "416"):
-                    sink.reset()  # the partial is longer than the object now is: start over
-                    raise TransientError(f"{name}: the partial no longer fits the object; starting over") from exc
-                raise
-            total = _total(resp)
-            if max_size is not None and total > max_size:
-                raise PermanentError(f"{name} is {total} bytes, more than maxSizeBytes {max_size}")
-            if start > 0 and not resp.get("ContentRange"):
-                sink.reset()  # the whole object came back: the store ignored the range
+    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None, streams: int = 1) -> None:
+        """One attempt to deliver object ``suffix`` from byte ``sink.offset`` to its end."""
+        fetch_ranged(self, suffix, sink, max_size=max_size, progress=progress, cancel=cancel, streams=streams)
+
+    def size(self, suffix: str) -> int:
+        with self._errors(suffix):
+            return int(self._client.head_object(Bucket=self.bucket, Key=self.key_for(suffix))["ContentLength"])
+
+    def read(self, suffix: str, start: int, end: int) -> Iterator[bytes]:
+        with self._errors(suffix):
+            resp = self._client.get_object(Bucket=self.bucket, Key=self.key_for(suffix), Range=f"bytes={start}-{end - 1}")
+            skip = start if not resp.get("ContentRange") else 0  # a store that ignored the range sent it all
             body = resp["Body"]
             try:
                 for chunk in body.iter_chunks(CHUNK_SIZE):
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled()
-                    if max_size is not None and sink.offset + len(chunk) > max_size:
-                        raise PermanentError(f"{name} grew past maxSizeBytes {max_size} while downloading")
-                    sink.write(chunk)
-                    if progress is not None:
-                        progress(sink.offset, total)
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                    if chunk:
+                        yield chunk
             finally:
                 body.close()
-            if sink.offset != total:
-                raise TransientError(f"{name}: the connection ended at byte {sink.offset} of {total}")
+
+    @contextmanager
+    def _errors(self, suffix: str) -> Iterator[None]:
+        """botocore's exceptions as datastore errors naming the object."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
         except ClientError as exc:
-            raise _classify(exc, name) from exc
+            raise _classify(exc, self.describe(suffix)) from exc
         except BotoCoreError as exc:  # connection refused or reset, timeouts, a body cut short
-            raise TransientError(f"{name}: {exc}") from exc
+            raise TransientError(f"{self.describe(suffix)}: {exc}") from exc
 
     def close(self) -> None:
         self._client.close()
-        if self._ca_file is not None:
-            Path(self._ca_file.name).unlink(missing_ok=True)
+        remove_ca_bundle(self._ca_file)
 
 
 def _endpoint(fqdn: str) -> str | None:
@@ -128,22 +121,6 @@ def _endpoint(fqdn: str) -> str | None:
         raise ConfigError(f"S3 endpoint {fqdn!r} is plain HTTP; only a loopback endpoint may be (credentials and "
                           "content would travel unprotected)")
     return url.rstrip("/")
-
-
-def _ca_bundle(ca_pems: Sequence[bytes]) -> Any:
-    """botocore takes a CA bundle as a file: the datastore's dsCertPEM written to a private temp file."""
-    if not ca_pems:
-        return None
-    f = tempfile.NamedTemporaryFile(prefix="edgevol-s3-ca-", suffix=".pem", delete=False)
-    with f:
-        f.write(b"\n".join(bytes(p).strip() for p in ca_pems) + b"\n")
-    return f
-
-
-def _total(resp: dict[str, Any]) -> int:
-    """The object's whole size: from Content-Range when the answer is ranged, else Content-Length."""
-    match = _TOTAL.search(resp.get("ContentRange") or "")
-    return int(match.group(1)) if match else int(resp["ContentLength"])
 
 
 def _code(exc: Any) -> str:

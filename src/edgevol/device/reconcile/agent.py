@@ -128,6 +128,7 @@ class Agent:
     def set_desired(self, desired: DesiredState) -> None:
         self.desired = desired
         self.clients.read_timeout = desired.settings.download_read_timeout_seconds
+        self.clients.range_streams = desired.settings.parallel_downloads
         self.record_config_status(None)
         if desired.device_id:
             self.store.meta_set("device_id", desired.device_id)
@@ -241,7 +242,7 @@ class Agent:
             row = self.store.get("content_trees", ct.uuid)
             if row and row["layout"] and (row["resolved"] or {}).get("spec") == tree_spec(ct):
                 for ds in datastores:
-                    for sha, source in layout_sources(row["layout"], ds).items():
+                    for sha, source in layout_sources(row["layout"], ds, ct.url).items():
                         found.setdefault(sha, []).append(source)
         return {sha: dataclasses.replace(sources[0], alternates=tuple(dict.fromkeys(
             s for s in sources[1:] if s != sources[0]))) for sha, sources in found.items()}
@@ -359,7 +360,8 @@ class Agent:
             inputs = self._source_changed(key, row, ds, self.credentials.epoch())
             if not self._busy(key) and self._may_retry(key, row, now):
                 self._started_with[key] = inputs
-                self._submit(key, self.resolver.resolve, key, ct, ds, d.settings, self.options.once)
+                datastores = [ds, *(d.datastores[i] for i in ct.fallback_datastore_ids)]
+                self._submit(key, self.resolver.resolve, key, ct, datastores, d.settings, self.options.once)
             return
         blobs = {b["digest"]: self.store.get("blobs", b["digest"]) for b in layout_blobs(layout)}
         status = derive_status(layout, blobs)

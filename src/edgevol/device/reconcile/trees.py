@@ -60,15 +60,18 @@ def layout_blobs(layout: dict[str, Any]) -> list[dict[str, Any]]:
     return [*layout["manifests"], layout["config"], *layout["layers"]]
 
 
-def layout_sources(layout: dict[str, Any], ds: Datastore) -> dict[str, BlobSource]:
-    """Config and layers to download; each must arrive with exactly the size its descriptor states.
+def layout_sources(layout: dict[str, Any], ds: Datastore, url: str) -> dict[str, BlobSource]:
+    """Config and layers to download from ``ds``; each must arrive with exactly the size its descriptor states.
 
-    From a registry a blob is addressed by its repository (and digest); from an OCI
+    From a registry a blob is addressed by its repository on that registry (a fallback
+    registry may keep the image under another namespace) and its digest; from an OCI
     layout on an HTTP datastore by its path ``<layout>/blobs/sha256/<hex>``.
     """
+    from_layout = layout.get("source") == "layout"
+    repository = layout["repository"] if from_layout else parse_image_ref(ds.fqdn, ds.dpath, url).repository
+
     def locator(digest: str) -> str:
-        return f"{layout['repository']}/blobs/sha256/{digest}" if layout.get("source") == "layout" \
-            else layout["repository"]
+        return f"{repository}/blobs/sha256/{digest}" if from_layout else repository
 
     return {b["digest"]: BlobSource(ds, locator(b["digest"]), max_size=b["size"], expected_size=b["size"])
             for b in (layout["config"], *layout["layers"])}
@@ -122,18 +125,41 @@ class ContainerResolver:
         self._guard = threading.Lock()
         self._digest_locks: dict[str, threading.Lock] = {}
 
-    def resolve(self, key: str, ct: ContentTree, ds: Datastore, settings: Settings, once: bool) -> None:
+    def resolve(self, key: str, ct: ContentTree, datastores: list[Datastore], settings: Settings,
+                once: bool) -> None:
+        """Resolve the tag and walk the manifests from the tree's datastores in order (ds_ids_list), the
+        first that answers winning, as EVE's downloader walks them (downloader.go:512-540)."""
         row = self.store.get("content_trees", ct.uuid)
         if row is None:
             return
         spec = tree_spec(ct)
         attempt = row["attempts"] + 1
-        try:
-            if ds.kind is DatastoreKind.CONTAINER_REGISTRY:
-                resolved, layout = self._from_registry(ct, ds, row["resolved"], spec)
-            else:  # a BLOB_TREE in an OCI image layout on an HTTP(S) datastore
-                resolved, layout = self._from_layout(ct, ds, spec)
-        except (TransientError, ManifestDigestMismatch) as exc:  # bytes damaged in transit: retry, bounded
+        failures: list[tuple[Datastore, PermanentError | TransientError]] = []
+        for n, ds in enumerate(datastores, start=1):
+            try:
+                if ds.kind is DatastoreKind.CONTAINER_REGISTRY:
+                    resolved, layout = self._from_registry(ct, ds, row["resolved"], spec)
+                else:  # a BLOB_TREE in an OCI image layout on an HTTP(S) datastore
+                    resolved, layout = self._from_layout(ct, ds, spec)
+                break
+            except (TransientError, PermanentError) as exc:
+                failures.append((ds, exc))
+                if n < len(datastores):
+                    log.warning("datastore failed; trying the next one", content_tree=ct.uuid, datastore=ds.uuid,
+                                error=str(exc))
+            except ValueError as exc:  # an unusable reference
+                failures.append((ds, ConfigError(str(exc))))
+        else:
+            self._failed(key, ct, attempt, _combined(failures), settings, once)
+            return
+        # Latched only now, with the walked layout: a digest whose manifests could not be read is
+        # never kept, so the next attempt resolves the tag afresh.
+        self.store.update("content_trees", (ct.uuid,), resolved=resolved, layout=layout, attempts=0, next_retry=0,
+                          error=None, component_shas=[b["digest"] for b in layout_blobs(layout)])
+
+    def _failed(self, key: str, ct: ContentTree, attempt: int, exc: PermanentError | TransientError,
+                settings: Settings, once: bool) -> None:
+        if isinstance(exc, (TransientError, ManifestDigestMismatch)):  # bytes damaged in transit: retry, bounded
             backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds,
                               settings.download_max_attempts)
             if backoff.exhausted(attempt):
@@ -144,18 +170,10 @@ class ContainerResolver:
                                   error=error(str(exc), ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
                                               severity="warning", retry=f"attempt {attempt + 1} of "
                                               f"{backoff.max_attempts} in {delay:.1f}s"))
-            return
-        except CredentialsError as exc:
-            self._fail(key, ct, attempt, str(exc), settings, once,
-                       hint=exc.retry_hint)
-            return
-        except (PermanentError, ConfigError, ValueError) as exc:
+        elif isinstance(exc, CredentialsError):
+            self._fail(key, ct, attempt, str(exc), settings, once, hint=exc.retry_hint)
+        else:
             self._fail(key, ct, attempt, str(exc), settings, once)
-            return
-        # Latched only now, with the walked layout: a digest whose manifests could not be read is
-        # never kept, so the next attempt resolves the tag afresh.
-        self.store.update("content_trees", (ct.uuid,), resolved=resolved, layout=layout, attempts=0, next_retry=0,
-                          error=None, component_shas=[b["digest"] for b in layout_blobs(layout)])
 
     def _from_registry(self, ct: ContentTree, ds: Datastore, resolved: dict[str, Any] | None,
                        spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -266,3 +284,12 @@ class ContainerResolver:
                               desc, ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
                               retry=f"{hint}; {retry}" if hint else retry))
 
+
+def _combined(failures: list[tuple[Datastore, PermanentError | TransientError]]) -> PermanentError | TransientError:
+    """One datastore's error as it is; several named each, transient if waiting may help any of them."""
+    if len(failures) == 1:
+        return failures[0][1]
+    summary = "; ".join(f"datastore {ds.uuid}: {exc}" for ds, exc in failures)
+    if any(isinstance(exc, (TransientError, ManifestDigestMismatch)) for _, exc in failures):
+        return TransientError(f"every datastore failed: {summary}")
+    return PermanentError(f"every datastore failed: {summary}")

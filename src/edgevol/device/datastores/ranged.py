@@ -1,0 +1,116 @@
+"""One fetch attempt for object stores that serve byte ranges (S3, Azure Blob, Google Cloud Storage, SFTP).
+
+Such a store only answers two questions: how big is this object, and what are
+its bytes from ``start`` to ``end``. Everything else an attempt must do is the
+same for all of them and lives here once: resume from ``sink.offset``, enforce
+``maxSizeBytes`` before reading and while streaming, honour cancellation,
+report progress, notice a read cut short, and (for big objects, where the store
+allows it) read several ranges at once while still delivering bytes to the
+sink in order, so the ingest keeps hashing one stream.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from .base import Cancelled, PermanentError, ProgressFn, Sink, TransientError
+
+__all__ = ["PART_SIZE", "PARALLEL_THRESHOLD", "RangedStore", "fetch_ranged"]
+
+PART_SIZE = 8 << 20
+"""Bytes per ranged read when several run at once; memory held is about (streams + 1) parts."""
+PARALLEL_THRESHOLD = 4 * PART_SIZE
+"""Below this many bytes left, one stream is as fast and costs one request."""
+
+
+class RangedStore(Protocol):
+    """What an object store implements; its errors are already DatastoreErrors naming the object."""
+
+    parallel_ranges: bool
+    """Whether concurrent ``read`` calls on one client are safe and worth it."""
+
+    def describe(self, suffix: str) -> str:
+        """The object's name for messages, e.g. ``s3://bucket/key at endpoint``; never credentials."""
+        ...
+
+    def size(self, suffix: str) -> int:
+        """The object's size in bytes; NotFoundError / PermanentError / TransientError otherwise."""
+        ...
+
+    def read(self, suffix: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive) in order; may yield fewer when the connection ends early."""
+        ...
+
+
+def fetch_ranged(store: RangedStore, suffix: str, sink: Sink, *, max_size: int | None,
+                 progress: ProgressFn | None, cancel: threading.Event | None, streams: int = 1) -> None:
+    """One attempt to deliver ``suffix`` from ``sink.offset`` to its end, with up to ``streams`` reads at once."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+    name = store.describe(suffix)
+    total = store.size(suffix)
+    if max_size is not None and total > max_size:
+        raise PermanentError(f"{name} is {total} bytes, more than maxSizeBytes {max_size}")
+    if sink.offset > total:
+        sink.reset()  # the partial is longer than the object now is: start over
+    if streams > 1 and store.parallel_ranges and total - sink.offset >= PARALLEL_THRESHOLD:
+        _parallel(store, suffix, sink, total, streams, progress, cancel)
+    else:
+        for chunk in store.read(suffix, sink.offset, total):
+            _deliver(sink, chunk, total, name, progress, cancel)
+    if sink.offset != total:
+        raise TransientError(f"{name}: the connection ended at byte {sink.offset} of {total}")
+
+
+def _deliver(sink: Sink, chunk: bytes, total: int, name: str, progress: ProgressFn | None,
+             cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+    if sink.offset + len(chunk) > total:
+        raise TransientError(f"{name}: the store sent more than the object's {total} bytes (it changed?)")
+    sink.write(chunk)
+    if progress is not None:
+        progress(sink.offset, total)
+
+
+def _parallel(store: RangedStore, suffix: str, sink: Sink, total: int, streams: int, progress: ProgressFn | None,
+              cancel: threading.Event | None) -> None:
+    """Parts read concurrently, written in order; a failed part ends the attempt after the parts before it."""
+    name = store.describe(suffix)
+    stop = threading.Event()
+
+    def read_part(start: int, end: int) -> list[bytes]:
+        chunks, got = [], 0
+        for chunk in store.read(suffix, start, end):
+            if stop.is_set() or (cancel is not None and cancel.is_set()):
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got != end - start and not stop.is_set():
+            raise TransientError(f"{name}: a ranged read ended at byte {start + got} of {end}")
+        return chunks
+
+    starts = iter(range(sink.offset, total, PART_SIZE))
+    pending: deque[Future[list[bytes]]] = deque()
+    with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="edgevol-range") as pool:
+        try:
+            def submit_next() -> None:
+                start = next(starts, None)
+                if start is not None:
+                    pending.append(pool.submit(read_part, start, min(start + PART_SIZE, total)))
+
+            for _ in range(streams):
+                submit_next()
+            while pending:
+                chunks = pending.popleft().result()
+                submit_next()  # keep `streams` reads in flight while this part is written
+                for chunk in chunks:
+                    _deliver(sink, chunk, total, name, progress, cancel)
+        finally:
+            stop.set()
+            for f in pending:
+                f.cancel()
