@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,8 +25,8 @@ from urllib.parse import urlsplit
 
 from edgevol.netaddr import is_loopback_host
 
-from .base import ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
-from .ranged import fetch_ranged
+from .base import ConfigError, NotFoundError, PermanentError, TransientError
+from .ranged import BucketStore
 from .tls import ca_bundle_file, remove_ca_bundle
 
 CHUNK_SIZE = 4 << 20
@@ -48,7 +47,7 @@ _SIG = re.compile(r"(?i)\bsig=[^&\s'\"]*")
 logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-class AzureBlobDatastore:
+class AzureBlobDatastore(BucketStore):
     """A DsAzureBlob datastore; raises ConfigError for an unusable URL, container, credential or CA certificate."""
 
     parallel_ranges = True  # a BlobClient is thread-safe, and Blob storage serves ranges of one blob in parallel
@@ -89,16 +88,8 @@ class AzureBlobDatastore:
             self._drop_ca()
             raise ConfigError(f"Azure Blob datastore {self.account_url}: {self._scrub(str(exc))}") from exc
 
-    def blob_for(self, suffix: str) -> str:
-        return f"{self.prefix}/{suffix.lstrip('/')}" if self.prefix else suffix.lstrip("/")
-
     def describe(self, suffix: str) -> str:
-        return f"azure://{self.container}/{self.blob_for(suffix)} at {self.account_url}"
-
-    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None, streams: int = 1) -> None:
-        """One attempt to deliver blob ``suffix`` from byte ``sink.offset`` to its end."""
-        fetch_ranged(self, suffix, sink, max_size=max_size, progress=progress, cancel=cancel, streams=streams)
+        return f"azure://{self.container}/{self.key_for(suffix)} at {self.account_url}"
 
     def size(self, suffix: str) -> int:
         with self._errors(suffix):
@@ -118,7 +109,7 @@ class AzureBlobDatastore:
 
     def _blob(self, suffix: str) -> Any:
         # shares the service client's pipeline and connection pool; cheap, and private to one call (thread)
-        return self._service.get_blob_client(self.container, self.blob_for(suffix))
+        return self._service.get_blob_client(self.container, self.key_for(suffix))
 
     @contextmanager
     def _errors(self, suffix: str) -> Iterator[None]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,12 +31,10 @@ from .base import (
     DatastoreError,
     NotFoundError,
     PermanentError,
-    ProgressFn,
-    Sink,
     TransientError,
 )
 from .http import ssl_context
-from .ranged import fetch_ranged
+from .ranged import BucketStore
 from .tls import ca_bundle_file, remove_ca_bundle
 
 __all__ = ["GOOGLE_ENDPOINT", "GcsDatastore"]
@@ -52,7 +49,7 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)\s*/\s*(\d+|\*)\s*$", re.IG
 _KEY_FIELDS = ("client_email", "private_key", "token_uri")
 
 
-class GcsDatastore:
+class GcsDatastore(BucketStore):
     """A DsGoogleStorage datastore; raises ConfigError for an unusable endpoint, bucket, key or CA certificate."""
 
     # One requests session shared by the range threads: its urllib3 pool hands each thread its own connection,
@@ -101,16 +98,8 @@ class GcsDatastore:
             raise
         self._bucket = self._client.bucket(bucket)
 
-    def key_for(self, suffix: str) -> str:
-        return f"{self.prefix}/{suffix.lstrip('/')}" if self.prefix else suffix.lstrip("/")
-
     def describe(self, suffix: str) -> str:
         return f"gs://{self.bucket}/{self.key_for(suffix)}{self.at}"
-
-    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None, streams: int = 1) -> None:
-        """One attempt to deliver object ``suffix`` from byte ``sink.offset`` to its end."""
-        fetch_ranged(self, suffix, sink, max_size=max_size, progress=progress, cancel=cancel, streams=streams)
 
     def size(self, suffix: str) -> int:
         """The stored size from the object's metadata (a reload, so GCS says which of bucket or object is missing)."""

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from .base import Cancelled, PermanentError, ProgressFn, Sink, TransientError
 
-__all__ = ["PART_SIZE", "PARALLEL_THRESHOLD", "RangedStore", "fetch_ranged"]
+__all__ = ["PART_SIZE", "PARALLEL_THRESHOLD", "BucketStore", "RangedStore", "fetch_ranged"]
 
 PART_SIZE = 8 << 20
 """Bytes per ranged read when several run at once; memory held is about (streams + 1) parts."""
@@ -114,3 +114,20 @@ def _parallel(store: RangedStore, suffix: str, sink: Sink, total: int, streams: 
             stop.set()
             for f in pending:
                 f.cancel()
+
+
+class BucketStore:
+    """Base of the datastores that are a RangedStore: one ``fetch`` for all of them, and object names that
+    live under the prefix a dpath may carry after its bucket or container (``bucket/prefix``)."""
+
+    parallel_ranges = False
+    prefix = ""
+
+    def key_for(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix.lstrip('/')}" if self.prefix else suffix.lstrip("/")
+
+    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None, streams: int = 1) -> None:
+        """One attempt to deliver object ``suffix`` from byte ``sink.offset`` to its end."""
+        fetch_ranged(self, suffix, sink, max_size=max_size, progress=progress, cancel=cancel,  # type: ignore[arg-type]
+                     streams=streams)

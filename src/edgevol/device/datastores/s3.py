@@ -14,7 +14,6 @@ downloader's backoff owns them.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -22,8 +21,8 @@ from urllib.parse import urlsplit
 
 from edgevol.netaddr import is_loopback_host
 
-from .base import ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
-from .ranged import fetch_ranged
+from .base import ConfigError, NotFoundError, PermanentError, TransientError
+from .ranged import BucketStore
 from .tls import ca_bundle_file, remove_ca_bundle
 
 CHUNK_SIZE = 1 << 20
@@ -34,7 +33,7 @@ _TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable
               "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
 
 
-class S3Datastore:
+class S3Datastore(BucketStore):
     """A DsS3 datastore; raises ConfigError for an unusable endpoint, bucket or CA certificate."""
 
     parallel_ranges = True  # boto3 clients are thread-safe, and S3 serves ranges of one object in parallel
@@ -61,16 +60,8 @@ class S3Datastore:
                           retries={"max_attempts": 1, "mode": "standard"},
                           connect_timeout=connect_timeout, read_timeout=read_timeout))
 
-    def key_for(self, suffix: str) -> str:
-        return f"{self.prefix}/{suffix.lstrip('/')}" if self.prefix else suffix.lstrip("/")
-
     def describe(self, suffix: str) -> str:
         return f"{self.where}/{self.key_for(suffix)}"
-
-    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None, streams: int = 1) -> None:
-        """One attempt to deliver object ``suffix`` from byte ``sink.offset`` to its end."""
-        fetch_ranged(self, suffix, sink, max_size=max_size, progress=progress, cancel=cancel, streams=streams)
 
     def size(self, suffix: str) -> int:
         with self._errors(suffix):

@@ -41,8 +41,8 @@ from typing import Any
 
 import structlog
 
-from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
-from .ranged import fetch_ranged
+from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, TransientError
+from .ranged import BucketStore
 
 __all__ = ["SftpDatastore"]
 
@@ -58,7 +58,7 @@ WINDOW_SIZE = 4 << 20
 """SSH channel window: room for every outstanding answer, so the server never waits for an adjust."""
 
 
-class SftpDatastore:
+class SftpDatastore(BucketStore):
     """A DsSFTP datastore; raises ConfigError for an unusable fqdn, user or dpath."""
 
     # One SSH connection; paramiko decrypts every channel on one thread, so parallel ranges would not
@@ -95,11 +95,6 @@ class SftpDatastore:
     def describe(self, suffix: str) -> str:
         path = self.remote_path(suffix)
         return f"{self.where}{path if path.startswith('/') else '/~/' + path}"
-
-    def fetch(self, suffix: str, sink: Sink, *, max_size: int | None = None, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None, streams: int = 1) -> None:
-        """One attempt to deliver file ``suffix`` from byte ``sink.offset`` to its end."""
-        fetch_ranged(self, suffix, sink, max_size=max_size, progress=progress, cancel=cancel, streams=streams)
 
     def size(self, suffix: str) -> int:
         path = self.remote_path(suffix)
