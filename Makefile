@@ -14,7 +14,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile $(TEST_ARGS)
 
-bench: setup
+bench:
+	@scripts/bootstrap.sh bench
 	$(PY) bench/run.py
 
 protos: setup

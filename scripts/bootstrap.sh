@@ -15,6 +15,13 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The SFTP datastore tests start their own OpenSSH server on loopback; Azurite (the Azure Blob tests) is an npm package.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# The web console's tests drive Debian's chromium with Playwright (which never downloads a browser here).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ "${1:-}" = "bench" ]; then  # `make bench` compares against these tools
+    command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+    command -v umoci >/dev/null 2>&1 || need+=(umoci)
+    [ -x /usr/bin/time ] || need+=(time)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need[*]} with apt-get" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -33,9 +40,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-# Microsoft's Azure Storage server for the Azure Blob datastore tests, pinned, installed beside the venv.
-azurite_version=3.37.0
-if [ "$(cat .tools/npm/.azurite-version 2>/dev/null)" != "$azurite_version" ]; then
-    npm install --silent --no-audit --no-fund --prefix .tools/npm "azurite@$azurite_version" >/dev/null
-    echo "$azurite_version" > .tools/npm/.azurite-version
+# From npm, pinned, installed beside the venv: uPlot draws the web console's charts (the controller serves it
+# from here); Microsoft's Azure Storage server (Azurite) for the Azure Blob datastore tests.
+npm_packages="uplot@1.6.32 azurite@3.37.0"
+if [ "$(cat .tools/npm/.installed 2>/dev/null)" != "$npm_packages" ]; then
+    npm install --silent --no-audit --no-fund --prefix .tools/npm $npm_packages >/dev/null
+    echo "$npm_packages" > .tools/npm/.installed
 fi

@@ -61,11 +61,30 @@ def test_volumes_created_at_the_controller_appear_on_the_device(db_url, controll
     metrics = wait_for(lambda: ctrl.admin("GET", f"/devices/dev1/volumes/{vol_uuid}/metrics"), 30, "metrics")
     assert metrics[-1]["total_bytes"] == 64 * MiB
 
+    # the fleet view: the device runs the current config once it asks again with its hash (a 304)
+    def fleet_row() -> dict[str, Any]:
+        [row] = [d for d in ctrl.admin("GET", "/fleet") if d["name"] == "dev1"]
+        return row
+
+    row = wait_for(lambda: (lambda d: d if d["config_acked_version"] == d["config_version"] else None)(fleet_row()),
+                   30, "the config acknowledged")
+    assert row["registered"] and row["last_seen_at"] and row["errors"] == 0
+    assert row["counts"]["volume"] == {"CREATED_VOLUME": 2} and sum(row["counts"]["content_tree"].values()) == 1
+
     # delete at the controller: gone on the device and reported gone
     ctrl.admin("DELETE", "/devices/dev1/volumes/data")
+    assert fleet_row()["config_version"] == row["config_version"] + 1  # not yet taken
     wait_for(lambda: "data" not in _reported(ctrl, "dev1"), 60, "data volume reported gone")
     assert "data" not in {v["display_name"] for v in agent.status()["volumes"]}
     assert dev["uuid"] == vols["root"]["device_uuid"]
+    wait_for(lambda: fleet_row()["config_acked_version"] == row["config_version"] + 1, 30, "the new config taken")
+    # an object in error counts in the fleet view
+    ctrl.admin("POST", "/devices/dev1/content-trees", json={"name": "ghost", "datastore": "local",
+                                                            "url": "missing.raw", "format": "RAW",
+                                                            "sha256": "ab" * 32})
+    wait_for(lambda: fleet_row()["errors"] >= 1, 60, "the missing file counted as an error")
+    in_error = [o for o in ctrl.admin("GET", "/devices/dev1/reported") if o["error"]]
+    assert fleet_row()["errors"] == len(in_error) and "ghost" in {o["display_name"] for o in in_error}
 
 
 # ---------------------------------------------------------------- helpers for the longer stories

@@ -30,7 +30,7 @@ from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-HEAD = "0005"
+HEAD = "0006"
 TABLES = {"devices", "datastores", "content_trees", "volumes", "apps", "app_volume_refs", "reported_objects",
           "state_changes", "volume_metrics"}
 
@@ -169,6 +169,18 @@ def test_migration_0005_leaves_old_content_trees_unsigned_and_signs_new_ones(db_
             store.create_content_tree("old", "bad", "web", "x.raw", "RAW", sha256=sha, signature=b"sig")
 
 
+def test_migration_0006_devices_have_acknowledged_no_config_yet(db_url: str) -> None:  # noqa: F811
+    dev = "6f0a4e36-8a57-4c1b-9d3e-2b7c8e1f0a16"
+    upgrade_from(db_url, "0005", (
+        "INSERT INTO devices (uuid, name, serial, created_at, config_version) VALUES (:d, 'old', '', :t, 3)",
+        {"d": dev, "t": T0.replace(tzinfo=None)}))
+    with ControllerStore(db_url) as store:
+        assert store.get_device("old").config_acked_version is None
+        store.ack_config(dev, 3)
+        [row] = store.fleet()
+        assert (row.device.config_version, row.device.config_acked_version, row.counts, row.errors) == (3, 3, {}, 0)
+
+
 def test_migration_0004_keeps_old_samples_and_stores_every_zmetricvolume_field(db_url: str) -> None:  # noqa: F811
     """0004 adds displayName, readCount and writeCount; samples stored before it read back with '' and 0."""
     vol, at = "33333333-3333-4333-8333-333333333333", T0.replace(tzinfo=None)
@@ -202,6 +214,30 @@ def test_migration_0004_keeps_old_samples_and_stores_every_zmetricvolume_field(d
         assert not {"display_name", "read_count", "write_count"} & columns
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM volume_metrics")).scalar() == 2
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_past_device_columns_keeps_what_references_devices(db_url: str) -> None:  # noqa: F811
+    """0006 and 0002 drop columns of the devices table; on SQLite a table copy would cascade-delete every
+    row that references a device (content trees, volumes, reports)."""
+    from alembic import command
+
+    from edgevol.controller.db.session import alembic_config
+
+    upgrade_from(db_url, HEAD)
+    with ControllerStore(db_url) as store:
+        store.create_device("dev", "SN")
+        store.create_datastore("web", "DsHttp", "http://127.0.0.1:1")
+        store.create_content_tree("dev", "img", "web", "img.raw", "RAW", sha256="ab" * 32)
+        store.create_volume("dev", "data", max_size_bytes=1 << 20)
+    command.downgrade(alembic_config(db_url), "0001")
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            counts = [conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                      for t in ("devices", "content_trees", "volumes")]
+        assert counts == [1, 1, 1]
     finally:
         engine.dispose()
 

@@ -158,6 +158,15 @@ def router(ctx: ControllerContext) -> APIRouter:
     def list_devices() -> Any:
         return to_json(s.list_devices())
 
+    @r.get("/fleet")
+    def fleet() -> Any:
+        """One row per device: registered, last seen, config version taken, reported objects by state."""
+        return [{"uuid": f.device.uuid, "name": f.device.name, "serial": f.device.serial,
+                 "registered": f.device.registered,
+                 "last_seen_at": f.device.last_seen_at.isoformat() if f.device.last_seen_at else None,
+                 "config_version": f.device.config_version, "config_acked_version": f.device.config_acked_version,
+                 "counts": f.counts, "errors": f.errors} for f in s.fleet()]
+
     @r.post("/devices", status_code=201)
     def create_device(body: DeviceIn) -> Any:
         pem = body.onboard_cert_pem.encode() if body.onboard_cert_pem else None

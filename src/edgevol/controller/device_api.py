@@ -172,6 +172,8 @@ class DeviceAPI:
         cfg = build_config(self.ctx.store, dev.uuid, CredentialEncryption(self.ctx.ecdh, mode))
         digest = config_hash(cfg)
         if req.configHash == digest:
+            if dev.config_acked_version != dev.config_version:  # it runs what it would get: news only once
+                self.ctx.store.ack_config(dev.uuid, dev.config_version)
             return Response(status_code=304)
         return _proto(self._seal(m.ConfigResponse(config=cfg, configHash=digest)))
 

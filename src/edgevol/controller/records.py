@@ -31,6 +31,7 @@ class Device:
     device_cert_pem: bytes | None = field(default=None, repr=False)
     # The DEVICE_ECDH_EXCHANGE certificate the device sent in attest CERT, if any.
     device_ecdh_cert_pem: bytes | None = field(default=None, repr=False)
+    config_acked_version: int | None = None  # the config version the device runs, as far as we know
 
     @property
     def registered(self) -> bool:
@@ -188,6 +189,15 @@ class Reported:
         """The device's original ``ZInfoVolume`` / ``ZInfoContentTree`` / ``ZInfoBlob``."""
         cls = {"volume": m.ZInfoVolume, "content_tree": m.ZInfoContentTree, "blob": m.ZInfoBlob}[self.kind]
         return cls.FromString(self.payload)
+
+
+@dataclass(frozen=True)
+class FleetDevice:
+    """One device at a glance: what the console's fleet view shows."""
+
+    device: Device
+    counts: dict[str, dict[str, int]]  # kind -> state name -> how many of its reported objects are in it
+    errors: int  # reported objects that carry an error
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -370,6 +370,13 @@ class ControllerStore:
     def set_storage_keys(self, device: str, keys: bytes) -> None:
         with self._write() as s:
             self._device(s, device).storage_keys = keys
+
+    def ack_config(self, device: str, version: int) -> None:
+        """The device runs config ``version``: written only when that is news, since every poll lands here."""
+        with self._write() as s:
+            s.execute(update(db.Device).where(db.Device.uuid == device, or_(
+                db.Device.config_acked_version.is_(None), db.Device.config_acked_version != version))
+                .values(config_acked_version=version))
 
     def touch(self, ref: str) -> None:
         """Note that the device was just heard from."""
@@ -865,6 +872,24 @@ class ControllerStore:
                 q = q.where(db.ReportedObject.kind == kind)
             q = q.order_by(db.ReportedObject.kind, db.ReportedObject.object_key, db.ReportedObject.generation)
             return [cv.reported_rec(o) for o in s.scalars(q)]
+
+    def fleet(self) -> list[r.FleetDevice]:
+        """Every device with counts of its reported objects by kind and state, in three queries whatever the
+        fleet's size (the console polls it)."""
+        obj = db.ReportedObject
+        with self._read() as s:
+            devices = [cv.device_rec(d) for d in s.scalars(select(db.Device).order_by(db.Device.name))]
+            counts: dict[str, dict[str, dict[str, int]]] = {}
+            for dev, kind, state, n in s.execute(select(obj.device_uuid, obj.kind, obj.state, func.count())
+                                                 .group_by(obj.device_uuid, obj.kind, obj.state)):
+                name = m.ZSwState.Name(state) if state in m.ZSwState.values() else str(state)
+                counts.setdefault(dev, {}).setdefault(kind, {})[name] = n
+            # a JSON column holds "no error" as SQL NULL or JSON null, depending on how the row was written
+            has_error = obj.error.is_not(None) & (cast(obj.error, Text) != "null")
+            errors = {dev: n for dev, n in s.execute(select(obj.device_uuid, func.count()).where(has_error)
+                                                     .group_by(obj.device_uuid))}
+        return [r.FleetDevice(device=d, counts=counts.get(d.uuid, {}), errors=errors.get(d.uuid, 0))
+                for d in devices]
 
     def history(self, device: str, kind: str, key: str, generation: int | None = None) -> list[r.StateChange]:
         """The states one object went through, oldest first (all generations unless one is given)."""

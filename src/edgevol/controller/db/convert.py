@@ -11,7 +11,8 @@ def device_rec(d: db.Device) -> r.Device:
                     config_version=d.config_version, onboard_cert_hash=d.onboard_cert_hash,
                     device_cert_hash=d.device_cert_hash, registered_at=d.registered_at,
                     last_seen_at=d.last_seen_at, onboard_cert_pem=d.onboard_cert_pem,
-                    device_cert_pem=d.device_cert_pem, device_ecdh_cert_pem=d.device_ecdh_cert_pem)
+                    device_cert_pem=d.device_cert_pem, device_ecdh_cert_pem=d.device_ecdh_cert_pem,
+                    config_acked_version=d.config_acked_version)
 
 
 def ds_rec(d: db.Datastore) -> r.Datastore:

@@ -111,6 +111,8 @@ class Device(Base):
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
     config_version: Mapped[int] = mapped_column(BigInteger, default=1)
+    # The version the device last asked for with a matching hash (a 304): the one it runs (migration 0006).
+    config_acked_version: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Datastore(Base):

@@ -81,8 +81,10 @@ def downgrade() -> None:
         conn.execute(sa.update(devices).where(devices.c.uuid == uuid).values(
             onboard_cert_hash=hashlib.sha256(onboard_pem).digest() if onboard_pem is not None else None,
             device_cert_hash=hashlib.sha256(device_pem).digest() if device_pem is not None else None))
-    with op.batch_alter_table("devices") as batch:
-        batch.drop_index("ix_devices_device_cert_legacy_hash")
-        batch.drop_index("ix_devices_onboard_cert_legacy_hash")
-        for column in ("device_ecdh_cert_pem", "storage_keys", "integrity_token", "attest_nonce", "device_cert_legacy_hash", "onboard_cert_legacy_hash"):
-            batch.drop_column(column)
+    # Not batch mode: on SQLite that copies and drops the devices table, and the drop cascades to every table
+    # referencing it (content trees, volumes, reports). ALTER TABLE ... DROP COLUMN touches nothing else.
+    op.drop_index("ix_devices_device_cert_legacy_hash", table_name="devices")
+    op.drop_index("ix_devices_onboard_cert_legacy_hash", table_name="devices")
+    for column in ("device_ecdh_cert_pem", "storage_keys", "integrity_token", "attest_nonce",
+                   "device_cert_legacy_hash", "onboard_cert_legacy_hash"):
+        op.drop_column("devices", column)
