@@ -10,7 +10,7 @@ everything. Exit status 0 only if all of that worked. Everything lives under
 ./demo-data (removed and recreated on each run).
 
     make demo                              # run and stop
-    make demo DEMO_ARGS=--keep-running     # leave controller and device up until Ctrl-C
+    make demo DEMO_ARGS=--keep-running     # leave controller, device and web console up until Ctrl-C
 """
 
 from __future__ import annotations
@@ -180,13 +180,17 @@ def show_device_files(data: Path) -> None:
 
 def keep_running(services: Services, ctrl_url: str, ds_url: str, work: Path) -> None:
     ctrl_dir = work / "controller"
+    token = ctrl_dir / "admin.token"
     print(f"""
 Controller and device keep running.
+    console      {ctrl_url}/  (open it in a browser and sign in with the admin token)
+    admin token  {shown(token)}  (show it: cat {shown(token)})
     controller   {ctrl_url}  (admin API {ctrl_url}/api/v1, API docs {ctrl_url}/docs)
     datastore    {ds_url}  (serving {shown(work / 'datastore')})
-    admin token  {shown(ctrl_dir / 'admin.token')}
     logs         {shown(work / 'logs')}/
-Try, in another shell:
+In the console: the fleet, then device "{DEVICE}" (its volumes, content trees, blobs and app, live); "New volume"
+creates one, each volume's name opens its history and charts.
+Or try, in another shell:
     export EDGEVOL_SERVER={ctrl_url} EDGEVOL_CONTROLLER_DIR={shown(ctrl_dir)}
     .venv/bin/edgevol admin reported --device {DEVICE}
     .venv/bin/edgevol admin volume create extra --device {DEVICE} --blank --size 1GiB

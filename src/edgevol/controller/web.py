@@ -1,63 +1,107 @@
-"""A small read-only web page: devices and what they report, refreshed live.
+"""The operator console: static files that run in the browser and speak only to the admin API.
 
-It is a static page that calls the admin API from the browser with the
-token the operator pastes once (kept in the browser's localStorage), so it
-needs no session handling of its own and shows exactly what the API shows.
+Why this shape:
+- The page is plain files (HTML, CSS, JavaScript modules) with no server-side
+  rendering and no session of its own: the browser signs in with the admin
+  token, keeps it in localStorage and sends it as ``Authorization: Bearer`` on
+  every call to ``/api/v1``. So the console can do exactly what the API lets
+  an operator do, and nothing is written around the API.
+- No cookies, and no CORS headers anywhere: a page on another site can neither
+  read this origin's localStorage nor send an ``Authorization`` header here
+  (that needs a CORS preflight, which this server never grants), so cross-site
+  requests cannot act (no CSRF tokens needed).
+- Every console response carries a strict Content-Security-Policy: scripts,
+  styles and connections from this origin only, no inline script or style,
+  no framing. The JavaScript builds the DOM with ``textContent`` and
+  ``createElement``, never ``innerHTML`` with data.
+- Only named files are served: the console's own (``console/*.html|js|css``
+  next to this module) and uPlot's two files from the vendor directory
+  (npm's ``uplot/dist``, installed by ``make setup``). Without uPlot the
+  console works and says that charts need it.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+import os
+import re
+from pathlib import Path
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edgevol controller</title>
-<style>
- body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
- table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.25rem .75rem;border-bottom:1px solid #ddd;text-align:left}
- th{background:#f4f4f4}.ERROR{color:#b00020;font-weight:600}.CREATED_VOLUME,.LOADED,.DELIVERED{color:#1b7f3b}
- progress{width:8rem}#err{color:#b00020}
-</style></head><body>
-<h1>edgevol controller</h1>
-<form id="tok"><label>Admin token <input id="token" type="password" size="48"></label> <button>Use</button></form>
-<p id="err"></p><div id="out"></div>
-<script>
-const $ = s => document.querySelector(s);
-const esc = v => String(v ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]));
-const size = n => n == null ? "" : n >= 1<<30 ? (n/(1<<30)).toFixed(1)+" GiB" : (n/(1<<20)).toFixed(1)+" MiB";
-$("#token").value = localStorage.getItem("edgevolToken") || "";
-$("#tok").onsubmit = e => { e.preventDefault(); localStorage.setItem("edgevolToken", $("#token").value); refresh(); };
-async function api(path) {
-  const r = await fetch("/api/v1" + path, {headers: {Authorization: "Bearer " + localStorage.getItem("edgevolToken")}});
-  if (!r.ok) throw new Error(path + ": " + r.status + " " + (await r.text()));
-  return r.json();
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import Response
+
+import edgevol.controller
+
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+# uPlot as npm installs it beside the venv (editable install: src/edgevol/controller -> repository root).
+DEFAULT_VENDOR_DIR = Path(edgevol.controller.__file__).resolve().parents[3] / ".tools" / "npm" / "node_modules" \
+    / "uplot" / "dist"
+VENDOR_ENV = "EDGEVOL_CONSOLE_VENDOR"
+VENDOR_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
+VENDOR_MARK = "<!-- vendor -->"
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cache-Control": "no-cache",
 }
-async function refresh() {
-  try {
-    let html = "";
-    for (const d of await api("/devices")) {
-      const rep = await api("/devices/" + d.uuid + "/reported");
-      html += `<h2>${esc(d.name)} <small>${esc(d.uuid)}</small></h2><table><tr><th>kind</th><th>name</th>` +
-        `<th>state</th><th>progress</th><th>max</th><th>used</th><th>refs</th><th>error</th></tr>`;
-      for (const o of rep) html += `<tr><td>${esc(o.kind)}</td><td>${esc(o.display_name || o.object_key)}</td>` +
-        `<td class="${esc(o.state_name)}">${esc(o.state_name)}</td><td><progress max="100" value="${o.progress}"></progress></td>` +
-        `<td>${size(o.max_size_bytes)}</td><td>${size(o.cur_size_bytes)}</td><td>${o.ref_count}</td>` +
-        `<td class="${o.error ? "ERROR" : ""}">${esc(o.error && o.error.description)}</td></tr>`;
-      html += "</table>";
-    }
-    $("#out").innerHTML = html; $("#err").textContent = "";
-  } catch (e) { $("#err").textContent = e.message; }
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>
-"""
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8"}
+_CONSOLE_NAME = re.compile(r"^[a-z][a-z0-9-]*\.(?:html|js|css)$")
+
+
+def vendor_dir() -> Path:
+    """Where uPlot's files are: ``$EDGEVOL_CONSOLE_VENDOR`` if set, else npm's copy in the repository."""
+    env = os.environ.get(VENDOR_ENV)
+    return Path(env) if env else DEFAULT_VENDOR_DIR
+
+
+def vendor_available(directory: Path | None = None) -> bool:
+    d = directory or vendor_dir()
+    return all((d / name).is_file() for name in VENDOR_FILES)
+
+
+def _file(path: Path) -> Response:
+    try:
+        body = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise HTTPException(404, "not found") from None
+    return Response(body, media_type=TYPES[path.suffix], headers=SECURITY_HEADERS)
+
+
+def index_html(directory: Path | None = None) -> str:
+    """The page, with uPlot's stylesheet and script linked in when they are installed."""
+    page = (CONSOLE_DIR / "index.html").read_text()
+    links = ""
+    if vendor_available(directory):
+        links = ('<link rel="stylesheet" href="/console/vendor/uPlot.min.css">\n'
+                 '<script src="/console/vendor/uPlot.iife.min.js" defer></script>')
+    return page.replace(VENDOR_MARK, links)
 
 
 def router() -> APIRouter:
     r = APIRouter(include_in_schema=False)
 
-    @r.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return PAGE
+    @r.get("/")
+    @r.get("/console/")
+    @r.get("/console/index.html")
+    def index() -> Response:
+        return Response(index_html(), media_type=TYPES[".html"], headers=SECURITY_HEADERS)
+
+    @r.get("/console/vendor/{name}")
+    def vendor(name: str) -> Response:
+        if name not in VENDOR_FILES:
+            raise HTTPException(404, "not found")
+        return _file(vendor_dir() / name)
+
+    @r.get("/console/{name}")
+    def console_file(name: str) -> Response:
+        if not _CONSOLE_NAME.match(name):
+            raise HTTPException(404, "not found")
+        return _file(CONSOLE_DIR / name)
 
     return r
