@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from edgevol.api.messages import EdgeDevConfig
@@ -65,6 +64,8 @@ def _decode_binary(data: bytes, source: str) -> EdgeDevConfig:
 
 
 def _decode_json(data: bytes, source: str, ignore_unknown_fields: bool) -> EdgeDevConfig:
+    from google.protobuf import json_format  # a large import a binary config never needs
+
     cfg = EdgeDevConfig()
     try:
         text = data.decode("utf-8")
@@ -150,6 +151,8 @@ def dump_edge_dev_config_json(cfg: EdgeDevConfig) -> str:
 
     Unknown fields are not representable in JSON and are dropped.
     """
+    from google.protobuf import json_format
+
     return json_format.MessageToJson(cfg, preserving_proto_field_name=True, indent=2) + "\n"
 
 

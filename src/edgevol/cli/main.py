@@ -15,15 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from google.protobuf import json_format
-from rich.console import Console
 
 from edgevol import log as logsetup
-from edgevol.api import messages as m
-from edgevol.api.codec import ConfigDecodeError, load_edge_dev_config
-from edgevol.cli.admin import admin
-from edgevol.cli.output import console, print_json, print_status_tables, print_table
-from edgevol.model.parse import parse_config
+
+# Everything else a command needs is imported inside it: `device run --once` pays only for what it uses
+# (the admin client's httpx, rich's tables and protobuf's JSON support are large imports).
 
 EXIT_OBJECT_ERRORS = 1
 EXIT_CANNOT_RUN = 3
@@ -34,7 +30,27 @@ data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, pa
                                envvar="EDGEVOL_DATA_DIR", help="The device's state directory.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group whose named subcommands are imported only when they are run (or listed in help)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._lazy and name not in self.commands:
+            module, _, attr = self._lazy[name].partition(":")
+            import importlib
+
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, lazy={"admin": "edgevol.cli.admin:admin"},
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgevol")
 def main() -> None:
     """edgevol: volumes and content for edge devices (EVE volume API)."""
@@ -90,10 +106,8 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
 
     The config comes from --config (a file) or --controller (EVE API v2).
     """
-    from edgevol.cli.progress import ProgressView
     from edgevol.device.configsource import ConfigSource
     from edgevol.device.reconcile.agent import Agent, AgentOptions
-    from edgevol.device.uplink.online import UplinkOptions
 
     if bool(config_path) == bool(controller_url):
         raise click.UsageError("give exactly one of --config FILE or --controller URL")
@@ -107,6 +121,8 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
     uplink = None
     if controller_url:
         assert root_ca is not None
+        from edgevol.device.uplink.online import UplinkOptions
+
         uplink = _start_uplink(agent, controller_url, root_ca, onboard_cert, onboard_key, trace_wire,
                                UplinkOptions(serial=serial, soft_serial=soft_serial, poll_interval=poll_interval,
                                              metrics_interval=metrics_interval))
@@ -131,6 +147,11 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
             view.refresh()
 
     show = sys.stderr.isatty() if progress is None else progress
+    if show:  # rich is a large import: only for a terminal
+        from rich.console import Console
+
+        from edgevol.cli.progress import ProgressView
+
     view = ProgressView(agent.store, Console(stderr=True)) if show else None
     try:
         if view is not None:
@@ -186,6 +207,7 @@ def _open_store(data_dir: Path) -> Any:
 @output_option
 def device_status(data_dir: Path, output: str) -> None:
     """Show every volume, content tree and blob the device knows, with state and progress."""
+    from edgevol.cli.output import console, print_json, print_status_tables
     from edgevol.device.report.status import status_document
 
     store = _open_store(data_dir)
@@ -202,6 +224,11 @@ def device_status(data_dir: Path, output: str) -> None:
 @output_option
 def device_outbox(data_dir: Path, output: str) -> None:
     """Show the info messages queued for the controller (latest per object)."""
+    from google.protobuf import json_format
+
+    from edgevol.api import messages as m
+    from edgevol.cli.output import console, print_json, print_table
+
     store = _open_store(data_dir)
     items = []
     for key, seq, payload in store.outbox_items():
@@ -227,6 +254,7 @@ def device_outbox(data_dir: Path, output: str) -> None:
 @output_option
 def device_identity(data_dir: Path, output: str) -> None:
     """Show (creating on first use) the onboarding and device certificates to register at a controller."""
+    from edgevol.cli.output import print_json
     from edgevol.device.uplink.identity import device_credential, identity_dir, onboarding_credential
     from edgevol.trust.pki import fingerprint
 
@@ -257,6 +285,10 @@ def config() -> None:
 @output_option
 def config_validate(path: Path, output: str) -> None:
     """Check a config file object by object, as the device would."""
+    from edgevol.api.codec import ConfigDecodeError, load_edge_dev_config
+    from edgevol.cli.output import console, print_json, print_table
+    from edgevol.model.parse import parse_config
+
     try:
         cfg = load_edge_dev_config(path, ignore_unknown_json_fields=True)
     except ConfigDecodeError as exc:
@@ -334,4 +366,3 @@ def datastore_serve(root: Path, host: str, port: int) -> None:
     sys.exit(httpserve.main([str(root), "--host", host, "--port", str(port)]))
 
 
-main.add_command(admin)

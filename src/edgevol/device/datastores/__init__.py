@@ -1,4 +1,8 @@
-"""Datastores: where content comes from (HTTP(S) now; registry and S3 later)."""
+"""Datastores: where content comes from (HTTP(S), container registries, S3, Azure Blob, GCS, SFTP).
+
+Each kind's module is imported when it is used: the HTTP client (httpx) and the
+cloud SDKs are large imports that a device without such datastores never pays.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from .base import (
     Sink,
     TransientError,
 )
-from .http import HttpDatastore
 
 __all__ = [
     "Cancelled",
@@ -25,3 +28,11 @@ __all__ = [
     "Sink",
     "TransientError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "HttpDatastore":
+        from .http import HttpDatastore
+
+        return HttpDatastore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "Datastore",
     "DatastoreError",
+    "ManifestDigestMismatch",
     "NotFoundError",
     "PermanentError",
     "ProgressFn",
@@ -56,6 +57,14 @@ class NotFoundError(PermanentError):
 
     Permanent for a name the controller gave; a caller that derived the name
     itself (a digest hashed from a tag's answer) may know better.
+    """
+
+
+class ManifestDigestMismatch(PermanentError):
+    """A manifest fetched by digest hashed to another digest.
+
+    Permanent for this attempt (the bytes are unusable), but like a blob's digest
+    mismatch it may be damage in transit, so callers may retry a bounded number of times.
     """
 
 

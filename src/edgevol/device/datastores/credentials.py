@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -22,8 +23,9 @@ from edgevol.api import messages as m
 from edgevol.device.datastores.base import PermanentError
 from edgevol.device.uplink.identity import controller_certs_path, device_credential, ecdh_credential, identity_dir
 from edgevol.model.desired import Datastore
-from edgevol.trust.cipher import CipherError, UnknownCertificate, decrypt_credentials
-from edgevol.trust.pki import Credential, TrustError, pem_hash
+
+if TYPE_CHECKING:  # cryptography is imported only when a datastore has encrypted credentials
+    from edgevol.trust.pki import Credential
 
 log = structlog.get_logger("edgevol.credentials")
 
@@ -56,6 +58,8 @@ class DatastoreCredentials:
         """
         if spec.encrypted is None:
             return spec
+        from edgevol.trust.cipher import CipherError
+
         try:
             clear = self._decrypt(spec)
         except CipherError as exc:
@@ -68,6 +72,9 @@ class DatastoreCredentials:
         return dataclasses.replace(spec, api_key=clear.dsAPIKey, password=clear.dsPassword, encrypted=None)
 
     def _decrypt(self, spec: Datastore) -> m.EncryptionBlock:
+        from edgevol.trust.cipher import CipherError, UnknownCertificate, decrypt_credentials
+        from edgevol.trust.pki import TrustError
+
         assert spec.encrypted is not None
         block = m.CipherBlock.FromString(spec.encrypted.block)
         context = m.CipherContext.FromString(spec.encrypted.context) if spec.encrypted.context is not None else None
@@ -98,6 +105,8 @@ class DatastoreCredentials:
         ``hashScheme``); an unknown one falls to the device key, and the
         decryption then reports the mismatch.
         """
+        from edgevol.trust.pki import pem_hash
+
         ecdh_path = identity_dir(self.data_dir) / "ecdh.pem"
         if context is not None and ecdh_path.exists():
             ecdh = ecdh_credential(self.data_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
@@ -25,11 +25,12 @@ from edgevol.device.datastores.base import (
     Sink,
     TransientError,
 )
-from edgevol.device.datastores.http import HttpDatastore
 from edgevol.device.datastores.oci_refs import split_registry_address
-from edgevol.device.datastores.registry import RegistryClient
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
+
+if TYPE_CHECKING:  # each kind's client is imported when a datastore of that kind is first opened
+    from edgevol.device.datastores.registry import RegistryClient
 
 
 log = structlog.get_logger("edgevol.datastores")
@@ -81,6 +82,8 @@ class DatastoreClients:
             return client
 
     def registry(self, spec: DatastoreSpec) -> RegistryClient:
+        from edgevol.device.datastores.registry import RegistryClient
+
         client = self._client(spec)
         if not isinstance(client, RegistryClient):
             raise PermanentError(f"datastore {spec.uuid} is not a container registry")
@@ -115,7 +118,7 @@ class DatastoreClients:
         client = self._client(source.datastore)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        if isinstance(client, RegistryClient):
+        if _is_registry(client):
             client.fetch_blob(source.locator, f"sha256:{sha256}", sink, max_size=source.max_size,
                               progress=progress, cancel=cancel, expected_size=source.expected_size)
         elif getattr(client, "parallel_ranges", False):
@@ -127,7 +130,7 @@ class DatastoreClients:
     def fetch_small(self, spec: DatastoreSpec, suffix: str, limit: int) -> bytes:
         """One attempt to fetch a small file (a certificate) from an HTTP(S) datastore into memory."""
         client = self._client(spec)
-        if isinstance(client, RegistryClient):
+        if _is_registry(client):
             raise PermanentError(f"datastore {spec.uuid} is a container registry, which serves no files")
         sink = BytesSink()
         client.fetch(suffix, sink, max_size=limit, progress=None, cancel=None)
@@ -140,12 +143,23 @@ class DatastoreClients:
             self._clients.clear()
 
 
+def _is_registry(client: object) -> bool:
+    """Without importing the registry client: a client of it exists only once its module was imported."""
+    from edgevol.device.datastores.registry import RegistryClient
+
+    return isinstance(client, RegistryClient)
+
+
 def _open(spec: DatastoreSpec, read_timeout: float) -> Datastore | RegistryClient:
     if spec.kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
+        from edgevol.device.datastores.http import HttpDatastore
+
         return HttpDatastore(spec.fqdn, spec.dpath, secure_default=spec.kind is DatastoreKind.HTTPS,
                              api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
                              read_timeout=read_timeout)
     if spec.kind is DatastoreKind.CONTAINER_REGISTRY:
+        from edgevol.device.datastores.registry import RegistryClient
+
         scheme, host, _path = split_registry_address(spec.fqdn)
         return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
                               read_timeout=read_timeout)

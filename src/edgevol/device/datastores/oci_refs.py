@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import httpx
 
 from edgevol.netaddr import is_loopback_host
 
@@ -117,6 +116,8 @@ def split_registry_address(fqdn: str) -> tuple[str, str, str]:
         raise ConfigError("credentials in the registry address are not allowed; use apiKey/password")
     if not netloc:
         raise ConfigError("registry address has no host")
+    import httpx  # its URL rules (IDNA) are the ones the registry client will use; imported when needed
+
     try:
         parsed = httpx.URL(f"http://{netloc}/")
         host = parsed.host  # decodes IDNA: raises ValueError (idna) for e.g. xn--ls8h

@@ -27,7 +27,17 @@ from dataclasses import dataclass
 
 import httpx
 
-from .base import BytesSink, ConfigError, DatastoreError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
+from .base import (
+    BytesSink,
+    ConfigError,
+    DatastoreError,
+    ManifestDigestMismatch,
+    NotFoundError,
+    PermanentError,
+    ProgressFn,
+    Sink,
+    TransientError,
+)
 from .http import CHUNK_SIZE, USER_AGENT, FetchAttempt, refuse_downgrade, retry_after_seconds, ssl_context
 from .oci_manifest import (
     MANIFEST_MEDIA_TYPES,
@@ -89,14 +99,6 @@ def parse_www_authenticate(values: Sequence[str]) -> list[AuthChallenge]:
                 pos = param.end()
             out.append(AuthChallenge(match.group(1).lower(), params))
     return out
-
-
-class ManifestDigestMismatch(PermanentError):
-    """A manifest fetched by digest hashed to another digest.
-
-    Permanent for this attempt (the bytes are unusable), but like a blob's digest
-    mismatch it may be damage in transit, so callers may retry a bounded number of times.
-    """
 
 
 class RegistryClient:

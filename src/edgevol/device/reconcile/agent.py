@@ -35,7 +35,7 @@ from edgevol.device.reconcile.signatures import SignatureChecker, check_key, due
 from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.space import SpaceLedger, disk_full
-from edgevol.device.state import ErrorRecord, StateStore
+from edgevol.device.state import StateStore
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
 from edgevol.device.volumes import FileVolumes

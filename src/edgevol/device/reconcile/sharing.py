@@ -28,7 +28,7 @@ from typing import Any
 
 from edgevol.device.errors import error, standing
 from edgevol.device.state import StateStore
-from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind
+from edgevol.model.desired import DesiredState, ObjectKind
 
 
 def flag_shared_volumes(store: StateStore, d: DesiredState, refs_by_app: dict[str, list[list[Any]]]) -> None:

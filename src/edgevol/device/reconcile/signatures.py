@@ -30,8 +30,6 @@ from edgevol.device.errors import error
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
 from edgevol.model.desired import ContentTree, Datastore, ObjectKind, Settings
-from edgevol.trust.content import verify_content_signature
-from edgevol.trust.pki import TrustError
 
 log = structlog.get_logger("edgevol.signatures")
 S = m.ZSwState
@@ -86,6 +84,10 @@ class SignatureChecker:
             return
         previous = row["signature_check"] or {}
         attempt = previous.get("attempt", 0) + 1 if previous.get("key") == key else 1
+        # The verifier (cryptography) is imported when a signed tree is first checked, not with the agent.
+        from edgevol.trust.content import verify_content_signature
+        from edgevol.trust.pki import TrustError
+
         try:
             signer = self.clients.fetch_small(ds, sig.signer_cert_url, CERT_MAX_BYTES)
             inter = [self.clients.fetch_small(ds, sig.intermediate_cert_url, CERT_MAX_BYTES)] \

@@ -15,13 +15,19 @@ import dataclasses
 import hashlib
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
-from edgevol.device.datastores.base import ConfigError, NotFoundError, PermanentError, TransientError
+from edgevol.device.datastores.base import (
+    ConfigError,
+    ManifestDigestMismatch,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.datastores.oci_manifest import (
@@ -34,11 +40,13 @@ from edgevol.device.datastores.oci_manifest import (
     select_platform,
 )
 from edgevol.device.datastores.oci_refs import parse_image_ref
-from edgevol.device.datastores.registry import ManifestDigestMismatch, RegistryClient
 from edgevol.device.errors import error, human_bytes
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
 from edgevol.model.desired import ContentTree, Datastore, DatastoreKind, ImageFormat, ObjectKind, Settings
+
+if TYPE_CHECKING:  # the registry client (httpx) is imported when a device first talks to a registry
+    from edgevol.device.datastores.registry import RegistryClient
 
 log = structlog.get_logger("edgevol.trees")
 S = m.ZSwState

@@ -10,8 +10,10 @@ device is switched on.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgevol.trust.pki import Credential, create_self_signed, issue, load_credential, load_or_create
+if TYPE_CHECKING:  # the PKI (cryptography) is imported when a credential is needed, not with the paths
+    from edgevol.trust.pki import Credential
 
 
 def identity_dir(data_dir: Path) -> Path:
@@ -30,6 +32,8 @@ def controller_certs_path(data_dir: Path) -> Path:
 
 
 def device_credential(data_dir: Path) -> Credential:
+    from edgevol.trust.pki import create_self_signed, load_or_create
+
     return load_or_create(identity_dir(data_dir), "device", lambda: create_self_signed("edgevol device"))
 
 
@@ -41,11 +45,15 @@ def ecdh_credential(data_dir: Path) -> Credential:
     and hands that certificate to the controller in attest CERT; controllers
     encrypt datastore credentials for it.
     """
+    from edgevol.trust.pki import issue, load_or_create
+
     return load_or_create(identity_dir(data_dir), "ecdh",
                           lambda: issue(device_credential(data_dir), "edgevol device ECDH exchange", purpose="ecdh"))
 
 
 def onboarding_credential(data_dir: Path, cert: Path | None = None, key: Path | None = None) -> Credential:
+    from edgevol.trust.pki import create_self_signed, load_credential, load_or_create
+
     if cert is not None and key is not None:
         return load_credential(cert, key)
     return load_or_create(identity_dir(data_dir), "onboard", lambda: create_self_signed("edgevol onboarding"))
