@@ -176,7 +176,7 @@ class Settings:
     """Device settings carried as config items (``edgevol.*`` keys and some of EVE's global items)."""
 
     blank_format: ImageFormat = ImageFormat.QCOW2
-    volume_clone: VolumeClone = VolumeClone.BACKING
+    volume_clone: VolumeClone = VolumeClone.COPY  # see README: backing is opt-in until the raw-volume checks move
     download_max_attempts: int = 5
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 300.0
