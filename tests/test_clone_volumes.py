@@ -210,7 +210,8 @@ def test_backing_path_planted_in_the_content_is_refused(
     vol = by_name(device_status(data)["volumes"], "root")
     assert vol["state"] == "ERROR" and vol["path"] is None
     assert "backing file" in vol["error"]["description"] and "refused for safety" in vol["error"]["description"]
-    assert [p.name for p in (data / "volumes").iterdir()] == [] if (data / "volumes").is_dir() else True
+    vol_dir = data / "volumes"
+    assert not vol_dir.is_dir() or list(vol_dir.iterdir()) == []  # no overlay, no temp file
 
 
 def test_planted_backing_refused_by_the_volume_layer_too(tmp_path: Path) -> None:
@@ -257,3 +258,24 @@ def test_setting_parses_and_refuses_unknown_values() -> None:
     bad = parse_config(ConfigBuilder().item("edgevol.volume.clone", "reflink").cfg)
     assert bad.settings.volume_clone is VolumeClone.COPY
     assert any("edgevol.volume.clone" in e.message for e in bad.errors)
+
+
+def test_blob_is_pinned_before_the_overlay_exists(
+        tmp_path: Path, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
+    """Killed after the overlay is committed but before its row says so, then the content tree is removed:
+    the volume row already names its blob, so GC keeps the blob the overlay reads through to."""
+    b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, "raw", "backing")
+    killed = _run_once(data, b, cfg, crash_at="volume.committed")
+    assert killed.returncode == -signal.SIGKILL
+    overlays = list((data / "volumes").iterdir())
+    assert len(overlays) == 1 and overlays[0].name.endswith(".qcow2")
+    del b.cfg.contentInfo[:]  # the volume now names a missing content tree: an error, and the volume is kept
+    _run_once(data, b, cfg)
+    st = device_status(data)
+    assert st["content_trees"] == []
+    assert _blob(data, sha).is_file() and overlays[0].exists()
+    blob_row = next(r for r in st["blobs"] if r["sha256"] == sha)
+    assert [u["uuid"] for u in blob_row["volume_users"]] == [b.cfg.volumes[0].uuid]
+    cmp = subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", str(image), str(overlays[0])],
+                         capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr

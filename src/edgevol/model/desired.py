@@ -176,7 +176,8 @@ class Settings:
     """Device settings carried as config items (``edgevol.*`` keys and some of EVE's global items)."""
 
     blank_format: ImageFormat = ImageFormat.QCOW2
-    volume_clone: VolumeClone = VolumeClone.COPY  # see README: backing is opt-in until the raw-volume checks move
+    # copy until the tests that read RAW volumes as raw files (the crash harness among them) read them as a guest
+    volume_clone: VolumeClone = VolumeClone.COPY
     download_max_attempts: int = 5
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 300.0

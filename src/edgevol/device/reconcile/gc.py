@@ -2,11 +2,14 @@
 
 Volumes go when the config no longer names them and no app uses them.
 Content trees and blobs go once nothing references them for the configured
-delay; a clone volume references the blob it is an overlay of, so that blob
-outlives its content tree until the last such volume goes. The volume row
-names its blob before the overlay file exists (builders.py) and goes only
-after the file, so no crash leaves an overlay without its backing (``edgevol.gc.delay.seconds``; 0 = at once), so a content tree
+delay (``edgevol.gc.delay.seconds``; 0 = at once), so a content tree
 re-added within the delay is reused without a download.
+
+A clone volume (``edgevol.volume.clone=backing``) references the blob it is
+an overlay of, so that blob outlives its content tree until the last such
+volume goes. The volume row names its blob before the overlay file exists
+(builders.py) and goes only after the file, so no crash leaves an overlay
+without its backing.
 
 A volume found on disk that no row knows and the config does not name (a
 legacy disk the migration moved for a config that has changed since, say)
