@@ -208,7 +208,7 @@ def test_backing_path_planted_in_the_content_is_refused(
     proc = _run_once(data, b, cfg)
     assert proc.returncode == 1
     vol = by_name(device_status(data)["volumes"], "root")
-    assert vol["state"] == "ERROR" and vol["path"] is None
+    assert vol["state"] == "ERROR" and vol["path"] is None and vol["backing_blob"] is None
     assert "backing file" in vol["error"]["description"] and "refused for safety" in vol["error"]["description"]
     vol_dir = data / "volumes"
     assert not vol_dir.is_dir() or list(vol_dir.iterdir()) == []  # no overlay, no temp file

@@ -96,6 +96,8 @@ class VolumeBuilder:
             desc = "no space left on the device" if nospace else str(exc)
             slow = settings.slow_retry_seconds
             log.error("volume creation failed", volume=key, error=str(exc))
+            if self.find(*ident) is None:  # no overlay was made: the blob is pinned by nothing but its tree
+                self.store.update("volumes", ident, backing_blob=None)
             self.on_failure(key)
             retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
             self.store.update("volumes", ident, state=S.ERROR, next_retry=time.time() + slow,
