@@ -122,6 +122,8 @@ _ADDED_COLUMNS = [
     ("volumes", "warning", "TEXT"),  # an ErrorRecord of severity warning, beside the error (reconcile/sharing.py)
     ("volumes", "unreferenced_since", "REAL"),
     ("content_trees", "signature_check", "TEXT"),
+    # sha256 of the CAS blob a clone volume reads through to (edgevol.volume.clone=backing): pins the blob.
+    ("volumes", "backing_blob", "TEXT"),
 ]
 
 # ZSwState numbers the store itself must know (it does not import the API's messages).

@@ -41,6 +41,13 @@ class DatastoreKind(enum.StrEnum):
     GOOGLE_STORAGE = "gcs"
 
 
+class VolumeClone(enum.StrEnum):
+    """How a volume is made from RAW/QCOW2 content (edgevol.volume.clone)."""
+
+    BACKING = "backing"  # a qcow2 overlay on the verified CAS blob: O(1), the blob stays pinned
+    COPY = "copy"  # a full, independent copy (qemu-img convert)
+
+
 class VolumeOrigin(enum.StrEnum):
     BLANK = "blank"
     DOWNLOAD = "download"
@@ -169,6 +176,8 @@ class Settings:
     """Device settings carried as config items (``edgevol.*`` keys and some of EVE's global items)."""
 
     blank_format: ImageFormat = ImageFormat.QCOW2
+    # copy until the tests that read RAW volumes as raw files (the crash harness among them) read them as a guest
+    volume_clone: VolumeClone = VolumeClone.COPY
     download_max_attempts: int = 5
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 300.0

@@ -30,6 +30,7 @@ from edgevol.model.desired import (
     ObjectKind,
     Settings,
     Volume,
+    VolumeClone,
     VolumeOrigin,
     VolumeRef,
 )
@@ -187,6 +188,12 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
                 values["blank_format"] = ImageFormat(raw)
             else:
                 errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want qcow2 or raw"))
+            continue
+        if key == "edgevol.volume.clone":
+            if raw in ("backing", "copy"):
+                values["volume_clone"] = VolumeClone(raw)
+            else:
+                errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want backing or copy"))
             continue
         if key not in spec:
             continue  # other config items belong to other parts of the device

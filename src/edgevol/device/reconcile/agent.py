@@ -529,6 +529,9 @@ class Agent:
             self._set_refcount("content_trees", (row["uuid"],), row, own + tree_refs.get(row["uuid"], 0), now)
             for sha in row["component_shas"] or []:
                 blob_refs[sha] = blob_refs.get(sha, 0) + 1
+        for row in self.store.all("volumes"):
+            if row["backing_blob"]:  # a clone volume uses its backing blob directly
+                blob_refs[row["backing_blob"]] = blob_refs.get(row["backing_blob"], 0) + 1
         for row in self.store.all("blobs"):
             self._set_refcount("blobs", (row["sha256"],), row, blob_refs.get(row["sha256"], 0), now)
 

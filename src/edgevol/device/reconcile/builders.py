@@ -16,8 +16,9 @@ from edgevol.device.space import disk_full
 from edgevol.device.state import StateStore
 from edgevol.device.volumes import FileVolumes, VolumeError, VolumeUsage
 from edgevol.device.volumes.directories import DirectoryVolumes
+from edgevol.device.volumes.files import CLONABLE
 from edgevol.device.volumes.qemu import QemuImgError
-from edgevol.model.desired import ContentTree, ImageFormat, ObjectKind, Settings, Volume
+from edgevol.model.desired import ContentTree, ImageFormat, ObjectKind, Settings, Volume, VolumeClone
 
 log = structlog.get_logger("edgevol.volumes")
 S = m.ZSwState
@@ -83,14 +84,20 @@ class VolumeBuilder:
                 path = self._blob_tree(v, tree)
             else:
                 assert tree.sha256 is not None
+                clone = settings.volume_clone is VolumeClone.BACKING and tree.format.value in CLONABLE
+                if clone:
+                    # Pin the blob before the overlay exists, so no crash leaves a clone whose backing GC may take.
+                    self.store.update("volumes", ident, backing_blob=tree.sha256)
                 path = self.files.create_from_image(v.uuid, v.generation, self.cas.blob_path(tree.sha256),
                                                     tree.format.value, v.max_size_bytes, readonly=v.readonly,
-                                                    progress=progress)
+                                                    progress=progress, backing=clone)
         except (VolumeError, OSError) as exc:
             nospace = _out_of_space(exc)
             desc = "no space left on the device" if nospace else str(exc)
             slow = settings.slow_retry_seconds
             log.error("volume creation failed", volume=key, error=str(exc))
+            if self.find(*ident) is None:  # no overlay was made: the blob is pinned by nothing but its tree
+                self.store.update("volumes", ident, backing_blob=None)
             self.on_failure(key)
             retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
             self.store.update("volumes", ident, state=S.ERROR, next_retry=time.time() + slow,
@@ -131,4 +138,20 @@ class VolumeBuilder:
         usage = self.usage(path, spec["max_size"])
         self.store.update("volumes", ident, state=S.CREATED_VOLUME, progress=100, path=str(path),
                           max_size=spec["max_size"] or usage.virtual_size, cur_size=usage.allocated,
-                          create_time=time.time(), next_retry=0, error=None, spec=spec)
+                          create_time=time.time(), next_retry=0, error=None, spec=spec,
+                          backing_blob=self.backing_blob(path))
+
+    def backing_blob(self, path: Path) -> str | None:
+        """sha256 of the CAS blob a clone volume reads through to, read from the volume file itself (so a
+        volume adopted after a crash pins the right blob); None for a volume that stands alone."""
+        if path.is_dir():
+            return None
+        backing = self.files.backing_of(path)
+        if backing is None:
+            return None
+        if backing.parent != self.cas.blobs_dir:
+            # edgevol only ever makes overlays on CAS blobs; anything else is not ours to pin
+            log.warning("volume has a backing file outside the content store", path=str(path),
+                        backing=str(backing))
+            return None
+        return backing.name

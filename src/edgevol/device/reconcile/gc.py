@@ -5,6 +5,12 @@ Content trees and blobs go once nothing references them for the configured
 delay (``edgevol.gc.delay.seconds``; 0 = at once), so a content tree
 re-added within the delay is reused without a download.
 
+A clone volume (``edgevol.volume.clone=backing``) references the blob it is
+an overlay of, so that blob outlives its content tree until the last such
+volume goes. The volume row names its blob before the overlay file exists
+(builders.py) and goes only after the file, so no crash leaves an overlay
+without its backing.
+
 A volume found on disk that no row knows and the config does not name (a
 legacy disk the migration moved for a config that has changed since, say)
 is taken into the state as an *unclaimed* volume: reported like any other,
@@ -75,7 +81,7 @@ class GarbageCollector:
             self.store.insert("volumes", uuid=ident[0], generation=ident[1], display_name=f"unclaimed {entry.name}",
                               state=S.CREATED_VOLUME, progress=100, path=str(entry), max_size=usage.virtual_size,
                               cur_size=usage.allocated, create_time=entry.stat().st_mtime, ref_change_time=now,
-                              unreferenced_since=now)
+                              unreferenced_since=now, backing_blob=self.builder.backing_blob(Path(entry)))
             log.warning("volume on disk that nothing names; reported, and collected after the GC delay",
                         path=str(entry))
 
@@ -138,6 +144,8 @@ class GarbageCollector:
             referenced.update(r["component_shas"] or [])
             if r["sha256"] and r["spec"] and not ImageFormat(r["spec"].get("format")).manifested:
                 referenced.add(r["sha256"])
+        # a clone volume reads through to its blob: the blob stays while the volume row does, whatever the trees
+        referenced.update(r["backing_blob"] for r in self.store.all("volumes") if r["backing_blob"])
         for row in self.store.all("blobs"):
             sha = row["sha256"]
             if sha in referenced:

@@ -34,7 +34,12 @@ def status_document(store: StateStore) -> dict[str, Any]:
         "cur_size_bytes": r["cur_size"], "path": r["path"], "readonly": bool(r["readonly"]),
         "format": volume_format(r["path"]) if r["path"] else None,
         "ref_count": r["ref_count"], "error": _error(r["error"]), "warning": _error(r.get("warning")),
+        "backing_blob": r.get("backing_blob"),
     } for r in store.all("volumes")]
+    users: dict[str, list[dict[str, Any]]] = {}
+    for r in store.all("volumes"):
+        if r.get("backing_blob"):
+            users.setdefault(r["backing_blob"], []).append({"uuid": r["uuid"], "generation_count": r["generation"]})
     trees = [{
         "uuid": r["uuid"], "display_name": r["display_name"], "sha256": r["sha256"],
         "format": (r["spec"] or {}).get("format"), **_states(r), "progress": r["progress"],
@@ -45,6 +50,7 @@ def status_document(store: StateStore) -> dict[str, Any]:
     blobs = [{
         "sha256": r["sha256"], **_states(r), "progress": r["progress"],
         "size": r["size"], "ref_count": r["ref_count"], "error": _error(r["error"]),
+        "volume_users": users.get(r["sha256"], []),
     } for r in store.all("blobs")]
     apps = [{
         "uuid": r["uuid"], "display_name": r["display_name"], "purge_counter": r["purge_counter"],

@@ -29,6 +29,8 @@ SECTOR = 512
 # hypervisor (pkg/pillar/cmd/domainmgr/domainmgr.go:2484-2488).
 DRIVERS = {"qcow2": "qcow2", "raw": "raw", "qcow": "qcow", "vhd": "vpc", "vmdk": "vmdk", "vhdx": "vhdx", "iso": "raw"}
 FORMATS = tuple(DRIVERS)
+# Content formats a volume can be a copy-on-write overlay of (edgevol.volume.clone=backing); the others are copied.
+CLONABLE = ("raw", "qcow2")
 # VMDK create types that keep everything in the one file (others name extents in other files).
 _VMDK_SELF_CONTAINED = ("monolithicSparse", "streamOptimized")
 _ISO_DESCRIPTOR_AT = 32 * 1024  # ISO 9660 and UDF volume descriptors start after 16 sectors of 2 KiB
@@ -145,8 +147,16 @@ class FileVolumes:
         size: int,
         readonly: bool = False,
         progress: Callable[[float], None] | None = None,
+        *,
+        backing: bool = False,
     ) -> Path:
         """A volume holding the disk image ``src`` (content format ``src_fmt``), grown (never shrunk) to ``size``.
+
+        With ``backing`` (RAW or QCOW2 content only; other formats are still
+        copied), the volume is a qcow2 overlay whose backing file is ``src``
+        itself, at its absolute path and in its pinned format: created in O(1),
+        and the guest's writes land in the overlay, never in ``src``. ``src``
+        must then be immutable and outlive the volume (a CAS blob the caller pins).
 
         ``src`` is an untrusted downloaded blob: it is refused unless it really
         is ``src_fmt`` and stands alone (no backing, external data or extent
@@ -166,6 +176,8 @@ class FileVolumes:
             raise VolumeError(f"unsupported image format {src_fmt!r}; expected one of {FORMATS} or 'ova'")
         self._ensure_absent(uuid, generation)
         info = self._validate(src, src_fmt, f"source image {src}")
+        if backing and src_fmt in CLONABLE:
+            return self._make_overlay(uuid, generation, src, src_fmt, info, size, readonly, progress)
         return self._make(uuid, generation, src, src_fmt, info, size, readonly, progress)
 
     def _make(self, uuid: str, generation: int, src: Path, src_fmt: str, info: qemu.ImageInfo, size: int,
@@ -203,6 +215,43 @@ class FileVolumes:
             tmp.unlink(missing_ok=True)
             raise
         return final
+
+    def _make_overlay(self, uuid: str, generation: int, src: Path, src_fmt: str, info: qemu.ImageInfo, size: int,
+                      readonly: bool, progress: Callable[[float], None] | None) -> Path:
+        """A qcow2 overlay on the validated ``src``, as big as the image or ``size``, whichever is larger."""
+        backing = Path(os.path.abspath(src))
+        final = self.path_for(uuid, generation, "qcow2")
+        tmp = fsutil.temp_path_for(final)
+        try:
+            qemu.create_overlay(tmp, backing, DRIVERS[src_fmt], _round_up(max(info.virtual_size, size)),
+                                qemu_img=self.qemu_img)
+            # Check what qemu-img wrote: the overlay names our backing, in our format, and nothing else.
+            made = qemu.image_info(tmp, "qcow2", qemu_img=self.qemu_img)
+            if made.backing_file != str(backing) or made.data_file is not None:
+                raise VolumeError(f"overlay {tmp.name} names backing {made.backing_file!r}, "
+                                  f"data file {made.data_file!r}; expected {backing}")
+            crash_point("volume.temp.written")
+            fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
+        except QemuImgError as exc:
+            tmp.unlink(missing_ok=True)
+            raise VolumeError(f"cannot create volume {final.name} over {src}: {exc}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if progress is not None:
+            progress(100.0)
+        return final
+
+    def backing_of(self, path: Path) -> Path | None:
+        """The backing file a volume reads through to (a clone's CAS blob), None for a standalone volume."""
+        path = Path(path)
+        if path.is_dir() or volume_format(path) != "qcow2":
+            return None
+        try:
+            backing = qemu.image_info(path, "qcow2", qemu_img=self.qemu_img).backing_file
+        except QemuImgError as exc:
+            raise VolumeError(f"cannot inspect volume {path}: {exc}") from exc
+        return Path(backing) if backing else None
 
     def _create_from_ova(self, uuid: str, generation: int, src: Path, size: int, readonly: bool,
                          progress: Callable[[float], None] | None) -> Path:
@@ -358,4 +407,4 @@ class FileVolumes:
         return fsutil.remove_temps(self.root)
 
 
-__all__ = ["FORMATS", "FileVolumes", "VolumeError", "VolumeUsage", "parse_name", "volume_format"]
+__all__ = ["CLONABLE", "FORMATS", "FileVolumes", "VolumeError", "VolumeUsage", "parse_name", "volume_format"]

@@ -134,6 +134,21 @@ def create(path: Path, fmt: str, size: int, qemu_img: str = "qemu-img") -> None:
     _run([qemu_img, "create", "-q", "-f", fmt, "--", str(path), str(int(size))])
 
 
+def create_overlay(path: Path, backing: Path, backing_fmt: str, size: int, qemu_img: str = "qemu-img") -> None:
+    """A qcow2 overlay of ``size`` bytes whose reads fall through to ``backing`` until written.
+
+    The backing path must be absolute and its format is pinned (``-F``): neither
+    is ever taken from the image's own header, so the overlay cannot be steered
+    to another host file or probed as another format.
+    """
+    if backing_fmt not in ("raw", "qcow2"):
+        raise ValueError(f"an overlay's backing must be raw or qcow2, got {backing_fmt!r}")
+    if not Path(backing).is_absolute():
+        raise ValueError(f"an overlay's backing path must be absolute, got {backing}")
+    _run([qemu_img, "create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", str(backing),
+          "--", str(path), str(int(size))])
+
+
 def resize(path: Path, fmt: str, size: int, qemu_img: str = "qemu-img") -> None:
     """Grow an image to ``size`` bytes; shrinking is deliberately not offered."""
     _check_fmt(fmt)
