@@ -29,8 +29,7 @@ __all__ = ["Env", "blank_volumes", "display_cmd", "download", "edgevol_cmd", "lo
 
 GiB = 1 << 30
 # What `edgevol device run` imports before it does any work (cli.main at top level, the rest in the command).
-AGENT_IMPORTS = ("import edgevol.cli.main, edgevol.cli.progress, edgevol.device.configsource, "
-                 "edgevol.device.reconcile.agent")
+AGENT_IMPORTS = "import edgevol.cli.main, edgevol.device.configsource, edgevol.device.reconcile.agent"
 RSS_TARGET = 100_000_000
 
 
