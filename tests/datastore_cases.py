@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from edgevol.api import messages as m
+from edgevol.device.crashpoints import CRASH_AT_ENV
 from edgevol.device.state import StateStore
 from edgevol.tools.faultproxy import FaultProxy, Seen
 from tests.configs import ConfigBuilder, sha256_file
@@ -25,12 +26,17 @@ from tests.conftest import EDGEVOL, by_name, device_status
 LOG_TAIL = 3000  # characters of a log quoted in a failure: the end, where the reason is
 
 
-def run_once(data: Path, b: ConfigBuilder, cfg: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_once(data: Path, b: ConfigBuilder, cfg: Path, timeout: float = 180,
+             crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
     """Save ``b`` to ``cfg`` and run one reconcile pass (``device run --once``): the way a test sees what a
-    config turns into, with the agent's log in the result's stderr."""
+    config turns into, with the agent's log in the result's stderr. ``crash_at`` names a crash point
+    (``device/crashpoints.py``) where the agent kills itself with SIGKILL."""
     b.save(cfg)
+    env = {k: v for k, v in os.environ.items() if k != CRASH_AT_ENV}
+    if crash_at:
+        env[CRASH_AT_ENV] = crash_at
     return subprocess.run([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg), "--once"],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def rerun_through(proxy: FaultProxy, path: str, data: Path, b: ConfigBuilder,

@@ -7,7 +7,6 @@ Real qemu-img and qemu-io throughout; the agent runs as ``edgevol device run --o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,26 +15,17 @@ from pathlib import Path
 import pytest
 
 from edgevol.api import messages as m
-from edgevol.device.crashpoints import CRASH_AT_ENV
 from edgevol.device.state import StateStore
 from edgevol.device.volumes import FileVolumes, VolumeError
 from edgevol.model.desired import VolumeClone
 from edgevol.model.parse import parse_config
 from edgevol.tools.httpserve import RangeHTTPServer
+from tests.datastore_cases import run_once
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, make_qcow2_image, make_raw_image
+from tests.conftest import by_name, device_status, make_qcow2_image, make_raw_image
 
 MiB = 1 << 20
 QEMU_IO = shutil.which("qemu-io")
-
-
-def _run_once(data: Path, b: ConfigBuilder, cfg: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    b.save(cfg)
-    env = {k: v for k, v in os.environ.items() if k != CRASH_AT_ENV}
-    if crash_at:
-        env[CRASH_AT_ENV] = crash_at
-    return subprocess.run([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg), "--once"],
-                          capture_output=True, text=True, timeout=120, env=env)
 
 
 def _info(path: Path) -> dict:
@@ -71,7 +61,7 @@ def _blob(data: Path, sha: str) -> Path:
 def test_clone_reads_like_its_image_and_is_an_overlay_on_the_blob(
         fmt: str, tmp_path: Path, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, fmt, "backing")
-    proc = _run_once(data, b, cfg)
+    proc = run_once(data, b, cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     st = device_status(data)
     vol = by_name(st["volumes"], "root")
@@ -98,7 +88,7 @@ def test_clone_reads_like_its_image_and_is_an_overlay_on_the_blob(
 def test_clone_grows_to_the_image_when_maxsize_is_smaller(
         tmp_path: Path, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, "raw", "backing", size=MiB)
-    assert _run_once(data, b, cfg).returncode == 0
+    assert run_once(data, b, cfg).returncode == 0
     vol = by_name(device_status(data)["volumes"], "root")
     assert _info(Path(vol["path"]))["virtual-size"] == 4 * MiB  # never shrunk below the image
 
@@ -108,7 +98,7 @@ def test_clone_grows_to_the_image_when_maxsize_is_smaller(
 def test_guest_writes_land_in_the_overlay_never_in_the_blob(
         fmt: str, tmp_path: Path, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, fmt, "backing")
-    assert _run_once(data, b, cfg).returncode == 0
+    assert run_once(data, b, cfg).returncode == 0
     path = Path(by_name(device_status(data)["volumes"], "root")["path"])
     blob = _blob(data, sha)
     subprocess.run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 6M 1M", str(path)],
@@ -119,7 +109,7 @@ def test_guest_writes_land_in_the_overlay_never_in_the_blob(
     assert sha256_file(blob) == sha  # the verified blob is untouched
     # a second clone of the same blob still sees the pristine image
     b.download_volume(b.cfg.contentInfo[0].uuid, 8 * MiB, name="second")
-    assert _run_once(data, b, cfg).returncode == 0
+    assert run_once(data, b, cfg).returncode == 0
     second = Path(by_name(device_status(data)["volumes"], "second")["path"])
     cmp = subprocess.run(["qemu-img", "compare", "-U", "-f", fmt, "-F", "qcow2", str(image), str(second)],
                          capture_output=True, text=True)
@@ -135,7 +125,7 @@ def test_blob_outlives_its_content_tree_while_a_clone_uses_it_then_goes(
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, "raw", "backing")
     vol_id = b.cfg.volumes[0].uuid
     b.app([vol_id], name="vm")
-    assert _run_once(data, b, cfg).returncode == 0
+    assert run_once(data, b, cfg).returncode == 0
     gen0 = Path(by_name(device_status(data)["volumes"], "root")["path"])
 
     # the controller replaces the content tree and bumps the volume, but forgets the purge counter
@@ -146,7 +136,7 @@ def test_blob_outlives_its_content_tree_while_a_clone_uses_it_then_goes(
     b.cfg.volumes[0].generationCount = 1
     b.cfg.volumes[0].origin.downloadContentTreeID = new_ct
     b.cfg.apps[0].volumeRefList[0].generationCount = 1
-    _run_once(data, b, cfg)  # exits 1: the app's error about the missing purge counter bump
+    run_once(data, b, cfg)  # exits 1: the app's error about the missing purge counter bump
     st = device_status(data)
     assert [t["display_name"] for t in st["content_trees"]] == ["os2"]  # the old tree is gone
     assert gen0.exists() and _blob(data, sha).is_file() and sha256_file(_blob(data, sha)) == sha
@@ -158,7 +148,7 @@ def test_blob_outlives_its_content_tree_while_a_clone_uses_it_then_goes(
 
     # the purge counter moves the app to gen 1: gen 0 goes, and with it the blob nothing else uses
     b.cfg.apps[0].purge.counter = 1
-    proc = _run_once(data, b, cfg)
+    proc = run_once(data, b, cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     st = device_status(data)
     assert [r["sha256"] for r in st["blobs"]] == [new_sha]
@@ -175,9 +165,9 @@ def test_blob_outlives_its_content_tree_while_a_clone_uses_it_then_goes(
 def test_kill_9_during_clone_creation_converges(
         point: str, tmp_path: Path, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, "qcow2", "backing")
-    killed = _run_once(data, b, cfg, crash_at=point)
+    killed = run_once(data, b, cfg, crash_at=point)
     assert killed.returncode == -signal.SIGKILL, f"never reached {point}: {killed.stderr[-3000:]}"
-    after = _run_once(data, b, cfg)
+    after = run_once(data, b, cfg)
     assert after.returncode == 0 and "Traceback" not in after.stderr, after.stderr[-3000:]
     st = device_status(data)
     vol = by_name(st["volumes"], "root")
@@ -205,7 +195,7 @@ def test_backing_path_planted_in_the_content_is_refused(
     ct = b.content_tree(ds, "evil.qcow2", sha256_file(evil), "qcow2", name="evil")
     b.download_volume(ct, 8 * MiB, name="root")
     data, cfg = tmp_path / "dev", tmp_path / "c.pb"
-    proc = _run_once(data, b, cfg)
+    proc = run_once(data, b, cfg)
     assert proc.returncode == 1
     vol = by_name(device_status(data)["volumes"], "root")
     assert vol["state"] == "ERROR" and vol["path"] is None and vol["backing_blob"] is None
@@ -229,7 +219,7 @@ def test_planted_backing_refused_by_the_volume_layer_too(tmp_path: Path) -> None
 def test_copy_setting_makes_an_independent_copy(
         tmp_path: Path, datastore_dir: Path, http_server: RangeHTTPServer) -> None:
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, "raw", "copy")
-    assert _run_once(data, b, cfg).returncode == 0
+    assert run_once(data, b, cfg).returncode == 0
     st = device_status(data)
     vol = by_name(st["volumes"], "root")
     path = Path(vol["path"])
@@ -265,12 +255,12 @@ def test_blob_is_pinned_before_the_overlay_exists(
     """Killed after the overlay is committed but before its row says so, then the content tree is removed:
     the volume row already names its blob, so GC keeps the blob the overlay reads through to."""
     b, data, cfg, sha, image = _deploy(tmp_path, datastore_dir, http_server, "raw", "backing")
-    killed = _run_once(data, b, cfg, crash_at="volume.committed")
+    killed = run_once(data, b, cfg, crash_at="volume.committed")
     assert killed.returncode == -signal.SIGKILL
     overlays = list((data / "volumes").iterdir())
     assert len(overlays) == 1 and overlays[0].name.endswith(".qcow2")
     del b.cfg.contentInfo[:]  # the volume now names a missing content tree: an error, and the volume is kept
-    _run_once(data, b, cfg)
+    run_once(data, b, cfg)
     st = device_status(data)
     assert st["content_trees"] == []
     assert _blob(data, sha).is_file() and overlays[0].exists()

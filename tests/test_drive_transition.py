@@ -19,24 +19,15 @@ from typing import Any
 import pytest
 
 from edgevol.api import messages as m
-from edgevol.device.crashpoints import CRASH_AT_ENV
 from edgevol.device.state import StateStore
 from edgevol.model.legacy import implicit_volume_uuid
+from tests.datastore_cases import run_once
 from tests.configs import ConfigBuilder, drive, new_id, sha256_file
 from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image
 
 MiB = 1 << 20
 S = m.ZSwState
 APP_BYTES = b"written by the app under its drive"
-
-
-def run_once(data: Path, b: ConfigBuilder, cfg: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    b.save(cfg)
-    env = {k: v for k, v in os.environ.items() if k != CRASH_AT_ENV}
-    if crash_at:
-        env[CRASH_AT_ENV] = crash_at
-    return subprocess.run([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg), "--once"],
-                          capture_output=True, text=True, timeout=120, env=env)
 
 
 def write_at(path: Path, offset: int, data: bytes) -> None:

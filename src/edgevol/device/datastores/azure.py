@@ -21,13 +21,10 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
-
-from edgevol.netaddr import is_loopback_host
 
 from .base import ConfigError, NotFoundError, PermanentError, TransientError
 from .ranged import BucketStore
-from .tls import ca_bundle_file, remove_ca_bundle
+from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 CHUNK_SIZE = 4 << 20
 """Bytes per GET the SDK holds in memory at once; a ranged read streams as a run of these."""
@@ -143,23 +140,12 @@ def _is_sas(password: str) -> bool:
 
 def _account_url(fqdn: str, account: str) -> str:
     """The blob service URL (Azure's for the account when empty); plain HTTP only for a loopback host."""
-    fqdn = fqdn.strip()
-    if not fqdn:
-        if not account:
-            raise ConfigError("an Azure Blob datastore needs its blob service URL in fqdn or its account in apiKey")
-        return f"https://{account}.blob.core.windows.net"
-    url = fqdn if "://" in fqdn else f"https://{fqdn}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"Azure Blob service URL {fqdn!r} is not an http(s) URL")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        # never echo it: a query here is most likely a SAS token
-        raise ConfigError("an Azure Blob service URL in fqdn carries no query or user info; a SAS token goes in "
-                          "password")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(f"Azure Blob service URL {fqdn!r} is plain HTTP; only a loopback one may be (credentials "
-                          "and content would travel unprotected)")
-    return url.rstrip("/")
+    url = endpoint_url(fqdn, "Azure Blob service URL")  # a query here would most likely be a SAS token
+    if url is not None:
+        return url
+    if not account:
+        raise ConfigError("an Azure Blob datastore needs its blob service URL in fqdn or its account in apiKey")
+    return f"https://{account}.blob.core.windows.net"
 
 
 def _status(exc: Any) -> int:

@@ -35,7 +35,7 @@ from .base import (
 )
 from .http import ssl_context
 from .ranged import BucketStore
-from .tls import ca_bundle_file, remove_ca_bundle
+from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 __all__ = ["GOOGLE_ENDPOINT", "GcsDatastore"]
 
@@ -68,7 +68,7 @@ class GcsDatastore(BucketStore):
         if not bucket:
             raise ConfigError("a Google Cloud Storage datastore names its bucket in dpath")
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        endpoint = _endpoint(fqdn)
+        endpoint = endpoint_url(fqdn, "Google Cloud Storage endpoint")
         self.at = f" at {endpoint}" if endpoint else ""
         try:
             credentials, self.anonymous = _credentials(password)
@@ -190,25 +190,6 @@ class GcsDatastore(BucketStore):
                 obj.close()
         remove_ca_bundle(self.__dict__.get("_ca_file"))
         self._ca_file = None
-
-
-def _endpoint(fqdn: str) -> str | None:
-    """The endpoint URL, or None for Google's; plain HTTP only for a loopback endpoint."""
-    fqdn = fqdn.strip()
-    if not fqdn:
-        return None
-    url = fqdn if "://" in fqdn else f"https://{fqdn}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"Google Cloud Storage endpoint {fqdn!r} is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError("credentials in the datastore address are not allowed; use the password field")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"Google Cloud Storage endpoint {fqdn!r} must not contain a query or fragment")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(f"Google Cloud Storage endpoint {fqdn!r} is plain HTTP; only a loopback endpoint may be "
-                          "(credentials and content would travel unprotected)")
-    return url.rstrip("/")
 
 
 def _credentials(password: str) -> tuple[Any, bool]:

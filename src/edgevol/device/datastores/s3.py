@@ -17,13 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
-
-from edgevol.netaddr import is_loopback_host
 
 from .base import ConfigError, NotFoundError, PermanentError, TransientError
 from .ranged import BucketStore
-from .tls import ca_bundle_file, remove_ca_bundle
+from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 CHUNK_SIZE = 1 << 20
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
@@ -48,7 +45,7 @@ class S3Datastore(BucketStore):
         if not bucket:
             raise ConfigError("an S3 datastore names its bucket in dpath")
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        endpoint = _endpoint(fqdn)
+        endpoint = endpoint_url(fqdn, "S3 endpoint")
         self._ca_file = ca_bundle_file(ca_pems, "s3")
         self.where = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
         self._client = boto3.session.Session().client(
@@ -97,21 +94,6 @@ class S3Datastore(BucketStore):
     def close(self) -> None:
         self._client.close()
         remove_ca_bundle(self._ca_file)
-
-
-def _endpoint(fqdn: str) -> str | None:
-    """The endpoint URL, or None for AWS; plain HTTP only for a loopback endpoint."""
-    fqdn = fqdn.strip()
-    if not fqdn:
-        return None
-    url = fqdn if "://" in fqdn else f"https://{fqdn}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"S3 endpoint {fqdn!r} is not an http(s) URL")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(f"S3 endpoint {fqdn!r} is plain HTTP; only a loopback endpoint may be (credentials and "
-                          "content would travel unprotected)")
-    return url.rstrip("/")
 
 
 def _code(exc: Any) -> str:
