@@ -254,3 +254,23 @@ def test_unusable_settings_are_config_errors_that_never_quote_the_key() -> None:
         ds.close()
 
 
+
+
+def test_a_ranged_read_answered_from_byte_zero_still_yields_the_range(gcs_server: RunningGcs) -> None:  # noqa: F811
+    """Something in between that drops Range (the fault proxy's ignore_range) makes the store send the whole
+    object: the read skips what it did not ask for (``ranged.skip_bytes``), so a resume never writes the
+    object's first bytes at the partial's end."""
+    blob = os.urandom(3 * 1024 * 1024 + 5)
+    gcs_server.put("images", "vm/whole.bin", blob)
+    with FaultProxy(f"127.0.0.1:{gcs_server.port}", seed=10) as proxy:
+        ignored = proxy.add(Rule("ignore_range", path="/download/", methods=frozenset({"GET"})))
+        ds = GcsDatastore(f"http://127.0.0.1:{proxy.port}", "images/vm")
+        try:
+            assert b"".join(ds.read("whole.bin", 1024 * 1024 + 3, len(blob))) == blob[1024 * 1024 + 3:]
+            sink = BytesSink()
+            sink.write(blob[:2 * 1024 * 1024])
+            ds.fetch("whole.bin", sink)
+            assert sink.getvalue() == blob
+        finally:
+            ds.close()
+    assert ignored.injected == 2

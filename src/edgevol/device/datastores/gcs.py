@@ -34,7 +34,7 @@ from .base import (
     TransientError,
 )
 from .http import ssl_context
-from .ranged import BucketStore
+from .ranged import BucketStore, skip_bytes
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 __all__ = ["GOOGLE_ENDPOINT", "GcsDatastore"]
@@ -133,12 +133,7 @@ class GcsDatastore(BucketStore):
                                              f"answered Content-Range {resp.headers.get('Content-Range')!r}")
                 else:
                     skip = start  # a store that ignored the range sent it all
-                for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                    if chunk:
-                        yield chunk
+                yield from skip_bytes(resp.raw.stream(CHUNK_SIZE, decode_content=False), skip)
             finally:
                 resp.close()
 

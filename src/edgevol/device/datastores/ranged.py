@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from .base import Cancelled, PermanentError, ProgressFn, Sink, TransientError
 
-__all__ = ["PART_SIZE", "PARALLEL_THRESHOLD", "BucketStore", "RangedStore", "fetch_ranged"]
+__all__ = ["PART_SIZE", "PARALLEL_THRESHOLD", "BucketStore", "RangedStore", "fetch_ranged", "skip_bytes"]
 
 PART_SIZE = 8 << 20
 """Bytes per ranged read when several run at once; memory held is about (streams + 1) parts."""
@@ -64,6 +64,17 @@ def fetch_ranged(store: RangedStore, suffix: str, sink: Sink, *, max_size: int |
             _deliver(sink, chunk, total, name, progress, cancel)
     if sink.offset != total:
         raise TransientError(f"{name}: the connection ended at byte {sink.offset} of {total}")
+
+
+def skip_bytes(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
+    """``chunks`` without their first ``count`` bytes: how a ``read`` follows a store (or something in
+    between) that ignored its range and sent the object from byte 0."""
+    for chunk in chunks:
+        if count:
+            cut = min(count, len(chunk))
+            chunk, count = chunk[cut:], count - cut
+        if chunk:
+            yield chunk
 
 
 def _deliver(sink: Sink, chunk: bytes, total: int, name: str, progress: ProgressFn | None,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import ConfigError, NotFoundError, PermanentError, TransientError
-from .ranged import BucketStore
+from .ranged import BucketStore, skip_bytes
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 CHUNK_SIZE = 1 << 20
@@ -70,12 +70,7 @@ class S3Datastore(BucketStore):
             skip = start if not resp.get("ContentRange") else 0  # a store that ignored the range sent it all
             body = resp["Body"]
             try:
-                for chunk in body.iter_chunks(CHUNK_SIZE):
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                    if chunk:
-                        yield chunk
+                yield from skip_bytes(body.iter_chunks(CHUNK_SIZE), skip)
             finally:
                 body.close()
 
