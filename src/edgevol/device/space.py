@@ -10,11 +10,12 @@ by itself once space is freed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Callable, Collection, Iterator
 
 from edgevol.api import messages as m
 from edgevol.device.errors import human_bytes
@@ -68,33 +69,87 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+@dataclass
+class _Commitments:
+    """What admitted work will still write, read from the state database once per reconcile pass.
+
+    A pass admits up to thousands of jobs; reading every row for each would
+    make it O(n^2). Jobs admitted during the pass are added as they are, so
+    two admitted in one pass cannot both count on the same free bytes.
+    """
+
+    free: int
+    downloads: dict[str, int]  # blob sha256 -> bytes still to download
+    growth: dict[tuple[str, int], int]  # writable volume -> growth room up to its maxsizebytes
+    held: dict[tuple[str, int], int]  # every volume -> bytes it holds on disk
+    admitted: dict[tuple[str, int] | str, int] = field(default_factory=dict)  # this pass's jobs (thin or not)
+    admitted_total: int = 0
+
+    def __post_init__(self) -> None:
+        self.downloads_total = sum(self.downloads.values())
+        self.growth_total = sum(self.growth.values())
+
+    def promised(self, *, except_blob: str | None, except_volume: tuple[str, int] | None, thin: bool,
+                 releasing: Collection[tuple[str, int]]) -> int:
+        total = self.downloads_total - self.downloads.get(except_blob or "", 0)
+        if not thin:
+            total += self.growth_total - sum(self.growth.get(r, 0) for r in {except_volume, *releasing}
+                                             if r is not None)
+        mine = sum(self.admitted.get(key, 0) for key in {except_blob, except_volume} if key is not None)
+        return total + self.admitted_total - mine
+
+
 class SpaceLedger:
     def __init__(self, root: Path, store: StateStore, free: Callable[[Path], int] = free_bytes) -> None:
         self.root = root
         self.store = store
         self._free = free
+        self._pass: _Commitments | None = None
+
+    @contextlib.contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """Read the commitments once for the checks of one reconcile pass (the database changes under the
+        pass only by what the pass itself admits, which :meth:`admit` adds)."""
+        self._pass = self._read()
+        try:
+            yield
+        finally:
+            self._pass = None
+
+    def _read(self) -> _Commitments:
+        downloads = {b["sha256"]: max(b["size"] - b["done_bytes"], 0)
+                     for b in self.store.rows("blobs", "sha256", "state", "size", "done_bytes")
+                     if b["state"] not in (S.LOADED, S.INITIAL, S.ERROR)}
+        growth: dict[tuple[str, int], int] = {}
+        held: dict[tuple[str, int], int] = {}
+        for v in self.store.rows("volumes", "uuid", "generation", "state", "path", "readonly", "max_size",
+                                 "cur_size"):
+            ident = (v["uuid"], v["generation"])
+            held[ident] = v["cur_size"]
+            if not v["readonly"] and (v["path"] or v["state"] == S.CREATING_VOLUME):
+                growth[ident] = max(v["max_size"] - v["cur_size"], 0)
+        return _Commitments(self._free(self.root), downloads, growth, held)
 
     def promised(self, *, except_blob: str | None = None, except_volume: tuple[str, int] | None = None,
                  thin: bool = False, releasing: Collection[tuple[str, int]] = ()) -> int:
         """Bytes that admitted work will still write (with ``thin``, volumes' growth room is not counted)."""
-        total = 0
-        for b in self.store.all("blobs"):
-            if b["sha256"] != except_blob and b["state"] not in (S.LOADED, S.INITIAL, S.ERROR):
-                total += max(b["size"] - b["done_bytes"], 0)
-        for v in [] if thin else self.store.all("volumes"):
-            ident = (v["uuid"], v["generation"])
-            if ident == except_volume or ident in releasing or v["readonly"]:
-                continue
-            if v["path"] or v["state"] == S.CREATING_VOLUME:
-                total += max(v["max_size"] - v["cur_size"], 0)
-        return total
+        return (self._pass or self._read()).promised(except_blob=except_blob, except_volume=except_volume,
+                                                     thin=thin, releasing=releasing)
 
     def check(self, need: int, reserve: int, *, blob: str | None = None,
               volume: tuple[str, int] | None = None, thin: bool = False,
               releasing: Collection[tuple[str, int]] = ()) -> SpaceVerdict:
         """Whether ``need`` more bytes fit; ``releasing`` names volumes counted as already gone
         (what they hold on disk is free, their growth room no longer promised)."""
-        freed = sum(v["cur_size"] for v in self.store.all("volumes") if (v["uuid"], v["generation"]) in releasing)
-        return SpaceVerdict(need=need, free=self._free(self.root) + freed, reserve=reserve,
-                            promised=self.promised(except_blob=blob, except_volume=volume, thin=thin,
-                                                   releasing=releasing))
+        now = self._pass or self._read()
+        freed = sum(now.held.get(r, 0) for r in releasing)
+        return SpaceVerdict(need=need, free=now.free + freed, reserve=reserve,
+                            promised=now.promised(except_blob=blob, except_volume=volume, thin=thin,
+                                                  releasing=releasing))
+
+    def admit(self, need: int, *, blob: str | None = None, volume: tuple[str, int] | None = None) -> None:
+        """A job that passed :meth:`check` starts: the rest of the pass counts its bytes as promised."""
+        key = blob if blob is not None else volume
+        if self._pass is not None and key is not None:
+            self._pass.admitted_total += need - self._pass.admitted.get(key, 0)
+            self._pass.admitted[key] = need

@@ -75,6 +75,7 @@ class Agent:
         self._pool = ThreadPoolExecutor(max_workers=self.options.workers + MAX_PARALLEL_DOWNLOADS,
                                         thread_name_prefix="edgevol-work")
         self._tasks: dict[str, Future[None]] = {}
+        self._submitted: set[str] = set()  # every task key started by this process
         self._failed_this_run: set[str] = set()
         self._started_with: dict[str, tuple[Any, ...]] = {}  # download/resolve task -> its datastore then
         self._cooldown: dict[str, float] = {}
@@ -145,6 +146,7 @@ class Agent:
 
     # -- tasks ----------------------------------------------------------------
     def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        self._submitted.add(key)
         self._tasks[key] = self._pool.submit(fn, *args)
         self._tasks[key].add_done_callback(lambda _f: self.wake.set())
 
@@ -197,14 +199,15 @@ class Agent:
         now = time.time()
         d = self.desired
         self.store.keep_reserve()
-        self._sync_blobs(d, now)
-        self._sync_content_trees(d, now)
-        self._purge_first = set()
-        self._sync_volumes(d, now)
+        with self.space.one_pass():
+            self._sync_blobs(d, now)
+            self._sync_content_trees(d, now)
+            self._purge_first = set()
+            self._sync_volumes(d, now)
         sync_apps(self.store, d, now, self._purge_first)
         if self.gc.collect(d, now):
             self._space_freed()
-        self._sync_refcounts(d, now)
+        self.store.batch(lambda: self._sync_refcounts(d, now))
         self.reporter.sync()
 
     def _space_freed(self) -> None:
@@ -374,21 +377,20 @@ class Agent:
         refresh_usage = now - self._last_usage >= d.settings.disk_scan_interval_seconds
         if refresh_usage:
             self._last_usage = now
+        self._insert_new_volumes(d, now)
+        on_disk = self.builder.on_disk()  # one directory listing, not a lookup per volume
+        container_disks = _serving_containers(d)
         for v in d.volumes.values():
             key = f"volume:{v.uuid}#{v.generation}"
-            spec = volume_spec(v)
-            row = self.store.get("volumes", v.uuid, v.generation)
-            if row is None:
-                self.store.insert("volumes", uuid=v.uuid, generation=v.generation, display_name=v.display_name,
-                                  state=S.INITIAL, max_size=v.max_size_bytes, readonly=v.readonly,
-                                  create_time=now, ref_change_time=now, spec=spec)
-                row = self.store.get("volumes", v.uuid, v.generation)
-                assert row is not None
-            ident = (v.uuid, v.generation)
             if self._busy(key):
                 continue
+            spec = volume_spec(v)
+            ident = (v.uuid, v.generation)
+            row = self.store.get("volumes", *ident)  # after _busy: what a task that just ended wrote is here
+            assert row is not None  # _insert_new_volumes made it
             if row["path"] is None:
-                adopted = self.builder.find(v.uuid, v.generation)
+                # A task of this run may have made the file after the listing (and crashed before recording it).
+                adopted = self.builder.find(*ident) if key in self._submitted else on_disk.get(ident)
                 if adopted is not None:  # created, then interrupted before the database knew
                     self.builder.record_created(ident, adopted, spec)
                     row = self.store.get("volumes", *ident)
@@ -423,14 +425,14 @@ class Agent:
                 fields: dict[str, Any] = {"display_name": v.display_name, "state": S.CREATED_VOLUME,
                                           "progress": 100, "error": None}
                 if refresh_usage:
-                    fields["cur_size"] = self.builder.usage(Path(row["path"]), v.max_size_bytes).allocated
+                    fields["cur_size"] = self.builder.allocated(Path(row["path"]))
                 self.store.update("volumes", ident, **fields)
                 continue
             self.store.update("volumes", ident, display_name=v.display_name, spec=spec,
                               max_size=v.max_size_bytes, readonly=v.readonly)
             if v.origin is VolumeOrigin.BLANK:
                 if self._may_retry(key, row, now) and self._volume_fits(v, None, row, d):
-                    self._submit(key, self.builder.create, key, v, None, d.settings, _serves_containers(v, d),
+                    self._submit(key, self.builder.create, key, v, None, d.settings, v.uuid in container_disks,
                                  self.options.once)
                 continue
             assert v.content_tree_id is not None
@@ -459,6 +461,20 @@ class Agent:
                     self.store.update("volumes", (r["uuid"], r["generation"]), state=S.ERROR,
                                       error=standing(r["error"], record))
 
+    def _insert_new_volumes(self, d: DesiredState, now: float) -> None:
+        """Rows for the volumes the config adds, a batch per commit (a new config may add thousands)."""
+        known = {(r["uuid"], r["generation"]) for r in self.store.rows("volumes", "uuid", "generation")}
+        new = [v for v in d.volumes.values() if (v.uuid, v.generation) not in known]
+
+        def insert(chunk: list[Any]) -> None:
+            for v in chunk:
+                self.store.insert("volumes", uuid=v.uuid, generation=v.generation, display_name=v.display_name,
+                                  state=S.INITIAL, max_size=v.max_size_bytes, readonly=v.readonly,
+                                  create_time=now, ref_change_time=now, spec=volume_spec(v))
+
+        for start in range(0, len(new), 1024):
+            self.store.batch(lambda chunk=new[start:start + 1024]: insert(chunk))  # type: ignore[misc]
+
     def _space_for(self, table: str, key: tuple[Any, ...], row: dict[str, Any], need: int, d: DesiredState,
                    kind: str, ident: str, name: str = "", **which: Any) -> bool:
         """Admit a job only if it fits beside what is promised; otherwise the object waits in ERROR."""
@@ -466,6 +482,7 @@ class Agent:
             return True
         verdict = self.space.check(need, d.settings.disk_reserve_bytes, thin=d.settings.thin_overcommit, **which)
         if verdict.ok:
+            self.space.admit(need, **which)
             return True
         what = "volume" if kind == ObjectKind.VOLUME else "blob"
         self.store.update(table, key, state=S.ERROR, error=standing(row["error"], error(
@@ -545,15 +562,12 @@ class Agent:
         if any(not f.done() for f in self._tasks.values()):
             return False
         d = self.desired
-        for v in d.volumes.values():
-            row = self.store.get("volumes", v.uuid, v.generation)
-            if row is None or row["state"] not in TERMINAL:
-                return False
-        for ct in d.content_trees.values():
-            row = self.store.get("content_trees", ct.uuid)
-            if row is None or row["state"] not in TERMINAL:
-                return False
-        return True
+        volumes = {(r["uuid"], r["generation"]): r["state"] for r in self.store.rows("volumes", "uuid", "generation",
+                                                                                     "state")}
+        if any(volumes.get((v.uuid, v.generation)) not in TERMINAL for v in d.volumes.values()):
+            return False
+        trees = {r["uuid"]: r["state"] for r in self.store.rows("content_trees", "uuid", "state")}
+        return all(trees.get(ct.uuid) in TERMINAL for ct in d.content_trees.values())
 
     def has_errors(self) -> bool:
         if self.desired.errors:
@@ -600,15 +614,15 @@ def _is_uuid(value: str) -> bool:
     return len(value) == 36 and value.count("-") == 4
 
 
-def _serves_containers(v: Any, d: DesiredState) -> bool:
-    """A blank volume is a directory when an app using it runs from a container image."""
+def _serving_containers(d: DesiredState) -> set[str]:
+    """The volumes used by an app that runs from a container image: a blank one of them is a directory."""
+    found: set[str] = set()
     for app in d.apps.values():
         refs = {r.uuid for r in app.volume_refs}
-        if v.uuid not in refs:
-            continue
         for other in refs:
             vol = d.volumes.get(other)
             tree = d.content_trees.get(vol.content_tree_id or "") if vol else None
             if tree is not None and tree.format is ImageFormat.CONTAINER:
-                return True
-    return False
+                found |= refs
+                break
+    return found

@@ -53,18 +53,32 @@ class VolumeBuilder:
     def find(self, uuid: str, generation: int) -> Path | None:
         return self.files.find(uuid, generation) or self.dirs.find(uuid, generation)
 
+    def on_disk(self) -> dict[tuple[str, int], Path]:
+        """Every complete volume in the volumes directory, file or directory, by (uuid, generation)."""
+        found = {(uuid, gen): path for uuid, gen, _fmt, path in self.files.list()}
+        found.update(self.dirs.list())
+        return found
+
     def delete(self, uuid: str, generation: int) -> bool:
         return self.files.delete(uuid, generation) | self.dirs.delete(uuid, generation)
 
     def usage(self, path: Path, max_size: int) -> VolumeUsage:
         return self.dirs.usage(path, max_size) if path.is_dir() else self.files.usage(path)
 
+    def allocated(self, path: Path) -> int:
+        """Host bytes a volume uses (its curSize), without asking qemu-img for the guest's size."""
+        return self.dirs.usage(path, 0).allocated if path.is_dir() else path.stat().st_blocks * 512
+
     def create(self, key: str, v: Volume, tree: ContentTree | None, settings: Settings, directory: bool,
                once: bool) -> None:
         """Build the volume; ``directory`` picks an empty directory for a blank volume of a container app."""
         ident = (v.uuid, v.generation)
-        # progress stays where the download left it (the store never lowers it): see state._keep_progress
-        self.store.update("volumes", ident, state=S.CREATING_VOLUME, error=None)
+        clone = (tree is not None and settings.volume_clone is VolumeClone.BACKING
+                 and tree.format.value in CLONABLE)
+        # progress stays where the download left it (the store never lowers it): see state._keep_progress.
+        # A clone pins its blob before the overlay exists, so no crash leaves a clone whose backing GC may take.
+        pin = {"backing_blob": tree.sha256} if clone and tree is not None else {}
+        self.store.update("volumes", ident, state=S.CREATING_VOLUME, error=None, **pin)
         last = [-1]
 
         def progress(pct: float) -> None:
@@ -84,10 +98,6 @@ class VolumeBuilder:
                 path = self._blob_tree(v, tree)
             else:
                 assert tree.sha256 is not None
-                clone = settings.volume_clone is VolumeClone.BACKING and tree.format.value in CLONABLE
-                if clone:
-                    # Pin the blob before the overlay exists, so no crash leaves a clone whose backing GC may take.
-                    self.store.update("volumes", ident, backing_blob=tree.sha256)
                 path = self.files.create_from_image(v.uuid, v.generation, self.cas.blob_path(tree.sha256),
                                                     tree.format.value, v.max_size_bytes, readonly=v.readonly,
                                                     progress=progress, backing=clone)

@@ -22,6 +22,10 @@ _SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], Any], Callable[[dict[s
 }
 
 
+# Messages queued per transaction: one commit for many, yet the store is never held for long.
+BATCH = 256
+
+
 class Reporter:
     def __init__(self, store: StateStore, device_id: str = "") -> None:
         self.store = store
@@ -33,18 +37,23 @@ class Reporter:
         if self.store.version == self._synced_version:
             return 0
         self._synced_version = self.store.version
-        queued = 0
+        known = self.store.fingerprints()
+        changed: list[tuple[str, bytes, str]] = []
         for table, (prefix, build, ident) in _SOURCES.items():
             for row in self.store.all(table):
                 content = build(row)
                 key = f"{prefix}/{ident(row)}"
                 fp = hashlib.sha256(content.SerializeToString(deterministic=True)).hexdigest()
-                if self.store.fingerprint(key) == fp:
-                    continue
-                self.store.outbox_put(key, info.wrap(self.device_id, content, time.time()).SerializeToString())
-                self.store.set_fingerprint(key, fp)
-                queued += 1
-        return queued
+                if known.get(key) != fp:
+                    changed.append((key, info.wrap(self.device_id, content, time.time()).SerializeToString(), fp))
+        for start in range(0, len(changed), BATCH):
+            self.store.batch(lambda chunk=changed[start:start + BATCH]: self._queue(chunk))  # type: ignore[misc]
+        return len(changed)
+
+    def _queue(self, chunk: list[tuple[str, bytes, str]]) -> None:
+        for key, payload, fp in chunk:
+            self.store.outbox_put(key, payload)
+            self.store.set_fingerprint(key, fp)
 
     def deleted(self, kind: str, ident: str, generation: int = 0) -> None:
         """Report an object once more with only its identity set: the API's way to say 'gone'."""

@@ -75,6 +75,17 @@ class DirectoryVolumes:
         p = self.path_for(uuid, generation)
         return p if p.is_dir() else None
 
+    def list(self) -> dict[tuple[str, int], Path]:
+        """Every complete directory volume, by (uuid, generation)."""
+        found: dict[tuple[str, int], Path] = {}
+        for entry in os.scandir(self.root):
+            if not entry.name.endswith(f".{SUFFIX}") or not entry.is_dir(follow_symlinks=False):
+                continue
+            parsed = parse_name(entry.name.removesuffix(f".{SUFFIX}") + ".raw")
+            if parsed is not None:
+                found[parsed[:2]] = Path(entry.path)
+        return found
+
     def _build(self, uuid: str, generation: int, fill: Callable[[Path], None], readonly: bool = False) -> Path:
         final = self.path_for(uuid, generation)
         if final.exists():

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 from edgevol import fsutil
 from edgevol.device.crashpoints import crash_point
 from edgevol.device.volumes import ova, qemu
+from edgevol.device.volumes.templates import ImageTemplates
 from edgevol.device.volumes.qemu import QemuImgError
 
 SECTOR = 512
@@ -35,6 +38,7 @@ CLONABLE = ("raw", "qcow2")
 _VMDK_SELF_CONTAINED = ("monolithicSparse", "streamOptimized")
 _ISO_DESCRIPTOR_AT = 32 * 1024  # ISO 9660 and UDF volume descriptors start after 16 sectors of 2 KiB
 _ISO_IDS = (b"CD001", b"NSR02", b"NSR03")  # ISO 9660 primary/supplementary descriptor, UDF's NSR
+_INFO_MEMO = 16384  # qemu-img info answers kept (a few hundred bytes each)
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _UUID_RE = re.compile(rf"^{_UUID}$")
@@ -84,6 +88,36 @@ class FileVolumes:
         # Reflink can be turned off to force the validating qemu-img copy.
         self.use_reflink = use_reflink
         self.root.mkdir(parents=True, exist_ok=True)
+        self._infos: OrderedDict[tuple[object, ...], qemu.ImageInfo] = OrderedDict()
+        self._infos_lock = threading.Lock()
+        self._templates = ImageTemplates()
+
+    # -- what qemu-img said about a file, while the file stays as it was -----
+
+    @staticmethod
+    def _identity(path: Path) -> tuple[int, ...]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _image_info(self, path: Path, drv: str) -> qemu.ImageInfo:
+        """``qemu-img info``, asked once per file version: any write changes the file's size or mtime, and
+        with them the key. A thousand clones of one blob validate it once, and a volume just made is not
+        inspected again to be recorded (each call is a process pair, prlimit and qemu-img)."""
+        key = (*self._identity(path), drv)
+        with self._infos_lock:
+            hit = self._infos.get(key)
+        if hit is not None:
+            return hit
+        info = qemu.image_info(path, drv, qemu_img=self.qemu_img)
+        self._remember(key, info)
+        return info
+
+    def _remember(self, key: tuple[object, ...], info: qemu.ImageInfo) -> None:
+        with self._infos_lock:
+            self._infos[key] = info
+            self._infos.move_to_end(key)
+            while len(self._infos) > _INFO_MEMO:
+                self._infos.popitem(last=False)
 
     # -- naming ---------------------------------------------------------------
 
@@ -124,12 +158,15 @@ class FileVolumes:
         size = _round_up(size)
         tmp = fsutil.temp_path_for(final)
         try:
+            info = None
             if fmt == "qcow2":
-                qemu.create(tmp, "qcow2", size, qemu_img=self.qemu_img)
+                info = self._templates.write((size, "", ""), tmp, lambda path: self._new_qcow2(path, size))
             else:
                 os.truncate(tmp, size)
             crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
+            if info is not None:  # so recording the volume need not ask qemu-img again
+                self._remember((*self._identity(final), "qcow2"), info)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
             raise VolumeError(f"cannot create blank volume {final.name}: {exc}") from exc
@@ -222,16 +259,12 @@ class FileVolumes:
         backing = Path(os.path.abspath(src))
         final = self.path_for(uuid, generation, "qcow2")
         tmp = fsutil.temp_path_for(final)
+        shape = (_round_up(max(info.virtual_size, size)), str(backing), DRIVERS[src_fmt])
         try:
-            qemu.create_overlay(tmp, backing, DRIVERS[src_fmt], _round_up(max(info.virtual_size, size)),
-                                qemu_img=self.qemu_img)
-            # Check what qemu-img wrote: the overlay names our backing, in our format, and nothing else.
-            made = qemu.image_info(tmp, "qcow2", qemu_img=self.qemu_img)
-            if made.backing_file != str(backing) or made.data_file is not None:
-                raise VolumeError(f"overlay {tmp.name} names backing {made.backing_file!r}, "
-                                  f"data file {made.data_file!r}; expected {backing}")
+            made = self._templates.write(shape, tmp, lambda path: self._new_overlay(path, *shape))
             crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
+            self._remember((*self._identity(final), "qcow2"), made)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
             raise VolumeError(f"cannot create volume {final.name} over {src}: {exc}") from exc
@@ -242,13 +275,28 @@ class FileVolumes:
             progress(100.0)
         return final
 
+    def _new_qcow2(self, path: Path, size: int) -> qemu.ImageInfo:
+        """An empty qcow2 image (a template for blank volumes of this size)."""
+        qemu.create(path, "qcow2", size, qemu_img=self.qemu_img)
+        return qemu.image_info(path, "qcow2", qemu_img=self.qemu_img)
+
+    def _new_overlay(self, path: Path, size: int, backing: str, backing_drv: str) -> qemu.ImageInfo:
+        """An overlay image (a template for clones of ``backing``), checked after qemu-img wrote it: it
+        names our backing, in our format, and nothing else."""
+        qemu.create_overlay(path, Path(backing), backing_drv, size, qemu_img=self.qemu_img)
+        made = qemu.image_info(path, "qcow2", qemu_img=self.qemu_img)
+        if made.backing_file != backing or made.data_file is not None:
+            raise VolumeError(f"overlay {path.name} names backing {made.backing_file!r}, "
+                              f"data file {made.data_file!r}; expected {backing}")
+        return made
+
     def backing_of(self, path: Path) -> Path | None:
         """The backing file a volume reads through to (a clone's CAS blob), None for a standalone volume."""
         path = Path(path)
         if path.is_dir() or volume_format(path) != "qcow2":
             return None
         try:
-            backing = qemu.image_info(path, "qcow2", qemu_img=self.qemu_img).backing_file
+            backing = self._image_info(path, "qcow2").backing_file
         except QemuImgError as exc:
             raise VolumeError(f"cannot inspect volume {path}: {exc}") from exc
         return Path(backing) if backing else None
@@ -278,7 +326,7 @@ class FileVolumes:
         if drv == "vmdk":
             self._check_vmdk_header(path, subject)
         try:
-            info = qemu.image_info(path, drv, qemu_img=self.qemu_img)
+            info = self._image_info(path, drv)
         except QemuImgError as exc:
             raise VolumeError(f"{subject} is not a valid {fmt} image: {exc.stderr}") from exc
         if info.format != drv:
@@ -386,7 +434,7 @@ class FileVolumes:
             virtual = st.st_size
         else:
             try:
-                virtual = qemu.image_info(path, drv, qemu_img=self.qemu_img).virtual_size
+                virtual = self._image_info(path, drv).virtual_size
             except QemuImgError as exc:
                 raise VolumeError(f"cannot inspect volume {path}: {exc}") from exc
         return VolumeUsage(virtual_size=virtual, allocated=st.st_blocks * 512)
