@@ -384,6 +384,12 @@ class StateStore:
             rows = self._db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}").fetchall()
         return [self._decode(r) for r in rows]
 
+    def generations(self, uuid: str) -> list[tuple[int, str | None]]:
+        """(generation, path) of every row of volume ``uuid``: an indexed lookup, not a scan."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT generation, path FROM volumes WHERE uuid=? ORDER BY generation", (uuid,))]
+
     def insert(self, table: str, **fields: Any) -> None:
         if table in _REPORTED and fields.get("state") == _ERROR:
             fields.setdefault("stopped_state", _INITIAL)  # born in error: progress never started

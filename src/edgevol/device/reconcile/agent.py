@@ -515,8 +515,7 @@ class Agent:
         One app still meant to keep an old generation (no purge counter bump,
         or refs elsewhere) keeps it, and the new generation waits for space.
         """
-        old = [(r["uuid"], r["generation"]) for r in self.store.all("volumes")
-               if r["uuid"] == v.uuid and r["generation"] != v.generation and r["path"]]
+        old = [(v.uuid, gen) for gen, path in self.store.generations(v.uuid) if gen != v.generation and path]
         if not old:
             return []
         for app_row in self.store.all("apps"):
