@@ -17,8 +17,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.datastores.base import (
@@ -43,12 +41,13 @@ from edgevol.device.datastores.oci_refs import parse_image_ref
 from edgevol.device.errors import error, human_bytes
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
+from edgevol.log import get_logger
 from edgevol.model.desired import ContentTree, Datastore, DatastoreKind, ImageFormat, ObjectKind, Settings
 
 if TYPE_CHECKING:  # the registry client (httpx) is imported when a device first talks to a registry
     from edgevol.device.datastores.registry import RegistryClient
 
-log = structlog.get_logger("edgevol.trees")
+log = get_logger("edgevol.trees")
 S = m.ZSwState
 MAX_MANIFEST_BYTES = 4 << 20  # as the registry client caps a manifest
 
