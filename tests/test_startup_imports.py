@@ -20,12 +20,13 @@ NOT_AT_STARTUP = (
     # third-party and standard-library packages
     "httpx", "cryptography", "rich", "structlog", "asyncio", "google.protobuf.json_format", "boto3", "azure",
     "google.cloud", "paramiko", "tarfile", "xml", "zstandard", "ctypes",
-    # edgevol: other commands, the uplink, datastore clients, the OVA and container-image unpackers
+    # edgevol: other commands, the uplink, datastore clients, manifest parsing, the OVA and image unpackers
     "edgevol.cli.admin", "edgevol.cli.output", "edgevol.cli.progress", "edgevol.controller", "edgevol.trust",
     "edgevol.device.uplink.client", "edgevol.device.uplink.online", "edgevol.device.datastores.http",
     "edgevol.device.datastores.registry", "edgevol.device.datastores.s3", "edgevol.device.datastores.sftp",
     "edgevol.device.datastores.azure", "edgevol.device.datastores.gcs", "edgevol.device.datastores.ranged",
-    "edgevol.device.volumes.ova", "edgevol.device.volumes.rootfs", "edgevol.device.volumes.tarsafe",
+    "edgevol.device.datastores.oci_manifest", "edgevol.device.volumes.ova", "edgevol.device.volumes.rootfs",
+    "edgevol.device.volumes.tarsafe",
 )
 
 
