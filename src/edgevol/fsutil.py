@@ -6,7 +6,6 @@ power cut or ``kill -9`` leaves either the old or the new file, never a torn one
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -33,6 +32,8 @@ def _sync_file_range() -> Any:
     """libc's sync_file_range(2), or None where there is none (the os module does not offer it)."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes  # lazy: only a download needs it (start-up)
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range  # the process's own symbols: libc is there
     except (OSError, AttributeError):

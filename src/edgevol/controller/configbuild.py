@@ -18,14 +18,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.controller.records import ConfigSnapshot, Datastore, Device
+from edgevol.log import get_logger
 from edgevol.trust.cipher import SHA256_16, SHA256_32, CipherError, encrypt_credentials
 from edgevol.trust.pki import Credential
 
-log = structlog.get_logger("edgevol.controller.config")
+log = get_logger("edgevol.controller.config")
 
 _ORIGIN = {"blank": m.VolumeContentOriginType.VCOT_BLANK,
            "download": m.VolumeContentOriginType.VCOT_DOWNLOAD}

@@ -14,15 +14,15 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
 import uvicorn
 
 from edgevol.controller.app import create_app
 from edgevol.controller.context import ControllerContext
+from edgevol.log import get_logger
 from edgevol.netaddr import is_loopback_host
 from edgevol.trust.pki import issue, load_or_create
 
-log = structlog.get_logger("edgevol.controller")
+log = get_logger("edgevol.controller")
 
 
 def _is_ip(name: str) -> bool:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import structlog
-
 from edgevol.api.codec import ConfigDecodeError, decode_edge_dev_config, load_edge_dev_config
 from edgevol.fsutil import atomic_write_bytes
+from edgevol.log import get_logger
 from edgevol.model.desired import DesiredState
 from edgevol.model.parse import parse_config
 
-log = structlog.get_logger("edgevol.config")
+log = get_logger("edgevol.config")
 
 
 class ConfigSource:

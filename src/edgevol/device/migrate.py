@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from edgevol import fsutil
 from edgevol.api.codec import (
     MAX_CONFIG_BYTES,
@@ -38,8 +36,9 @@ from edgevol.api.codec import (
 from edgevol.api.messages import EdgeDevConfig
 from edgevol.device.paths import DataDir
 from edgevol.device.state import StateStore
+from edgevol.log import get_logger
 
-log = structlog.get_logger("edgevol.migrate")
+log = get_logger("edgevol.migrate")
 
 LEGACY_IMG_DIR = "img"
 LEGACY_CHECKPOINT = Path("checkpoint") / "lastconfig"

@@ -16,18 +16,18 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
 from google.protobuf.message import DecodeError
 
 from edgevol.api import messages as m
 from edgevol.device.datastores.base import PermanentError
 from edgevol.device.uplink.identity import controller_certs_path, device_credential, ecdh_credential, identity_dir
+from edgevol.log import get_logger
 from edgevol.model.desired import Datastore
 
 if TYPE_CHECKING:  # cryptography is imported only when a datastore has encrypted credentials
     from edgevol.trust.pki import Credential
 
-log = structlog.get_logger("edgevol.credentials")
+log = get_logger("edgevol.credentials")
 
 
 class CredentialsError(PermanentError):

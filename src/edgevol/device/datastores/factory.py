@@ -13,8 +13,6 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-import structlog
-
 from edgevol.device.datastores.base import (
     BytesSink,
     Cancelled,
@@ -26,6 +24,7 @@ from edgevol.device.datastores.base import (
     TransientError,
 )
 from edgevol.device.datastores.oci_refs import split_registry_address
+from edgevol.log import get_logger
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:  # each kind's client is imported when a datastore of that kin
     from edgevol.device.datastores.registry import RegistryClient
 
 
-log = structlog.get_logger("edgevol.datastores")
+log = get_logger("edgevol.datastores")
 
 
 @dataclass(frozen=True)

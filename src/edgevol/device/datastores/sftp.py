@@ -39,14 +39,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import structlog
+from edgevol.log import get_logger
 
 from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, TransientError
 from .ranged import BucketStore
 
 __all__ = ["SftpDatastore"]
 
-log = structlog.get_logger("edgevol.datastores.sftp")
+log = get_logger("edgevol.datastores.sftp")
 
 CHUNK_SIZE = 1 << 20
 """Bytes handed to the sink at a time."""

@@ -23,8 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from edgevol import fsutil
 from edgevol.api import messages as m
 from edgevol.device.crashpoints import crash_point
@@ -32,9 +30,10 @@ from edgevol.device.errors import error, standing
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.state import StateStore
 from edgevol.device.volumes import qemu
+from edgevol.log import get_logger
 from edgevol.model.desired import ObjectKind, Volume
 
-log = structlog.get_logger("edgevol.adoption")
+log = get_logger("edgevol.adoption")
 
 
 def adopt_implicit(store: StateStore, reporter: Reporter, v: Volume, spec: dict[str, Any],

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import structlog
-
+from edgevol.log import get_logger
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.datastores.credentials import DatastoreCredentials
@@ -42,7 +41,7 @@ from edgevol.device.volumes import FileVolumes
 from edgevol.device.volumes.directories import DirectoryVolumes
 from edgevol.model.desired import Datastore, DesiredState, ImageFormat, ObjectKind, VolumeOrigin
 
-log = structlog.get_logger("edgevol.agent")
+log = get_logger("edgevol.agent")
 S = m.ZSwState
 
 TERMINAL = {S.LOADED, S.CREATED_VOLUME, S.ERROR}

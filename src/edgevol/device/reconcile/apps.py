@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import Any, Collection
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.device.crashpoints import crash_point
 from edgevol.device.errors import error, standing
@@ -27,10 +25,11 @@ from edgevol.device.reconcile.sharing import flag_shared_volumes
 from edgevol.device.report.apps import app_info, app_state, report_apps
 from edgevol.device.report.info import volume_error
 from edgevol.device.state import ErrorRecord, StateStore
+from edgevol.log import get_logger
 from edgevol.model.desired import DesiredState, ObjectKind
 from edgevol.model.parse import Invalid, canonical_uuid
 
-log = structlog.get_logger("edgevol.apps")
+log = get_logger("edgevol.apps")
 S = m.ZSwState
 _SEVERITY_RANK = {"notice": 1, "warning": 2, "error": 3}
 _Decision = tuple[Any, dict[str, Any], list[list[Any]], dict[str, Any]]  # app, its row, wanted refs, new fields

@@ -15,8 +15,6 @@ import threading
 import time
 from typing import Callable
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.device.cas import CasError, ContentStore, DigestMismatch, IngestBusy, SizeLimitExceeded, SizeMismatch
 from edgevol.device.cas.ingest import Ingest
@@ -26,9 +24,10 @@ from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.errors import error
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
+from edgevol.log import get_logger
 from edgevol.model.desired import Settings
 
-log = structlog.get_logger("edgevol.download")
+log = get_logger("edgevol.download")
 S = m.ZSwState
 PROGRESS_INTERVAL = 0.5
 

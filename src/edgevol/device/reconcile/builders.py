@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import structlog
-
+from edgevol.log import get_logger
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.crashpoints import crash_point
@@ -20,7 +19,7 @@ from edgevol.device.volumes.files import CLONABLE
 from edgevol.device.volumes.qemu import QemuImgError
 from edgevol.model.desired import ContentTree, ImageFormat, ObjectKind, Settings, Volume, VolumeClone
 
-log = structlog.get_logger("edgevol.volumes")
+log = get_logger("edgevol.volumes")
 S = m.ZSwState
 MAX_IMAGE_CONFIG = 16 << 20  # an image config is JSON metadata; anything bigger is hostile
 

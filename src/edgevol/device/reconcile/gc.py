@@ -23,8 +23,6 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore, Descriptor
 from edgevol.device.crashpoints import crash_point
@@ -32,9 +30,10 @@ from edgevol.device.reconcile.apps import app_references
 from edgevol.device.reconcile.builders import VolumeBuilder
 from edgevol.device.report.outbox import Reporter
 from edgevol.device.state import StateStore
+from edgevol.log import get_logger
 from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind
 
-log = structlog.get_logger("edgevol.gc")
+log = get_logger("edgevol.gc")
 S = m.ZSwState
 _VOLUME_NAME = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})#([0-9]+)\.[a-z0-9]+$")
 

@@ -21,17 +21,16 @@ import hashlib
 import time
 from typing import Any, Callable
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.device.datastores.base import PermanentError, TransientError
 from edgevol.device.datastores.factory import DatastoreClients
 from edgevol.device.errors import error
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
+from edgevol.log import get_logger
 from edgevol.model.desired import ContentTree, Datastore, ObjectKind, Settings
 
-log = structlog.get_logger("edgevol.signatures")
+log = get_logger("edgevol.signatures")
 S = m.ZSwState
 CERT_MAX_BYTES = 64 * 1024  # a certificate is a few KiB; a bigger answer is not one
 

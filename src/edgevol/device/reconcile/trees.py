@@ -17,8 +17,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import structlog
-
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.datastores.base import (
@@ -30,25 +28,19 @@ from edgevol.device.datastores.base import (
 )
 from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
-from edgevol.device.datastores.oci_manifest import (
-    INDEX_MEDIA_TYPES,
-    MEDIA_OCI_MANIFEST,
-    TITLE_ANNOTATION,
-    parse_artifact,
-    parse_index,
-    parse_manifest,
-    select_platform,
-)
 from edgevol.device.datastores.oci_refs import parse_image_ref
 from edgevol.device.errors import error, human_bytes
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
+from edgevol.log import get_logger
 from edgevol.model.desired import ContentTree, Datastore, DatastoreKind, ImageFormat, ObjectKind, Settings
 
 if TYPE_CHECKING:  # the registry client (httpx) is imported when a device first talks to a registry
     from edgevol.device.datastores.registry import RegistryClient
+# oci_manifest is imported by the functions that parse manifests: a config without container images or
+# blob trees never loads it (start-up, see tests/test_startup_imports.py).
 
-log = structlog.get_logger("edgevol.trees")
+log = get_logger("edgevol.trees")
 S = m.ZSwState
 MAX_MANIFEST_BYTES = 4 << 20  # as the registry client caps a manifest
 
@@ -88,6 +80,8 @@ def layout_sources(layout: dict[str, Any], ds: Datastore, url: str) -> dict[str,
 def _layout(repository: str, manifests: list[dict[str, Any]], config: Any, layers: list[Any], *,
             blob_tree: bool) -> dict[str, Any]:
     """What a resolved tree is made of, as stored with its row; a BLOB_TREE's blobs carry their file names."""
+    from edgevol.device.datastores.oci_manifest import TITLE_ANNOTATION
+
     def entry(d: Any) -> dict[str, Any]:
         out = {"digest": _hex(d.digest), "media_type": d.media_type, "size": d.size}
         if blob_tree:
@@ -212,6 +206,8 @@ class ContainerResolver:
     def _from_layout(self, ct: ContentTree, ds: Datastore,
                      spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """A BLOB_TREE served as an OCI image layout: the manifest is ``URL/blobs/sha256/<sha256>``."""
+        from edgevol.device.datastores.oci_manifest import MEDIA_OCI_MANIFEST, parse_artifact
+
         assert ct.sha256 is not None
         base = ct.url.rstrip("/")
         hexd = ct.sha256
@@ -236,6 +232,14 @@ class ContainerResolver:
 
     def _walk(self, client: RegistryClient, repository: str, digest: str, ct: ContentTree) -> dict[str, Any]:
         """Fetch (or read back from the CAS) the manifests and work out config and layers (or files)."""
+        from edgevol.device.datastores.oci_manifest import (
+            INDEX_MEDIA_TYPES,
+            parse_artifact,
+            parse_index,
+            parse_manifest,
+            select_platform,
+        )
+
         blob_tree = ct.format is ImageFormat.BLOB_TREE
         media_type, body = self._manifest(client, repository, digest, None)
         manifests = [{"digest": _hex(digest), "media_type": media_type, "size": len(body)}]

@@ -18,19 +18,18 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from edgevol.api.codec import ConfigDecodeError, decode_edge_dev_config
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
 from edgevol.device.uplink.client import ControllerClient, ControllerError
 from edgevol.device.uplink.metrics import volume_metrics
 from edgevol.fsutil import atomic_write_bytes
+from edgevol.log import get_logger
 from edgevol.model.desired import DesiredState
 from edgevol.model.parse import parse_config
 from edgevol.trust.pki import Credential
 
-log = structlog.get_logger("edgevol.uplink")
+log = get_logger("edgevol.uplink")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from typing import Callable
 
 from edgevol import fsutil
 from edgevol.device.volumes.files import VolumeError, VolumeUsage, parse_name
-from edgevol.device.volumes.rootfs import UnpackError, UnpackLimits, unpack_layers
 
 SUFFIX = "container"
 CONFIG_NAME = "image-config.json"
@@ -116,6 +115,9 @@ class DirectoryVolumes:
                            config: bytes, max_bytes: int | None,
                            progress: Callable[[int, int], None] | None = None, readonly: bool = False) -> Path:
         """Unpack ``layers`` (path, media type, digest) in order; cap total bytes at ``max_bytes``."""
+        # lazy: tarfile, gzip and zstandard, for container images only (start-up)
+        from edgevol.device.volumes.rootfs import UnpackError, UnpackLimits, unpack_layers
+
         def fill(d: Path) -> None:
             try:  # refuse a config that is not JSON before it lands beside the rootfs
                 json.loads(config)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgevol import fsutil
 from edgevol.device.crashpoints import crash_point
-from edgevol.device.volumes import ova, qemu
+from edgevol.device.volumes import qemu
 from edgevol.device.volumes.templates import ImageTemplates
 from edgevol.device.volumes.qemu import QemuImgError
 
@@ -304,6 +304,8 @@ class FileVolumes:
     def _create_from_ova(self, uuid: str, generation: int, src: Path, size: int, readonly: bool,
                          progress: Callable[[float], None] | None) -> Path:
         """Take the first disk the OVA's OVF names (a VMDK), and make a qcow2 volume of it."""
+        from edgevol.device.volumes import ova  # lazy: tarfile and an XML parser, for OVAs only (start-up)
+
         self._ensure_absent(uuid, generation)
         # The extracted disk is a temp file beside the volumes, so clean_temps sweeps it after a crash.
         disk = fsutil.temp_path_for(self.path_for(uuid, generation, "vmdk"))
