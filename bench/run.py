@@ -1,7 +1,9 @@
 """Run the edgevol benchmarks and write BENCHMARKS.md.
 
     .venv/bin/python bench/run.py [--size-gib 1] [--reps 3] [--blank-gib 100] [--image-mb 300]
-                                  [--only download,blank,qcow2,pull,unpack,s3|container] [--out BENCHMARKS.md] [--keep]
+                                  [--scale-volumes 1000,10000] [--scale-reps 1]
+                                  [--only download,blank,qcow2,pull,unpack,s3,scale|container]
+                                  [--out BENCHMARKS.md] [--keep]
 
 Everything (the loopback datastore server and registry, edgevol, the baselines) runs as
 children of this one process on this machine, one command at a time. Data
@@ -22,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for the bench package and tests.configs (the shared ConfigBuilder)
 
-from bench import cases, containers, machine, s3  # noqa: E402
+from bench import cases, containers, machine, s3, scale  # noqa: E402
 from bench.report import render  # noqa: E402
 
 GiB = 1 << 30
@@ -31,7 +33,8 @@ OUT_DIR = REPO / "bench" / "out"
 
 
 BENCHMARKS = {"download": "download", "blank": "blank volumes", "qcow2": "volume from qcow2",
-              "pull": "container pull", "unpack": "rootfs unpack", "s3": "S3 download"}  # --only name -> progress label
+              "pull": "container pull", "unpack": "rootfs unpack", "s3": "S3 download",
+              "scale": "scale runs"}  # --only name -> progress label
 ALIASES = {"container": ["pull", "unpack"]}
 
 
@@ -41,14 +44,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (median reported)")
     p.add_argument("--blank-gib", type=int, default=100, help="size of the blank volume in benchmark 2")
     p.add_argument("--image-mb", type=int, default=300, help="container image content for benchmarks 4 and 5")
+    p.add_argument("--scale-volumes", default="1000,10000", metavar="N,N",
+                   help="volume counts of benchmark 7 (each at least 10; half clones, half blank, N/10 apps)")
+    p.add_argument("--scale-reps", type=int, default=1,
+                   help="repetitions of the largest --scale-volumes count (one run of it takes minutes); "
+                        "the smaller ones use --reps")
     p.add_argument("--only", default="", metavar="NAMES",
                    help=f"comma-separated subset of {', '.join(BENCHMARKS)} ('container' = pull,unpack); "
                         "default: all. A partial report needs --out")
     p.add_argument("--out", type=Path, default=None, help="markdown report to write (default BENCHMARKS.md)")
     p.add_argument("--keep", action="store_true", help="leave bench/out/ (data, logs) in place")
     args = p.parse_args(argv)
-    if args.reps < 1 or args.size_gib <= 0 or args.blank_gib <= 0 or args.image_mb <= 0:
-        p.error("--reps, --size-gib, --blank-gib and --image-mb must be positive")
+    if args.reps < 1 or args.scale_reps < 1 or args.size_gib <= 0 or args.blank_gib <= 0 or args.image_mb <= 0:
+        p.error("--reps, --scale-reps, --size-gib, --blank-gib and --image-mb must be positive")
+    args.scale_volumes = _counts(p, args.scale_volumes)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     names = [x for n in names for x in (ALIASES.get(n) or [n])]
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -62,13 +71,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _counts(p: argparse.ArgumentParser, text: str) -> list[int]:
+    """--scale-volumes as ascending distinct counts; the largest is the one run --scale-reps times."""
+    try:
+        counts = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--scale-volumes: want comma-separated integers, got {text!r}")
+    if not counts or counts[0] < 10:
+        p.error("--scale-volumes: give at least one count, each at least 10 (N/10 apps)")
+    return counts
+
+
 def _command(args: argparse.Namespace) -> str:
     out = args.out.resolve()
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
     size = f"{args.size_gib:g}"
     only = "" if args.only == list(BENCHMARKS) else f" --only {','.join(args.only)}"
     return (f"cd {REPO} && .venv/bin/python bench/run.py --size-gib {size} --reps {args.reps} "
-            f"--blank-gib {args.blank_gib} --image-mb {args.image_mb}{only} --out {shown}")
+            f"--blank-gib {args.blank_gib} --image-mb {args.image_mb} "
+            f"--scale-volumes {','.join(map(str, args.scale_volumes))} --scale-reps {args.scale_reps}{only} "
+            f"--out {shown}")
 
 
 def _start_server(root: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
@@ -137,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                        "qcow2": lambda: cases.volume_from_qcow2(env),
                        "pull": lambda: containers.pull_image(env, container_image()),
                        "unpack": lambda: containers.unpack_rootfs(env, container_image()),
-                       "s3": lambda: s3.download_s3(env)}
+                       "s3": lambda: s3.download_s3(env),
+                       "scale": lambda: scale.scale_runs(env, args.scale_volumes, args.scale_reps)}
             for name in args.only:
                 t0 = time.monotonic()
                 result = runners[name]()
