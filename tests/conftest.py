@@ -67,6 +67,41 @@ def guest_bytes_sha256(path: Path, fmt: str, tmp: Path) -> str:
     return digest
 
 
+def guest_bytes(path: Path) -> bytes:
+    """What a guest reads from a volume file, opened in the format its name gives: a clone (a qcow2
+    overlay, edgevol.volume.clone=backing, the default) reads through to its CAS blob."""
+    import tempfile
+
+    from edgevol.device.volumes.files import DRIVERS
+
+    fmt = DRIVERS[Path(path).suffix.lstrip(".")]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "guest.raw"
+        subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(out)], check=True)
+        return out.read_bytes()
+
+
+def guest_write(path: Path, offset: int, data: bytes) -> None:
+    """Write ``data`` where a guest would, whatever the volume's format (qemu-io, as a VM's disk driver)."""
+    import tempfile
+
+    from edgevol.device.volumes.files import DRIVERS
+
+    fmt = DRIVERS[Path(path).suffix.lstrip(".")]
+    with tempfile.NamedTemporaryFile() as src:
+        src.write(data)
+        src.flush()
+        subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -q -s {src.name} {offset} {len(data)}", "-c", "flush",
+                        str(path)], check=True)
+
+
+def volume_sha256(path: Path) -> str:
+    """sha256 of :func:`guest_bytes`."""
+    import hashlib
+
+    return hashlib.sha256(guest_bytes(path)).hexdigest()
+
+
 def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run([*EDGEVOL, *args], capture_output=True, text=True, timeout=timeout, env=env)

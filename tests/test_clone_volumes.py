@@ -242,11 +242,13 @@ def test_other_formats_keep_copying_under_backing(tmp_path: Path) -> None:
 
 
 def test_setting_parses_and_refuses_unknown_values() -> None:
-    assert parse_config(ConfigBuilder().cfg).settings.volume_clone is VolumeClone.COPY  # the default, for now
+    assert parse_config(ConfigBuilder().cfg).settings.volume_clone is VolumeClone.BACKING  # the default
     assert parse_config(ConfigBuilder().item("edgevol.volume.clone", "backing").cfg).settings.volume_clone \
         is VolumeClone.BACKING
+    assert parse_config(ConfigBuilder().item("edgevol.volume.clone", "copy").cfg).settings.volume_clone \
+        is VolumeClone.COPY
     bad = parse_config(ConfigBuilder().item("edgevol.volume.clone", "reflink").cfg)
-    assert bad.settings.volume_clone is VolumeClone.COPY
+    assert bad.settings.volume_clone is VolumeClone.BACKING  # the default stays
     assert any("edgevol.volume.clone" in e.message for e in bad.errors)
 
 

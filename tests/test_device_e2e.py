@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 from edgevol.api import messages as m
-from tests.conftest import by_name, device_status, guest_bytes_sha256, make_qcow2_image, make_raw_image, run_cli
+from tests.conftest import (by_name, device_status, guest_bytes, guest_bytes_sha256, make_qcow2_image, make_raw_image,
+                            run_cli)
 from tests.configs import ConfigBuilder, sha256_file
 
 GiB = 1 << 30
@@ -56,9 +57,8 @@ def test_blank_and_downloaded_volumes_are_created(tmp_path, datastore_dir, http_
     subprocess.run(["truncate", "-s", str(64 * MiB), str(src_raw)], check=True)
     assert guest_bytes_sha256(Path(root["path"]), "qcow2", tmp_path) == sha256_file(src_raw)
     # raw content: first 6 MiB equal the source, file grown to 16 MiB, readonly kept
-    with open(disk["path"], "rb") as f:
-        assert f.read(6 * MiB) == raw.read_bytes()
-        assert f.read() == bytes(10 * MiB)
+    guest = guest_bytes(Path(disk["path"]))  # a qcow2 overlay on the blob (edgevol.volume.clone=backing)
+    assert disk["path"].endswith(".qcow2") and guest[:6 * MiB] == raw.read_bytes() and guest[6 * MiB:] == bytes(10 * MiB)
     assert stat.S_IMODE(os.stat(disk["path"]).st_mode) == 0o444 and disk["readonly"] is True
     # content trees and blobs are LOADED, one blob per tree, in the OCI layout
     for name, src in (("qcow2-image", image), ("raw-image", raw)):
@@ -94,5 +94,6 @@ def test_every_object_is_reported_in_the_outbox(tmp_path, datastore_dir, http_se
     assert cinfo.state == m.ZSwState.DELIVERED and list(cinfo.componentShaList) == [sha256_file(raw)]
     assert cinfo.usage.refCount == 2  # the config's own reference plus the volume
     blob = msgs[f"blob/{sha256_file(raw)}"].binfo.blob[0]
-    assert blob.state == m.ZSwState.DELIVERED and blob.resources.curSizeBytes == 2 * MiB and blob.usage.refCount == 1
+    # the content tree, and the volume: a clone reads through to the blob itself (edgevol.volume.clone=backing)
+    assert blob.state == m.ZSwState.DELIVERED and blob.resources.curSizeBytes == 2 * MiB and blob.usage.refCount == 2
     store.close()

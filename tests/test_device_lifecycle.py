@@ -12,7 +12,7 @@ import pytest
 from edgevol.api import messages as m
 from edgevol.device.state import StateStore
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image, run_cli
+from tests.conftest import EDGEVOL, by_name, device_status, guest_bytes, make_raw_image, run_cli
 
 MiB = 1 << 20
 
@@ -49,8 +49,7 @@ def test_purge_keeps_the_old_generation_until_the_app_moves(tmp_path, datastore_
     gens = _gens(st, "root")
     assert set(gens) == {0, 1} and gens[1]["state"] == "CREATED_VOLUME" and gens[0]["state"] == "CREATED_VOLUME"
     assert sha256_file(gen0) == written  # gen 0 still has the app's data
-    with open(gens[1]["path"], "rb") as f:  # gen 1 is fresh from the content
-        assert f.read(4 * MiB) == raw.read_bytes()
+    assert guest_bytes(Path(gens[1]["path"]))[:4 * MiB] == raw.read_bytes()  # gen 1 is fresh from the content
     app_row = by_name(st["apps"], "vm")
     assert app_row["volume_refs"] == [{"uuid": vol, "generation_count": 0}]
     assert "without a purge counter bump" in app_row["error"]["description"]

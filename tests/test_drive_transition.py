@@ -23,7 +23,7 @@ from edgevol.device.state import StateStore
 from edgevol.model.legacy import implicit_volume_uuid
 from tests.datastore_cases import run_once
 from tests.configs import ConfigBuilder, drive, new_id, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image
+from tests.conftest import EDGEVOL, by_name, device_status, guest_bytes, guest_write, make_raw_image
 
 MiB = 1 << 20
 S = m.ZSwState
@@ -31,16 +31,13 @@ APP_BYTES = b"written by the app under its drive"
 
 
 def write_at(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-        os.fsync(f.fileno())
+    """As the app's guest writes: into the disk it sees, whatever the file's format."""
+    guest_write(path, offset, data)
 
 
 def read_at(path: Path, offset: int, n: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(n)
+    """Guest bytes: a volume made from content is a qcow2 overlay on its blob (edgevol.volume.clone)."""
+    return guest_bytes(path)[offset:offset + n]
 
 
 def outbox(data: Path) -> list[tuple[str, Any]]:

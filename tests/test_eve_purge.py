@@ -29,7 +29,7 @@ from edgevol.device.reconcile.agent import Agent
 from edgevol.device.state import StateStore
 from edgevol.tools.httpserve import RangeHTTPServer
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image
+from tests.conftest import EDGEVOL, by_name, device_status, guest_bytes, make_raw_image
 from tests.test_eve_space import MiB, S, agent, base, data, drive, error_text, rows  # noqa: F401  (fixtures)
 
 ROOT_SIZE = 36 * MiB  # with its 4 MiB image, two of these do not fit on the 64 MiB disk; one does
@@ -94,8 +94,7 @@ def test_half_disk_purge_removes_the_old_generation_before_creating_the_new(
     assert not any(seen_both)  # they never both existed: the old went first
     assert not old.exists()
     new = gens(agent, "root")[1]
-    with open(new["path"], "rb") as f:
-        assert f.read(4 * MiB) == image.read_bytes()  # recreated from the (already verified) content
+    assert guest_bytes(Path(new["path"]))[:4 * MiB] == image.read_bytes()  # from the (verified) content
     assert new["max_size"] == ROOT_SIZE and not new["error"]
     assert app_refs(agent, "eclient-mount") == [[b.cfg.volumes[0].uuid, 1]]
     assert app_error(agent, "eclient-mount") == ""
@@ -121,8 +120,7 @@ def test_new_content_is_verified_before_the_old_generation_goes(
     drive(agent, b, lambda: gens(agent, "root").get(1, {}).get("state") == S.CREATED_VOLUME and
           set(gens(agent, "root")) == {1}, "generation 1 from the new content")
     assert not old.exists()
-    with open(gens(agent, "root")[1]["path"], "rb") as f:
-        assert hashlib.sha256(f.read(4 * MiB)).hexdigest() == sha
+    assert hashlib.sha256(guest_bytes(Path(gens(agent, "root")[1]["path"]))[:4 * MiB]).hexdigest() == sha
 
 
 def test_no_break_when_the_new_generation_would_not_fit_anyway(
@@ -239,8 +237,7 @@ def test_half_disk_purge_survives_kill_9_at_every_step(point: str, data: Path, t
     vols = [v for v in st["volumes"] if v["display_name"] == "root"]
     assert [(v["generation_count"], v["state"]) for v in vols] == [(1, "CREATED_VOLUME")]
     assert not old.exists()
-    with open(vols[0]["path"], "rb") as f:
-        assert f.read(4 * MiB) == image.read_bytes()
+    assert guest_bytes(Path(vols[0]["path"]))[:4 * MiB] == image.read_bytes()
     leftovers = [p.name for p in Path(vols[0]["path"]).parent.iterdir() if p.name != Path(vols[0]["path"]).name]
     assert leftovers == []  # no temp file, no second copy
     assert by_name(st["apps"], "eclient-mount")["volume_refs"] == [{"uuid": vol["uuid"], "generation_count": 1}]

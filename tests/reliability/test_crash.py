@@ -342,10 +342,21 @@ def check_volume_bytes(st: dict[str, Any], w: Workload, last: Phase, scratch: Pa
             continue
         vol = by_uuid[d.vol_id]
         path = Path(vol["path"])
-        assert path.name.endswith(f".{d.fmt}"), path
+        # A clone (edgevol.volume.clone=backing, the default) is a qcow2 overlay on the disk's own CAS blob;
+        # a copy keeps the content's format.
+        backing = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True,
+                                            capture_output=True, text=True).stdout).get("backing-filename")
+        if backing is not None:
+            assert path.name.endswith(".qcow2") and Path(backing).name == sha256_file(d.file), (path, backing)
+        else:
+            assert path.name.endswith(f".{d.fmt}"), path
         if d.fmt == "raw":
-            assert path.stat().st_size == d.max_size
-            assert sha256_file(path) == padded_sha256(file_chunks(d.file), d.max_size), f"{d.name}: wrong bytes"
+            if backing is None:
+                assert path.stat().st_size == d.max_size
+                assert sha256_file(path) == padded_sha256(file_chunks(d.file), d.max_size), f"{d.name}: wrong bytes"
+            else:
+                expected = padded_sha256(file_chunks(d.file), d.max_size)
+                assert guest_sha256(path, "qcow2", scratch) == expected, f"{d.name}: wrong guest bytes"
         else:
             raw = scratch / f"src-{d.name}.raw"
             subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(d.file), str(raw)], check=True)

@@ -38,7 +38,8 @@ from edgevol.device.state import StateStore
 from edgevol.tools.httpserve import RangeHTTPServer
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, guest_bytes_sha256, make_raw_image
+from tests.conftest import (EDGEVOL, by_name, device_status, guest_bytes, guest_bytes_sha256, make_raw_image,
+                            volume_sha256)
 from tests.registry_fixture import RunningRegistry, registry  # noqa: F401  (fixture)
 from tests.reliability.figures import record, scale
 
@@ -297,7 +298,7 @@ def _download_round(tmp_path: Path, mnt: Path, datastore_dir: Path, server: Rang
         st = wait_status(data, lambda s: state_of(s, "volumes", "big") == "CREATED_VOLUME", "recovery", agent)
         recovery = time.monotonic() - freed_at
         assert sha256_file(data / "cas/blobs/sha256" / sha) == sha
-        assert sha256_file(Path(by_name(st["volumes"], "big")["path"])) == sha  # raw volume of the same size
+        assert volume_sha256(Path(by_name(st["volumes"], "big")["path"])) == sha  # the guest sees the image
         resumed = [r for r in server.requests[requests_before_fill:] if r[2]]
         assert resumed and resumed[-1][2] == f"bytes={held}-", server.requests[requests_before_fill:]
         assert not partial.exists() and temps(data) == []
@@ -337,6 +338,7 @@ def test_disk_fills_while_qemu_img_converts_a_volume(tmp_path, tmpfs, datastore_
         want = sha256_file(raw)
         raw.unlink()
         b = base_config(http_server.url, sha256_file(keep))
+        b.item("edgevol.volume.clone", "copy")  # a full copy: the volume is written by qemu-img convert
         ct = b.content_tree(b.cfg.datastores[0].id, image.name, sha256_file(image), "qcow2", name="big")
         figures.append(_volume_round(tmp_path, tmpfs(virtual + 24), b, ct, free_mib, f"convert{n}",
                                      lambda vol: guest_bytes_sha256(vol, "qcow2", tmp_path) == want,
@@ -527,8 +529,7 @@ def _db_round(tmp_path: Path, mnt: Path, server: RangeHTTPServer, keep: Path, la
         st = wait_status(data, lambda s: all(state_of(s, "volumes", name) == "CREATED_VOLUME"
                                              for name in [*blanks, "late-image"]), "recovery", agent)
         recovery = time.monotonic() - freed_at
-        with open(by_name(st["volumes"], "late-image")["path"], "rb") as f:
-            assert f.read() == late.read_bytes()
+        assert guest_bytes(Path(by_name(st["volumes"], "late-image")["path"])) == late.read_bytes()
         keeper.check()
         assert temps(data) == []
         saved = m.EdgeDevConfig.FromString((data / "checkpoint/config.pb").read_bytes())

@@ -35,7 +35,7 @@ from edgevol.tools.faultproxy import FaultProxy, Kind, Rule, Seen
 from edgevol.tools.httpserve import serve
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import by_name, device_status, make_raw_image, run_cli
+from tests.conftest import by_name, device_status, guest_bytes, make_raw_image, run_cli, volume_sha256
 from tests.controller_fixture import (  # noqa: F401
     Controller, agent_factory, controller_factory, controller_view, device_view, onboard, wait_for)
 from tests.registry_fixture import RunningRegistry, registry  # noqa: F401
@@ -201,7 +201,7 @@ def test_http_transient_fault_is_retried_and_volume_is_exact(transient_run: Run,
     vol, tree = by_name(run.status["volumes"], label), by_name(run.status["content_trees"], label)
     assert (vol["state"], tree["state"]) == ("CREATED_VOLUME", "LOADED"), (vol, tree)
     assert vol["error"] is None and tree["error"] is None
-    assert sha256_file(Path(vol["path"])) == sha  # the guest sees the source, byte for byte
+    assert volume_sha256(Path(vol["path"])) == sha  # the guest sees the source, byte for byte
     assert cas_blobs(run.data, {sha}) == {sha: image.stat().st_size}
     for rule in run.rules[label]:
         assert rule.injected >= 1, f"{rule.kind.value} was never injected"
@@ -493,8 +493,8 @@ def test_controller_faults_lose_nothing(controller_factory, agent_factory, datas
         view = wait_for(lambda: converged(names), 90, f"round {i}: device and controller agree")
     assert {k[0] for k in view} == {"volume", "content_tree", "blob"} and len(view) == 4
     root = next(v for v in agent.status()["volumes"] if v["display_name"] == "root")
-    with open(root["path"], "rb") as f:  # the source, then zeros up to maxsizebytes
-        assert f.read(4 * MiB) == raw.read_bytes() and f.read() == bytes(4 * MiB)
+    guest = guest_bytes(Path(root["path"]))  # the source, then zeros up to maxsizebytes
+    assert guest[:4 * MiB] == raw.read_bytes() and guest[4 * MiB:] == bytes(4 * MiB)
 
     # metrics got through too, and a hung metrics call held up neither config polls nor info
     vol_uuid = root["uuid"]

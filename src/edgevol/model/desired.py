@@ -177,7 +177,7 @@ class Settings:
 
     blank_format: ImageFormat = ImageFormat.QCOW2
     # copy until the tests that read RAW volumes as raw files (the crash harness among them) read them as a guest
-    volume_clone: VolumeClone = VolumeClone.COPY
+    volume_clone: VolumeClone = VolumeClone.BACKING
     download_max_attempts: int = 5
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 300.0

@@ -73,6 +73,10 @@ class Agent:
         self._cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=self.options.workers + MAX_PARALLEL_DOWNLOADS,
                                         thread_name_prefix="edgevol-work")
+        # Volume creates queue here, ``workers`` at a time: a config adding thousands of volumes is taken in
+        # one pass, yet never runs thousands of qemu-img processes or disk writers at once.
+        self._volume_pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers),
+                                               thread_name_prefix="edgevol-volume")
         self._tasks: dict[str, Future[None]] = {}
         self._submitted: set[str] = set()  # every task key started by this process
         self._failed_this_run: set[str] = set()
@@ -113,6 +117,7 @@ class Agent:
 
     def close(self) -> None:
         self._cancel.set()
+        self._volume_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.clients.close()
         try:
@@ -146,7 +151,8 @@ class Agent:
     # -- tasks ----------------------------------------------------------------
     def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
         self._submitted.add(key)
-        self._tasks[key] = self._pool.submit(fn, *args)
+        pool = self._volume_pool if key.startswith("volume:") else self._pool
+        self._tasks[key] = pool.submit(fn, *args)
         self._tasks[key].add_done_callback(lambda _f: self.wake.set())
 
     def _task_failed(self, key: str) -> None:
@@ -379,13 +385,18 @@ class Agent:
         self._insert_new_volumes(d, now)
         on_disk = self.builder.on_disk()  # one directory listing, not a lookup per volume
         container_disks = _serving_containers(d)
+        # One read of every row, not one query per volume: a row changes under the pass only by the pass
+        # itself or by a task this run started, and those are read afresh.
+        rows = {(r["uuid"], r["generation"]): r for r in self.store.all("volumes")}
+        trees = {r["uuid"]: r for r in self.store.all("content_trees")}
         for v in d.volumes.values():
             key = f"volume:{v.uuid}#{v.generation}"
             if self._busy(key):
                 continue
             spec = volume_spec(v)
             ident = (v.uuid, v.generation)
-            row = self.store.get("volumes", *ident)  # after _busy: what a task that just ended wrote is here
+            # after _busy: what a task that just ended wrote is in the database
+            row = self.store.get("volumes", *ident) if key in self._submitted else rows[ident]
             assert row is not None  # _insert_new_volumes made it
             if row["path"] is None:
                 # A task of this run may have made the file after the listing (and crashed before recording it).
@@ -425,10 +436,10 @@ class Agent:
                                           "progress": 100, "error": None}
                 if refresh_usage:
                     fields["cur_size"] = self.builder.allocated(Path(row["path"]))
-                self.store.update("volumes", ident, **fields)
+                self._refresh(ident, row, fields)
                 continue
-            self.store.update("volumes", ident, display_name=v.display_name, spec=spec,
-                              max_size=v.max_size_bytes, readonly=v.readonly)
+            self._refresh(ident, row, {"display_name": v.display_name, "spec": spec, "max_size": v.max_size_bytes,
+                                       "readonly": v.readonly})
             if v.origin is VolumeOrigin.BLANK:
                 if self._may_retry(key, row, now) and self._volume_fits(v, None, row, d):
                     self._submit(key, self.builder.create, key, v, None, d.settings, v.uuid in container_disks,
@@ -436,7 +447,7 @@ class Agent:
                 continue
             assert v.content_tree_id is not None
             ct = d.content_trees[v.content_tree_id]
-            ct_row = self.store.get("content_trees", ct.uuid)
+            ct_row = trees.get(ct.uuid)
             if ct_row is None:
                 continue
             if ct_row["state"] == S.LOADED:
@@ -459,6 +470,11 @@ class Agent:
                 for r in rows:  # an existing volume is kept, never touched by a bad config
                     self.store.update("volumes", (r["uuid"], r["generation"]), state=S.ERROR,
                                       error=standing(r["error"], record))
+
+    def _refresh(self, ident: tuple[str, int], row: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Write ``fields`` unless the row in hand already holds them (the common case: nothing changed)."""
+        if any(row.get(k) != v for k, v in fields.items()):
+            self.store.update("volumes", ident, **fields)
 
     def _insert_new_volumes(self, d: DesiredState, now: float) -> None:
         """Rows for the volumes the config adds, a batch per commit (a new config may add thousands)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgevol.log import get_logger
+from edgevol import fsutil
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.crashpoints import crash_point
@@ -58,8 +59,22 @@ class VolumeBuilder:
         found.update(self.dirs.list())
         return found
 
-    def delete(self, uuid: str, generation: int) -> bool:
-        return self.files.delete(uuid, generation) | self.dirs.delete(uuid, generation)
+    def delete(self, uuid: str, generation: int, path: str | None) -> None:
+        """Remove a volume, at the ``path`` its row records when that is its own name, else whatever it left
+        under any of its names. The directory is not synced here: :meth:`sync_deletions` does, once for many."""
+        recorded = Path(path) if path else None
+        if recorded is not None and recorded.parent == self.files.root \
+                and recorded.name.startswith(f"{uuid}#{generation}."):
+            if recorded.is_dir():
+                fsutil.remove_tree(recorded)
+            else:
+                recorded.unlink(missing_ok=True)
+            return
+        self.files.delete(uuid, generation)
+        self.dirs.delete(uuid, generation)
+
+    def sync_deletions(self) -> None:
+        fsutil.fsync_dir(self.files.root)
 
     def usage(self, path: Path, max_size: int) -> VolumeUsage:
         return self.dirs.usage(path, max_size) if path.is_dir() else self.files.usage(path)

@@ -35,6 +35,7 @@ from edgevol.model.desired import DesiredState, ImageFormat, ObjectKind
 
 log = get_logger("edgevol.gc")
 S = m.ZSwState
+DELETE_BATCH = 256  # volumes removed per directory sync and per transaction
 _VOLUME_NAME = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})#([0-9]+)\.[a-z0-9]+$")
 
 
@@ -85,10 +86,10 @@ class GarbageCollector:
                         path=str(entry))
 
     def _volumes(self, d: DesiredState, now: float) -> int:
-        removed = 0
         bad = {e.object_id for e in d.errors if e.kind is ObjectKind.VOLUME}
         used = app_references(self.store)
-        for row in self.store.all("volumes"):
+        doomed = []
+        for row in self.store.rows("volumes", "uuid", "generation", "path", "unreferenced_since"):
             ident = (row["uuid"], row["generation"])
             wanted = d.volumes.get(row["uuid"])
             if (wanted and wanted.generation == row["generation"]) or row["uuid"] in bad or ident in used:
@@ -97,15 +98,28 @@ class GarbageCollector:
                 continue
             if row["unreferenced_since"] is not None and now - row["unreferenced_since"] < d.settings.gc_delay_seconds:
                 continue  # an unclaimed volume waits for the GC delay, in case a config claims it
-            self.builder.delete(*ident)
-            crash_point("volume.deleted")
-            # "gone" is queued before the row goes: a kill in between must leave the row, so the next run
-            # deletes and reports again; the other order loses the message for good
-            self.reporter.deleted("volume", row["uuid"], row["generation"])
-            self.store.delete("volumes", *ident)
-            removed += 1
+            doomed.append(row)
+        for start in range(0, len(doomed), DELETE_BATCH):
+            self._delete_volumes(doomed[start:start + DELETE_BATCH])
+        return len(doomed)
+
+    def _delete_volumes(self, rows: list[dict[str, Any]]) -> None:
+        """Files first (one directory sync for them all), then in one transaction each one's "gone" report and
+        row. "Gone" is queued before the row goes, and a kill anywhere leaves the rows of volumes whose files
+        may be gone: the next run deletes (nothing) and reports again; the other order loses the message."""
+        for row in rows:
+            self.builder.delete(row["uuid"], row["generation"], row["path"])
+        self.builder.sync_deletions()
+        crash_point("volume.deleted")
+
+        def forget() -> None:
+            for row in rows:
+                self.reporter.deleted("volume", row["uuid"], row["generation"])
+                self.store.delete("volumes", row["uuid"], row["generation"])
+
+        self.store.batch(forget)
+        for row in rows:
             log.info("volume deleted", volume=row["uuid"], generation=row["generation"])
-        return removed
 
     def _expired(self, table: str, key: tuple[Any, ...], row: dict[str, Any], now: float, delay: float) -> bool:
         """Start (or keep) the clock for an unreferenced object; True once its delay has passed."""
