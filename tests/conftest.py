@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -79,6 +80,11 @@ def guest_bytes(path: Path) -> bytes:
         out = Path(tmp) / "guest.raw"
         subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(out)], check=True)
         return out.read_bytes()
+
+
+def open_guest(path: Path | str) -> io.BytesIO:
+    """:func:`guest_bytes` as a file to read from, in place of ``open(volume, "rb")``."""
+    return io.BytesIO(guest_bytes(Path(path)))
 
 
 def guest_write(path: Path, offset: int, data: bytes) -> None:

@@ -21,7 +21,7 @@ from edgevol.device.crashpoints import CRASH_AT_ENV
 from edgevol.device.state import StateStore
 from edgevol.tools.faultproxy import FaultProxy, Seen
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status
+from tests.conftest import EDGEVOL, by_name, device_status, open_guest
 
 LOG_TAIL = 3000  # characters of a log quoted in a failure: the end, where the reason is
 
@@ -100,9 +100,8 @@ def assert_volume_is(data: Path, name: str, image: Path) -> dict:
     size = image.stat().st_size
     vol = by_name(device_status(data)["volumes"], name)
     assert vol["state"] == "CREATED_VOLUME", vol
-    with open(vol["path"], "rb") as f:
-        assert hashlib.sha256(f.read(size)).hexdigest() == sha
-    assert os.path.getsize(vol["path"]) >= size
+    guest = open_guest(vol["path"]).getvalue()
+    assert hashlib.sha256(guest[:size]).hexdigest() == sha and len(guest) >= size
     store = StateStore(data / "state.db")
     try:
         assert store.get("blobs", sha)["state"] == m.ZSwState.LOADED

@@ -46,7 +46,7 @@ from edgevol.trust.cipher import (
     encrypt_credentials,
 )
 from edgevol.trust.pki import Credential, create_root_ca, create_self_signed, issue
-from tests.conftest import by_name, device_status, make_raw_image, run_cli, start_agent
+from tests.conftest import by_name, device_status, make_raw_image, open_guest, run_cli, start_agent
 from tests.configs import ConfigBuilder, new_id, sha256_file
 from tests.controller_fixture import agent_factory, controller_factory, onboard, wait_for  # noqa: F401
 
@@ -549,7 +549,7 @@ def test_device_downloads_with_credentials_decrypted_from_the_controller_config(
         vol = by_name(st["volumes"], f"vol-img-{name}")
         assert vol["state"] == "CREATED_VOLUME" and vol["error"] is None
         assert by_name(st["content_trees"], f"img-{name}")["sha256"] == sha256_file(image)
-        with open(vol["path"], "rb") as f:
+        with open_guest(vol["path"]) as f:
             assert f.read(image.stat().st_size) == image.read_bytes()
     assert two_datastores.secure.requests  # the guarded datastore was asked, and let the device in
     # Decrypted only inside the datastore client: never logged, never stored.
@@ -646,7 +646,7 @@ def test_real_controller_sends_encrypted_credentials_the_device_uses(tmp_path, c
     assert received.cipherContexts[0].hashScheme == m.HashAlgorithm.HASH_ALGORITHM_SHA256_16BYTES
     assert PASSWORD.encode() not in received.SerializeToString()
     vol = by_name(agent.status()["volumes"], "vol-img-secure")
-    with open(vol["path"], "rb") as f:
+    with open_guest(vol["path"]) as f:
         assert f.read(two_datastores.secure_image.stat().st_size) == two_datastores.secure_image.read_bytes()
     assert _files_hold(agent.data_dir, PASSWORD.encode()) == []
     assert PASSWORD not in (tmp_path / "agent-device-dev1.log").read_text(errors="replace")

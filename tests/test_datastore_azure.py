@@ -21,7 +21,7 @@ from edgevol.tools.faultproxy import FaultProxy, Rule
 from tests.tls_certs import private_ca
 from tests.azure_fixture import ACCOUNT, ACCOUNT_KEY, RunningAzurite, azurite  # noqa: F401  (fixture)
 from tests.configs import ConfigBuilder, new_id, sha256_file
-from tests.conftest import by_name, device_status, make_raw_image, start_agent
+from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
 from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
 
 MiB = 1 << 20
@@ -65,7 +65,7 @@ def test_volumes_from_azure_with_a_key_or_a_sas_and_clear_errors(tmp_path, azuri
         vol = by_name(st["volumes"], name)
         assert vol["state"] == "CREATED_VOLUME", vol
         size = img.stat().st_size
-        with open(vol["path"], "rb") as f:
+        with open_guest(vol["path"]) as f:
             assert f.read(size) == img.read_bytes()
     nf = by_name(st["content_trees"], "missing")["error"]["description"]
     assert "azure://images/vm/nothing-here.raw" in nf and "not found" in nf and "BlobNotFound" in nf, nf

@@ -14,7 +14,7 @@ from edgevol.model.parse import parse_config
 from edgevol.tools.httpserve import serve
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import ConfigBuilder, new_id, sha256_file
-from tests.conftest import by_name, device_status, make_raw_image
+from tests.conftest import by_name, device_status, make_raw_image, open_guest
 from tests.datastore_cases import run_once
 from tests.registry_fixture import RunningRegistry, registry  # noqa: F401  (fixture)
 
@@ -51,7 +51,7 @@ def test_ds_ids_list_falls_back_and_a_shared_blob_comes_from_either_datastore(tm
         for name, src in (("vol-listed", image), ("vol-first", shared), ("vol-second", shared)):
             vol = by_name(st["volumes"], name)
             assert vol["state"] == "CREATED_VOLUME", vol
-            with open(vol["path"], "rb") as f:
+            with open_guest(vol["path"]) as f:
                 assert f.read(2 * MiB) == src.read_bytes()
 
         # when every datastore fails, the error names each one

@@ -24,7 +24,7 @@ from edgevol.device.datastores.gcs import GcsDatastore
 from edgevol.device.datastores.ranged import PARALLEL_THRESHOLD, PART_SIZE
 from edgevol.tools.faultproxy import FaultProxy, Rule
 from tests.configs import ConfigBuilder, new_id, sha256_file
-from tests.conftest import by_name, device_status, make_raw_image, start_agent
+from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
 from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
 from tests.tls_certs import private_ca
 from tests.gcs_fixture import RunningGcs, gcs_server, start_gcs  # noqa: F401  (fixture)
@@ -118,7 +118,7 @@ def test_volumes_from_gcs_content_and_clear_errors(tmp_path, gcs_server: Running
     st = device_status(data)
     root = by_name(st["volumes"], "root")
     assert root["state"] == "CREATED_VOLUME"
-    with open(root["path"], "rb") as f:
+    with open_guest(root["path"]) as f:
         assert f.read(4 * MiB) == image.read_bytes()
     nf = by_name(st["content_trees"], "missing")["error"]["description"]
     assert "gs://images/vm/nothing-here.raw" in nf and "not found" in nf, nf

@@ -12,7 +12,7 @@ import json
 from edgevol.api import messages as m
 from edgevol.tools.faultproxy import FaultProxy, Rule
 from tests.configs import ConfigBuilder, new_id, sha256_file
-from tests.conftest import by_name, device_status, make_raw_image, start_agent
+from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
 from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
 from tests.s3_fixture import ACCESS_KEY, REGION, SECRET_KEY, RunningS3, s3_server  # noqa: F401  (fixture)
 
@@ -47,7 +47,7 @@ def test_volumes_from_s3_content_and_clear_errors(tmp_path, s3_server: RunningS3
     st = device_status(data)
     root = by_name(st["volumes"], "root")
     assert root["state"] == "CREATED_VOLUME"
-    with open(root["path"], "rb") as f:
+    with open_guest(root["path"]) as f:
         assert f.read(4 * MiB) == image.read_bytes()
     nf = by_name(st["content_trees"], "missing")["error"]["description"]
     assert "s3://images" in nf and "vm/nothing-here.raw" in nf and "not found" in nf, nf
@@ -110,7 +110,7 @@ def test_a_big_s3_object_comes_in_parallel_ranges_and_a_failed_part_resumes_ther
         proxy.stop()
     assert drop.injected == 1
     vol = by_name(device_status(tmp_path / "dev")["volumes"], "wide")
-    with open(vol["path"], "rb") as f:
+    with open_guest(vol["path"]) as f:
         assert f.read(48 * MiB) == image.read_bytes()
     spans = []
     for seen in gets:

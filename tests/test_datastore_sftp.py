@@ -18,7 +18,7 @@ from edgevol.device.datastores.base import BytesSink, ConfigError, TransientErro
 from edgevol.device.datastores.sftp import SftpDatastore
 from edgevol.tools.tcpfaultproxy import TcpFaultProxy
 from tests.configs import ConfigBuilder, new_id, sha256_file
-from tests.conftest import by_name, device_status, make_raw_image, start_agent
+from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
 from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, run_once
 from tests.sftp_fixture import RunningSftp, sftp_server  # noqa: F401  (fixture)
 
@@ -33,7 +33,7 @@ def sftp_datastore(b: ConfigBuilder, server: RunningSftp, *, fqdn: str | None = 
 
 
 def volume_bytes(volume: dict, size: int) -> bytes:
-    with open(volume["path"], "rb") as f:
+    with open_guest(volume["path"]) as f:
         return f.read(size)
 
 

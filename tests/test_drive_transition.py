@@ -10,7 +10,6 @@ except those marked ``preserve``. Everything runs the real CLI on real files.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path

@@ -31,7 +31,7 @@ from edgevol.device.uplink.wiretrace import load_exchange
 from edgevol.model.desired import Settings
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import sha256_file
-from tests.conftest import make_raw_image
+from tests.conftest import guest_write, make_raw_image, open_guest
 from tests.controller_fixture import Controller, DeviceAgent, controller_factory, onboard, wait_for  # noqa: F401
 from tests.registry_fixture import RunningRegistry, registry  # noqa: F401  (fixture)
 
@@ -322,10 +322,7 @@ def test_purge_issued_while_the_device_is_down_completes_after_it_restarts(
     wait_for(lambda: (eve.app("vm") or {}).get("state_name") == "CREATED_VOLUME", 90, "app-is-running")
     [local] = [v for v in eve.agent.status()["volumes"] if v["display_name"] == "vm-root"]
     old = Path(local["path"])
-    with open(old, "r+b") as f:  # the guest writes
-        f.seek(0)
-        f.write(b"written by the guest before the purge")
-        os.fsync(f.fileno())
+    guest_write(old, 0, b"written by the guest before the purge")
 
     eve.agent.stop(signal.SIGKILL)  # device-powered-off
     eve.admin("POST", "/volumes/vm-root/purge")  # purge-issued-while-down
@@ -341,7 +338,7 @@ def test_purge_issued_while_the_device_is_down_completes_after_it_restarts(
     assert [v["generation_count"] for v in vols] == [1]
     assert not old.exists()
     assert _volume_files(eve.agent) == [Path(vols[0]["path"]).name]  # no disk nobody owns
-    with open(vols[0]["path"], "rb") as f:
+    with open_guest(vols[0]["path"]) as f:
         assert f.read(4 * MiB) == image.read_bytes()  # fresh from the content: the guest's write is gone
 
 

@@ -177,6 +177,19 @@ def test_deleting_a_volume_readmits_a_waiting_one_at_once(agent: Agent) -> None:
     assert not error_text(agent, "blank-vol-2")
 
 
+def test_one_pass_admits_two_volumes_only_if_both_fit(agent: Agent) -> None:
+    """A pass admits many jobs before any of them starts: each one admitted counts against the next, so two
+    volumes that fit alone but not together are never both started on the same free bytes."""
+    b = base()
+    b.blank_volume(40 * MiB, name="first")
+    b.blank_volume(40 * MiB, name="second")
+    agent.set_desired(parse_config(b.cfg))
+    agent.step()  # one pass: both are decided before either volume's task has run
+    assert not waits_for_space(agent, "first") and waits_for_space(agent, "second"), rows(agent)
+    drive(agent, b, lambda: state(agent, "first") == S.CREATED_VOLUME, "the first volume")
+    assert waits_for_space(agent, "second") and state(agent, "second") == S.ERROR
+
+
 def test_deleting_a_volume_readmits_one_that_met_a_full_disk_before_its_slow_retry(agent: Agent) -> None:
     """The same scenario when the waiting volume's create met ENOSPC itself (a disk filled behind the
     agent's back): the builder leaves it on the 600 s slow retry (reconcile/builders.py, create); a deletion

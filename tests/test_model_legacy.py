@@ -17,7 +17,7 @@ from edgevol.api import messages as m
 from edgevol.device.reconcile.builders import volume_spec
 from edgevol.model.desired import ContentTree, DesiredState, ImageFormat, ObjectKind, VolumeOrigin, VolumeRef
 from edgevol.model.parse import parse_config
-from tests.conftest import by_name, device_status, make_raw_image, run_cli
+from tests.conftest import by_name, device_status, guest_write, make_raw_image, open_guest, run_cli
 from tests.configs import ConfigBuilder, drive, new_id, sha256_file
 
 SHA = hashlib.sha256(b"content").hexdigest()
@@ -192,11 +192,9 @@ def test_the_device_keeps_the_volume_data_across_the_switch(tmp_path, datastore_
     v = by_name(device_status(data)["volumes"], "web/root.raw")
     assert (v["uuid"], v["generation_count"], v["state"]) == (vol, 0, "CREATED_VOLUME")
     path = Path(v["path"])
-    with open(path, "rb") as f:
+    with open_guest(path) as f:
         assert f.read(2 * MiB) == raw.read_bytes() and f.read() == bytes(2 * MiB)
-    with open(path, "r+b") as f:  # the app writes its data
-        f.seek(3 * MiB)
-        f.write(b"app data survives")
+    guest_write(path, 3 * MiB, b"app data survives")  # the app writes its data
 
     new = ConfigBuilder(device_id=old.cfg.id.uuid)
     new.datastore(http_server.url, ds_id=ds)
@@ -208,7 +206,7 @@ def test_the_device_keeps_the_volume_data_across_the_switch(tmp_path, datastore_
 
     (v,) = device_status(data)["volumes"]
     assert (v["uuid"], v["display_name"], v["state"], v["path"]) == (vol, "web disk", "CREATED_VOLUME", str(path))
-    with open(path, "rb") as f:
+    with open_guest(path) as f:
         assert f.read(2 * MiB) == raw.read_bytes()
         f.seek(3 * MiB)
         assert f.read(17) == b"app data survives"

@@ -27,7 +27,7 @@ from edgevol.model.parse import parse_config
 from edgevol.trust.content import sign_content, verify_content_signature
 from edgevol.trust.pki import TrustError
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image
+from tests.conftest import EDGEVOL, by_name, device_status, make_raw_image, open_guest
 from tests.controller_fixture import agent_factory, controller_factory, onboard, wait_for  # noqa: F401
 from tests.test_cli_admin import ok, refused
 
@@ -129,7 +129,7 @@ def test_only_content_with_a_good_trusted_signature_becomes_a_volume(tmp_path, d
     for good in ("rsa", "ec"):
         assert trees[good]["state"] == "LOADED" and trees[good]["error"] is None, trees[good]
         assert vols[f"vol-{good}"]["state"] == "CREATED_VOLUME"
-        with open(vols[f"vol-{good}"]["path"], "rb") as f:
+        with open_guest(vols[f"vol-{good}"]["path"]) as f:
             assert f.read(2 * MiB) == images[good].read_bytes()
     why = {"stranger": "signer certificate not trusted", "expired": "signer certificate not trusted",
            "nochain": "signer certificate not trusted", "tampered": "does not verify over the content's sha256",

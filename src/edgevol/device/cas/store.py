@@ -8,7 +8,6 @@ garbage collection must keep.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edgevol.fsutil import atomic_write_bytes, fsync_dir, remove_temps
