@@ -97,11 +97,13 @@ def _lock_data_dir(data_dir: Path) -> int:
 @click.option("--metrics-interval", type=float, default=60.0, show_default=True)
 @click.option("--content-trust", type=click.Path(dir_okay=False, exists=True, path_type=Path), multiple=True,
               help="PEM bundle of CAs trusted to sign content (siginfo), besides the controller's root CA.")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Volume creates run at once (downloads are bounded by edgevol.download.parallel).")
 def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: float, log_format: str,
                log_level: str, progress: bool | None, controller_url: str | None, root_ca: Path | None,
                serial: str, soft_serial: str, trace_wire: Path | None, onboard_cert: Path | None,
                onboard_key: Path | None, poll_interval: float, metrics_interval: float,
-               content_trust: tuple[Path, ...]) -> None:
+               content_trust: tuple[Path, ...], workers: int) -> None:
     """Reconcile the device with its config: download content, create volumes, report.
 
     The config comes from --config (a file) or --controller (EVE API v2).
@@ -117,7 +119,7 @@ def device_run(data_dir: Path, config_path: Path | None, once: bool, interval: f
     lock_fd = _lock_data_dir(data_dir)
     # Signed content must chain to the controller's root CA or to an operator's bundle.
     anchors = b"".join(p.read_bytes().rstrip() + b"\n" for p in ((root_ca,) if root_ca else ()) + content_trust)
-    agent = Agent(data_dir, AgentOptions(once=once, content_trust=anchors))
+    agent = Agent(data_dir, AgentOptions(once=once, workers=workers, content_trust=anchors))
     uplink = None
     if controller_url:
         assert root_ca is not None
