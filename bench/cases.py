@@ -504,13 +504,12 @@ def _qcow2_summary(env: Env, ev: dict[str, _CloneRuns], base: dict[str, Runs]) -
     conv, cp = base["convert-sync"].median, base["cp-sync"].median
     copy, backing = ev["copy"], ev["backing"]
     # A net figure within a millisecond of zero (or below it) is start-up noise, not a duration to divide by.
-    net = (f"{fmt_s(backing.net)} s net ({fmt_ratio(backing.net, cp)} of `cp` + `sync`)" if backing.net >= 0.001
+    net = (f"{fmt_s(backing.net)} s net, {fmt_ratio(backing.net, cp)} of `cp` + `sync`" if backing.net >= 0.001
            else "no time that shows net of the re-run (the difference is start-up noise)")
     if backing.in_agent is None:
         took = net
     else:
-        took = (f"{fmt_s(backing.in_agent)} s in the agent's log ({fmt_ratio(backing.in_agent, cp)} of `cp` + "
-                f"`sync`) and {net}")
+        took = f"{fmt_s(backing.in_agent)} s in the agent's log, {fmt_ratio(backing.in_agent, cp)} of `cp` + `sync`; {net}"
     verdict = "met" if backing.step <= CLONE_GOAL * cp else "MISSED"
     judged = "" if backing.in_agent is None else ", judged on the log span"
     env.summary.append(
