@@ -509,7 +509,8 @@ def _qcow2_summary(env: Env, ev: dict[str, _CloneRuns], base: dict[str, Runs]) -
     if backing.in_agent is None:
         took = net
     else:
-        took = f"{fmt_s(backing.in_agent)} s in the agent's log, {fmt_ratio(backing.in_agent, cp)} of `cp` + `sync`; {net}"
+        took = (f"{fmt_s(backing.in_agent)} s in the agent's log, {fmt_ratio(backing.in_agent, cp)} of `cp` + "
+                f"`sync`; {net}")
     verdict = "met" if backing.step <= CLONE_GOAL * cp else "MISSED"
     judged = "" if backing.in_agent is None else ", judged on the log span"
     env.summary.append(
