@@ -22,7 +22,7 @@ from pathlib import Path
 from edgevol import fsutil
 from edgevol.device.crashpoints import crash_point
 from edgevol.device.volumes import qemu
-from edgevol.device.volumes.templates import ImageTemplates
+from edgevol.device.volumes.templates import ImageTemplates, Shape
 from edgevol.device.volumes.qemu import QemuImgError
 
 SECTOR = 512
@@ -156,20 +156,14 @@ class FileVolumes:
             raise VolumeError(f"blank volume size must be a positive integer, got {size!r}")
         self._ensure_absent(uuid, generation)
         size = _round_up(size)
+        if fmt == "qcow2":
+            return self._from_template((size, "", ""), final, lambda path: self._new_qcow2(path, size), readonly,
+                                       f"cannot create blank volume {final.name}")
         tmp = fsutil.temp_path_for(final)
         try:
-            info = None
-            if fmt == "qcow2":
-                info = self._templates.write((size, "", ""), tmp, lambda path: self._new_qcow2(path, size))
-            else:
-                os.truncate(tmp, size)
+            os.truncate(tmp, size)
             crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
-            if info is not None:  # so recording the volume need not ask qemu-img again
-                self._remember((*self._identity(final), "qcow2"), info)
-        except QemuImgError as exc:
-            tmp.unlink(missing_ok=True)
-            raise VolumeError(f"cannot create blank volume {final.name}: {exc}") from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -258,21 +252,29 @@ class FileVolumes:
         """A qcow2 overlay on the validated ``src``, as big as the image or ``size``, whichever is larger."""
         backing = Path(os.path.abspath(src))
         final = self.path_for(uuid, generation, "qcow2")
-        tmp = fsutil.temp_path_for(final)
         shape = (_round_up(max(info.virtual_size, size)), str(backing), DRIVERS[src_fmt])
+        self._from_template(shape, final, lambda path: self._new_overlay(path, *shape), readonly,
+                            f"cannot create volume {final.name} over {src}")
+        if progress is not None:
+            progress(100.0)
+        return final
+
+    def _from_template(self, shape: Shape, final: Path, make: Callable[[Path], qemu.ImageInfo], readonly: bool,
+                       failure: str) -> Path:
+        """An empty qcow2 image of ``shape`` (a copy of its template, or made by ``make``), committed as
+        ``final``; what qemu-img said of it is kept, so recording the volume need not ask again."""
+        tmp = fsutil.temp_path_for(final)
         try:
-            made = self._templates.write(shape, tmp, lambda path: self._new_overlay(path, *shape))
+            info = self._templates.write(shape, tmp, make)
             crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
-            self._remember((*self._identity(final), "qcow2"), made)
         except QemuImgError as exc:
             tmp.unlink(missing_ok=True)
-            raise VolumeError(f"cannot create volume {final.name} over {src}: {exc}") from exc
+            raise VolumeError(f"{failure}: {exc}") from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if progress is not None:
-            progress(100.0)
+        self._remember((*self._identity(final), "qcow2"), info)
         return final
 
     def _new_qcow2(self, path: Path, size: int) -> qemu.ImageInfo:
