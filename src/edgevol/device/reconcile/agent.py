@@ -260,14 +260,14 @@ class Agent:
         epoch = self.credentials.epoch()
         for sha, source in self._wanted_blobs(d).items():
             key = f"blob:{sha}"
-            row = self.store.get("blobs", sha)
+            if self._busy(key):
+                continue
+            row = self.store.get("blobs", sha)  # after _busy: what a download that just ended wrote is here
             if row is None:
                 self.store.insert("blobs", sha256=sha, state=S.INITIAL, create_time=now, ref_change_time=now,
                                   size=source.expected_size or 0)
                 row = self.store.get("blobs", sha)
                 assert row is not None
-            if self._busy(key):
-                continue
             if self.cas.has(sha):
                 self._started_with.pop(key, None)
                 size = self.cas.size(sha) or 0
@@ -365,8 +365,14 @@ class Agent:
             layout = None  # a manifest went missing from the store: walk the tree again
         if layout is None:
             ds = d.datastores[ct.datastore_id]
+            if self._busy(key):
+                return
+            fresh = self.store.get("content_trees", ct.uuid) or row  # what a walk that just ended wrote
+            if fresh["layout"] != row["layout"]:
+                return  # it latched a layout meanwhile: the next pass (its end woke one) takes it from there
+            row = fresh
             inputs = self._source_changed(key, row, ds, self.credentials.epoch())
-            if not self._busy(key) and self._may_retry(key, row, now):
+            if self._may_retry(key, row, now):
                 self._started_with[key] = inputs
                 datastores = [ds, *(d.datastores[i] for i in ct.fallback_datastore_ids)]
                 self._submit(key, self.resolver.resolve, key, ct, datastores, d.settings, self.options.once)
