@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from edgevol import fsutil
 from edgevol.device.crashpoints import crash_point
@@ -38,6 +39,7 @@ CLONABLE = ("raw", "qcow2")
 _VMDK_SELF_CONTAINED = ("monolithicSparse", "streamOptimized")
 _ISO_DESCRIPTOR_AT = 32 * 1024  # ISO 9660 and UDF volume descriptors start after 16 sectors of 2 KiB
 _ISO_IDS = (b"CD001", b"NSR02", b"NSR03")  # ISO 9660 primary/supplementary descriptor, UDF's NSR
+T = TypeVar("T")
 _INFO_MEMO = 16384  # qemu-img info answers kept (a few hundred bytes each)
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -159,14 +161,7 @@ class FileVolumes:
         if fmt == "qcow2":
             return self._from_template((size, "", ""), final, lambda path: self._new_qcow2(path, size), readonly,
                                        f"cannot create blank volume {final.name}")
-        tmp = fsutil.temp_path_for(final)
-        try:
-            os.truncate(tmp, size)
-            crash_point("volume.temp.written")
-            fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self._built(final, readonly, f"cannot create blank volume {final.name}", lambda tmp: os.truncate(tmp, size))
         return final
 
     def create_from_image(
@@ -223,8 +218,8 @@ class FileVolumes:
         out_fmt = src_fmt if keep else "qcow2"
         src_drv, out_drv = DRIVERS[src_fmt], DRIVERS[out_fmt]
         final = self.path_for(uuid, generation, out_fmt)
-        tmp = fsutil.temp_path_for(final)
-        try:
+
+        def build(tmp: Path) -> None:
             # A VMDK is rewritten by qemu-img (as monolithicSparse): a streamOptimized one, as OVAs carry,
             # cannot be written in place ("Could not write to allocated cluster for streamOptimized").
             if out_fmt == src_fmt and src_drv != "vmdk" and self.use_reflink and self._reflink(src, tmp):
@@ -237,14 +232,8 @@ class FileVolumes:
                 qemu.convert(src, src_drv, tmp, out_drv, progress, qemu_img=self.qemu_img)
             if grow and qemu.image_info(tmp, out_drv, qemu_img=self.qemu_img).virtual_size < target:
                 qemu.resize(tmp, out_drv, target, qemu_img=self.qemu_img)
-            crash_point("volume.temp.written")
-            fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
-        except QemuImgError as exc:
-            tmp.unlink(missing_ok=True)
-            raise VolumeError(f"cannot create volume {final.name} from {src}: {exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        self._built(final, readonly, f"cannot create volume {final.name} from {src}", build)
         return final
 
     def _make_overlay(self, uuid: str, generation: int, src: Path, src_fmt: str, info: qemu.ImageInfo, size: int,
@@ -263,9 +252,18 @@ class FileVolumes:
                        failure: str) -> Path:
         """An empty qcow2 image of ``shape`` (a copy of its template, or made by ``make``), committed as
         ``final``; what qemu-img said of it is kept, so recording the volume need not ask again."""
+        info = self._built(final, readonly, failure, lambda tmp: self._templates.write(shape, tmp, make))
+        self._remember((*self._identity(final), "qcow2"), info)
+        return final
+
+    @staticmethod
+    def _built(final: Path, readonly: bool, failure: str, build: Callable[[Path], T]) -> T:
+        """Run ``build`` on a temp name beside ``final``, then commit the file there: a crash never leaves a
+        half-made volume under its real name. Any failure removes the temp file; qemu-img's becomes a
+        VolumeError that starts with ``failure``."""
         tmp = fsutil.temp_path_for(final)
         try:
-            info = self._templates.write(shape, tmp, make)
+            result = build(tmp)
             crash_point("volume.temp.written")
             fsutil.commit_file(tmp, final, 0o444 if readonly else 0o644)
         except QemuImgError as exc:
@@ -274,8 +272,7 @@ class FileVolumes:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._remember((*self._identity(final), "qcow2"), info)
-        return final
+        return result
 
     def _new_qcow2(self, path: Path, size: int) -> qemu.ImageInfo:
         """An empty qcow2 image (a template for blank volumes of this size)."""
