@@ -83,8 +83,12 @@ def test_volumes_created_at_the_controller_appear_on_the_device(db_url, controll
                                                             "url": "missing.raw", "format": "RAW",
                                                             "sha256": "ab" * 32})
     wait_for(lambda: fleet_row()["errors"] >= 1, 60, "the missing file counted as an error")
-    in_error = [o for o in ctrl.admin("GET", "/devices/dev1/reported") if o["error"]]
-    assert fleet_row()["errors"] == len(in_error) and "ghost" in {o["display_name"] for o in in_error}
+
+    def errors_agree() -> bool:  # the blob's error may arrive between two reads: compare until they settle
+        in_error = [o for o in ctrl.admin("GET", "/devices/dev1/reported") if o["error"]]
+        return fleet_row()["errors"] == len(in_error) and "ghost" in {o["display_name"] for o in in_error}
+
+    wait_for(errors_agree, 30, "the fleet view to count every object in error")
 
 
 # ---------------------------------------------------------------- helpers for the longer stories
@@ -178,11 +182,16 @@ def test_controller_outage_device_restarts_and_controller_restart(controller_fac
     done_files = volume_files(agent)
     assert set(done_files) == {"data", "root"} and done_files["data"] == files["data"]
 
-    # latest wins: one message per object, each carrying the object's current state
-    queued = outbox_by_key(agent)
-    local_states = {f"{kind}/{ident}" + (f"#{gen}" if kind == "volume" else ""): state
-                    for (kind, ident, gen), (state, _) in device_view(agent).items()}
-    assert {k: outbox_state(it) for k, it in queued.items()} == {k: local_states[k] for k in queued}
+    # latest wins: one message per object, each carrying the object's current state (the report is queued at
+    # the end of the pass that changed the state, so wait for that pass)
+    def outbox_matches_state() -> dict[str, Any] | None:
+        queued = outbox_by_key(agent)
+        local_states = {f"{kind}/{ident}" + (f"#{gen}" if kind == "volume" else ""): state
+                        for (kind, ident, gen), (state, _) in device_view(agent).items()}
+        same = {k: outbox_state(it) for k, it in queued.items()} == {k: local_states.get(k) for k in queued}
+        return queued if same else None
+
+    queued = wait_for(outbox_matches_state, 30, "the outbox to carry every object's current state")
     root = {v["display_name"]: v for v in agent.status()["volumes"]}["root"]
     assert outbox_state(queued[f"volume/{root['uuid']}#{root['generation_count']}"]) == "CREATED_VOLUME"
     assert {k.split("/")[0] for k in queued} >= {"volume", "content_tree", "blob"}

@@ -30,7 +30,7 @@ from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-HEAD = "0006"
+HEAD = "0007"
 TABLES = {"devices", "datastores", "content_trees", "volumes", "apps", "app_volume_refs", "reported_objects",
           "state_changes", "volume_metrics"}
 
@@ -714,6 +714,10 @@ def test_history_is_bounded_per_object(db_url: str) -> None:  # noqa: F811
         assert [h.state for h in hist] == states[-5:]
         assert hist[-1].at == T0 + timedelta(seconds=len(states) - 1)
         assert len(store.history(dev.uuid, "volume", b)) == 1
+        assert store.count("state_changes") == len(states) + 1  # bounded on read; pruned in the background
+        assert store.prune() == {"volume_metrics": 0, "state_changes": len(states) - 5}
+        assert store.count("state_changes") == 5 + 1
+        assert store.history(dev.uuid, "volume", a) == hist
 
 
 def test_bad_info_messages_are_refused_whole(store: ControllerStore) -> None:
@@ -766,4 +770,9 @@ def test_metrics_retention_and_per_volume_cap(db_url: str, clock: Clock) -> None
         store.record_metrics(dev.uuid, metric(b, clock.now, 6))
         assert [x.used_bytes for x in store.volume_metrics(dev.uuid, a)] == [104]  # older than 7 days: gone
         assert [x.used_bytes for x in store.volume_metrics(dev.uuid, b)] == [6]
+        # Reads apply retention; rows go only when the background pass prunes, never on a device's post.
+        assert store.count("volume_metrics") == 8
+        assert store.prune() == {"volume_metrics": 6, "state_changes": 0}
         assert store.count("volume_metrics") == 2
+        assert [x.used_bytes for x in store.volume_metrics(dev.uuid, a)] == [104]
+        assert store.prune() == {"volume_metrics": 0, "state_changes": 0}

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgevol.controller.retention import PRUNE_INTERVAL_S
 from edgevol.controller.store import ControllerStore
 from edgevol.fsutil import atomic_write_bytes
 from edgevol.trust.pki import Credential, create_root_ca, issue, load_or_create
@@ -29,6 +30,7 @@ class ControllerContext:
     ecdh: Credential
     # "auto" | "always" | "never": see edgevol.controller.configbuild.CredentialEncryption.
     encrypt_credentials: str = "auto"
+    prune_interval_s: float = PRUNE_INTERVAL_S  # how often retention runs (0: never)
 
     @property
     def root_ca_path(self) -> Path:

@@ -13,18 +13,25 @@ stored for a refused request.
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from edgevol.api import messages as m
-from edgevol.controller.configbuild import CredentialEncryption, build_config, config_hash
+from edgevol.controller.configbuild import CredentialEncryption, config_from_snapshot, config_hash
+from edgevol.controller.configcache import ConfigCache, ConfigKey
 from edgevol.controller.context import ControllerContext
-from edgevol.controller.records import Device
-from edgevol.controller.store import Conflict, Invalid, NotFound
+from edgevol.controller.db import infomsg
+from edgevol.controller.db.infomsg import Report
+from edgevol.controller.ingest import Overloaded, ReportWriter
+from edgevol.controller.records import Device, Sender
+from edgevol.controller.store import Conflict, Invalid, NotFound, StoreError
+from edgevol.log import get_logger
 from edgevol.trust.envelope import (
     AuthError,
     controller_certs,
@@ -36,12 +43,16 @@ from edgevol.trust.envelope import (
 from edgevol.netaddr import is_loopback_host
 from edgevol.trust.pki import TrustError, der_hash, load_cert
 
+log = get_logger("edgevol.controller.device_api")
+
 PROTO = "application/x-proto-binary"
 SHA256_32 = m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES
 NONCE_BYTES = 16  # within the 12..32 bytes EVE's TPM quote can carry as qualifying data
 TOKEN_BYTES = 64
 # Posts an EVE device makes that this controller verifies and then drops.
 DISCARDED = ("logs", "newlogs", "flowlog", "hardwarehealth")
+STORE_TIMEOUT_S = 30.0  # a report not committed by then is answered 503 (the device sends it again)
+RETRY_AFTER_S = 5
 
 
 def _proto(body: bytes = b"", status: int = 200) -> Response:
@@ -54,37 +65,71 @@ def _refuse(status: int, reason: str) -> Response:
     return Response(content=reason + "\n", status_code=status, media_type="text/plain")
 
 
+def _busy(reason: str) -> Response:
+    """503 with Retry-After: the device keeps the message and sends it again (EVE retries any 5xx)."""
+    return Response(content=reason + "\n", status_code=503, media_type="text/plain",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 class DeviceAPI:
+    """The device requests, made cheap for fleets (issue 16).
+
+    A config poll answered 304 costs one SQL statement: the sender's row, read
+    afresh on every request so that a deleted or re-keyed device is refused at
+    once by every controller process. What is derived from that row (the
+    config hash, the signed answer, the parsed certificate) is cached by the
+    row's own values, so it cannot be stale. Info and metrics go through the
+    group-committing :class:`ReportWriter`; "last seen" is written once a second.
+    """
+
     def __init__(self, ctx: ControllerContext) -> None:
         self.ctx = ctx
+        self.configs = ConfigCache()
+        self.writer = ReportWriter(ctx.store)
+
+    def start(self) -> None:
+        """Start the background writer (the app's lifespan calls this)."""
+        self.writer.start()
+
+    def stop(self) -> None:
+        """Store what is queued and stop the writer."""
+        self.writer.stop()
 
     def _seal(self, msg: Any) -> bytes:
         return seal_message(msg, self.ctx.signing, hash_form="pem")
 
-    def _lookup(self, h: bytes) -> bytes | None:
-        dev = self.ctx.store.device_by_cert_hash(bytes(h))
-        return dev.device_cert_pem if dev else None
-
-    def _authenticate(self, body: bytes, msg_type: Any, path_uuid: str | None) -> tuple[Any, Device]:
+    def _authenticate(self, body: bytes, msg_type: Any, path_uuid: str | None) -> tuple[Any, Sender]:
         """Verify the signature, then check the signer is the device the URL names.
 
         With ``msg_type`` None the payload is returned as bytes, unparsed.
+        The sender's row is read once: the certificate that verified the
+        signature is the one its hash named, so it is that device.
         """
+        found: list[Sender] = []
+
+        def lookup(h: bytes) -> bytes | None:
+            sender = self.ctx.store.sender(bytes(h))
+            if sender is None:
+                return None
+            found.append(sender)
+            return sender.device.device_cert_pem
+
         if msg_type is None:
-            msg, cert = open_container(body, self._lookup)
+            msg, _cert = open_container(body, lookup)
         else:
-            msg, cert = open_message(body, msg_type, self._lookup)
-        dev = self.ctx.store.device_by_cert_hash(der_hash(cert, SHA256_32))
-        if dev is None:
+            msg, _cert = open_message(body, msg_type, lookup)
+        if not found:
             raise AuthError(401, "unknown device certificate")
+        sender = found[0]
+        dev = sender.device
         if path_uuid is not None and path_uuid.lower() != dev.uuid:
             try:
                 self.ctx.store.get_device(path_uuid)
             except NotFound:
                 raise AuthError(404, f"no device {path_uuid}") from None
             raise AuthError(403, "signed by another device than the one in the URL")
-        self.ctx.store.touch(dev.uuid)
-        return msg, dev
+        self.writer.seen(dev.uuid, self.ctx.store.now())
+        return msg, sender
 
     def certs(self) -> Response:
         return _proto(self._seal(controller_certs(self.ctx.signing, self.ctx.ecdh)))
@@ -110,8 +155,8 @@ class DeviceAPI:
         return _proto(status=201)
 
     def uuid(self, body: bytes) -> Response:
-        _req, dev = self._authenticate(body, m.UuidRequest, None)
-        return _proto(self._seal(m.UuidResponse(uuid=dev.uuid)))
+        _req, sender = self._authenticate(body, m.UuidRequest, None)
+        return _proto(self._seal(m.UuidResponse(uuid=sender.device.uuid)))
 
     def attest(self, body: bytes, path_uuid: str) -> Response:
         """Adam's no-TPM attestation: a nonce, then SUCCESS and the device's integrity token for any quote.
@@ -120,7 +165,8 @@ class DeviceAPI:
         the quote must follow a nonce of this round, and the answer is the
         same as for a device without a TPM.
         """
-        req, dev = self._authenticate(body, m.ZAttestReq, path_uuid)
+        req, sender = self._authenticate(body, m.ZAttestReq, path_uuid)
+        dev = sender.device
         store = self.ctx.store
         resp = m.ZAttestResponse()
         if req.reqType == m.ZAttestReqType.ATTEST_REQ_NONCE:
@@ -161,27 +207,41 @@ class DeviceAPI:
         return _proto(self._seal(resp), 201)
 
     def config(self, body: bytes, path_uuid: str | None, peer: str | None = None) -> Response:
-        req, dev = self._authenticate(body, m.ConfigRequest, path_uuid)
-        token = self.ctx.store.integrity_token(dev.uuid)
+        req, sender = self._authenticate(body, m.ConfigRequest, path_uuid)
+        dev = sender.device
+        token = sender.integrity_token
         if not token or bytes(req.integrity_token) != token:
             # adam pkg/server/commonHandler.go, configProcess: enforceIntegrityCheck -> 403
             return _refuse(403, "integrity token missing or not current: attest first")
         mode = self.ctx.encrypt_credentials
         if mode == "auto" and peer is not None and is_loopback_host(peer):
             mode = "never"  # a device on this very host: nothing on the way to hide credentials from
-        cfg = build_config(self.ctx.store, dev.uuid, CredentialEncryption(self.ctx.ecdh, mode))
-        digest = config_hash(cfg)
-        if req.configHash == digest:
-            if dev.config_acked_version != dev.config_version:  # it runs what it would get: news only once
-                self.ctx.store.ack_config(dev.uuid, dev.config_version)
-            return Response(status_code=304)
-        return _proto(self._seal(m.ConfigResponse(config=cfg, configHash=digest)))
+        key = ConfigKey.of(dev, mode)
+        digest = self.configs.config_hash(key)
+        if digest is None or req.configHash != digest:
+            signed = self.configs.signed(key)
+            if signed is not None:
+                return _proto(signed)
+            snap = self.ctx.store.config_snapshot(dev.uuid)
+            cfg = config_from_snapshot(snap, CredentialEncryption(self.ctx.ecdh, mode))
+            digest = config_hash(cfg)
+            # Kept under the version the snapshot itself was read at, which may be newer than the sender row's.
+            key = ConfigKey.of(snap.device, mode)
+            if req.configHash != digest:
+                signed = self._seal(m.ConfigResponse(config=cfg, configHash=digest))
+                self.configs.put(key, digest, signed)
+                return _proto(signed)
+            self.configs.put(key, digest)
+            dev = snap.device
+        if dev.config_acked_version != dev.config_version:  # it runs what it would get: news only once
+            self.ctx.store.ack_config(dev.uuid, dev.config_version)
+        return Response(status_code=304)
 
     def info(self, body: bytes, path_uuid: str) -> Response:
-        return self._record(body, path_uuid, m.ZInfoMsg, "devId", self.ctx.store.record_info, "info")
+        return self._record(body, path_uuid, m.ZInfoMsg, "devId", infomsg.info_report, "info")
 
     def metrics(self, body: bytes, path_uuid: str) -> Response:
-        return self._record(body, path_uuid, m.ZMetricMsg, "devID", self.ctx.store.record_metrics, "metrics")
+        return self._record(body, path_uuid, m.ZMetricMsg, "devID", infomsg.metrics_report, "metrics")
 
     def discard(self, body: bytes, path_uuid: str) -> Response:
         """Verify a post this controller does not keep (logs, flow logs, hardware health) and accept it."""
@@ -189,16 +249,24 @@ class DeviceAPI:
         return _proto(status=201)
 
     def _record(self, body: bytes, path_uuid: str, msg_type: Any, dev_field: str,
-                store: Callable[[str, Any], Any], what: str) -> Response:
-        """Verify, refuse a message that names another device, then store it."""
-        msg, dev = self._authenticate(body, msg_type, path_uuid)
+                decode: Callable[[str, Any], Report], what: str) -> Response:
+        """Verify, refuse a message that names another device, then answer 201 once it is committed."""
+        msg, sender = self._authenticate(body, msg_type, path_uuid)
+        dev = sender.device
         named = getattr(msg, dev_field)
         if named and named.lower() != dev.uuid:
             return _refuse(403, f"{what} names another device")
         try:
-            store(dev.uuid, msg)
+            self.writer.submit(decode(dev.uuid, msg)).result(timeout=STORE_TIMEOUT_S)
         except Invalid as exc:
             return _refuse(400, str(exc))
+        except NotFound as exc:
+            return _refuse(404, str(exc))
+        except Overloaded as exc:
+            return _busy(str(exc))
+        except (StoreError, FutureTimeout, SQLAlchemyError) as exc:
+            log.warning("report not stored", device=dev.uuid, kind=what, error=str(exc))
+            return _busy(f"{what} not stored: {exc}")
         return _proto(status=201)
 
 
@@ -238,8 +306,7 @@ async def _call(fn: Callable[..., Response], *args: Any) -> Response:
         return _refuse(exc.status, exc.reason)
 
 
-def router(ctx: ControllerContext) -> APIRouter:
-    api = DeviceAPI(ctx)
+def router(api: DeviceAPI) -> APIRouter:
     r = APIRouter(prefix="/api/v2/edgedevice", tags=["device API v2"])
 
     @r.get("/ping")

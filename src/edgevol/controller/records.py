@@ -39,6 +39,14 @@ class Device:
 
 
 @dataclass(frozen=True)
+class Sender:
+    """A registered device as the device API needs it for one request, read in one statement."""
+
+    device: Device
+    integrity_token: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Datastore:
     uuid: str
     name: str

@@ -14,12 +14,13 @@ Why this shape:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, cast, delete, func, or_, select, update
+from sqlalchemy import Text, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +32,14 @@ from edgevol.controller.db import convert as cv
 from edgevol.controller.db import infomsg
 from edgevol.controller.db import models as db
 from edgevol.controller.db.errors import Conflict, Invalid, NotFound, StoreError
-from edgevol.controller.db.session import WRITE_OPTION, make_engine, migrate, normalize_url, session_factory
+from edgevol.controller.db.session import (
+    SINGLE_READ_OPTION,
+    WRITE_OPTION,
+    make_engine,
+    migrate,
+    normalize_url,
+    session_factory,
+)
 from edgevol.model import parse
 from edgevol.model.desired import ObjectKind
 from edgevol.trust.pki import der_sha256
@@ -309,13 +317,27 @@ class ControllerStore:
 
     def device_by_cert_hash(self, cert_hash: bytes) -> r.Device | None:
         """The registered device whose certificate's DER sha256 starts with ``cert_hash`` (16 or 32 bytes)."""
+        found = self.sender(cert_hash)
+        return found.device if found is not None else None
+
+    def sender(self, cert_hash: bytes) -> r.Sender | None:
+        """:meth:`device_by_cert_hash` with the integrity token, in one SQL statement.
+
+        Every device request starts here, so it is one indexed SELECT on a
+        bare connection (no ORM session, no BEGIN on SQLite). Never cached:
+        this read is what makes a deleted or re-keyed device refused at once
+        by every controller process.
+        """
         if len(cert_hash) not in (16, 32):
             return None
-        with self._read() as s:
-            found = s.scalars(select(db.Device).where(self._cert_match(db.Device.device_cert_hash,
-                                                                       db.Device.device_cert_legacy_hash, cert_hash))
-                              .limit(2)).all()
-            return cv.device_rec(found[0]) if len(found) == 1 else None
+        t = db.Device.__table__
+        q = select(t).where(self._cert_match(t.c.device_cert_hash, t.c.device_cert_legacy_hash, cert_hash)).limit(2)
+        with self.engine.connect() as conn:
+            conn.execution_options(**{SINGLE_READ_OPTION: True})
+            rows = conn.execute(q).all()
+        if len(rows) != 1:
+            return None
+        return r.Sender(device=cv.device_rec(rows[0]), integrity_token=rows[0].integrity_token)  # type: ignore[arg-type]
 
     def onboarding_cert(self, cert_hash: bytes) -> bytes | None:
         """The onboarding certificate PEM whose DER sha256 starts with ``cert_hash`` (to verify a register call)."""
@@ -380,9 +402,23 @@ class ControllerStore:
 
     def touch(self, ref: str) -> None:
         """Note that the device was just heard from."""
-        with self._write() as s:
-            dev = self._device(s, ref)
-            dev.last_seen_at = self.now()
+        with self._read() as s:
+            dev_uuid = self._device(s, ref).uuid
+        self.touch_many({dev_uuid: self.now()})
+
+    def touch_many(self, seen: dict[str, datetime]) -> None:
+        """Record when each device was last heard from, in one transaction; never moves a time backwards."""
+        if not seen:
+            return
+        t = db.Device.__table__
+        stmt = (update(t).where(t.c.uuid == bindparam("dev"),
+                                or_(t.c.last_seen_at.is_(None), t.c.last_seen_at < bindparam("at")))
+                .values(last_seen_at=bindparam("at")))
+        rows = [{"dev": dev, "at": at} for dev, at in sorted(seen.items())]  # one lock order for every process
+        with self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                conn.execute(stmt, rows)
 
     def config_snapshot(self, device: str) -> r.ConfigSnapshot:
         """Everything the device's config is built from (see :func:`configbuild.build_config`)."""
@@ -802,64 +838,87 @@ class ControllerStore:
     # ================================================================ reports
 
     def record_info(self, device: str, info: Any) -> int:
-        """Store a ``ZInfoMsg``'s volume / content tree / blob reports; returns how many objects changed.
+        """Store a ``ZInfoMsg``'s volume / content tree / blob / app reports; returns how many objects changed.
 
         The newest report (by the device's timestamp) wins: a retried older
         message does not overwrite a newer state. A report with only the
         identity set means the object is gone, and its row is removed.
-        Each new state is appended to the object's history (last N kept).
+        Each new state is appended to the object's history (see :meth:`prune`).
         """
-        items = infomsg.decode_info(info)
-        if not items:
-            return 0
-        reported_at = infomsg.to_datetime(info.atTimeStamp) if info.HasField("atTimeStamp") else None
+        result = self.record_reports([infomsg.info_report(self.get_device(device).uuid, info)])[0]
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def record_metrics(self, device: str, msg: Any) -> int:
+        """Store a ``ZMetricMsg``'s volume samples; returns samples stored (retention: :meth:`prune`)."""
+        result = self.record_reports([infomsg.metrics_report(self.get_device(device).uuid, msg)])[0]
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def record_reports(self, reports: Sequence[infomsg.Report]) -> list[int | StoreError]:
+        """Store many decoded info and metrics messages in ONE transaction (one commit, one fsync).
+
+        This is the ingestion writer's group commit. Per report: the number of
+        objects changed or samples stored, or a :class:`NotFound` for a device
+        deleted meanwhile (its report is dropped, the others are kept). Any
+        other failure stores nothing and raises, so the caller can retry the
+        reports one by one.
+        """
         for attempt in range(3):  # two first reports of the same object racing: the loser retries
             try:
-                return self._record_info(device, info.devId, items, reported_at)
+                return self._record_reports(reports)
             except Conflict:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _record_info(self, device: str, dev_id: str, items: list[infomsg.ObjectReport],
-                     reported_at: datetime | None) -> int:
-        changed = 0
+    def _record_reports(self, reports: Sequence[infomsg.Report]) -> list[int | StoreError]:
         now = self.now()
+        out: list[int | StoreError] = []
         with self._write() as s:
-            dev = self._device(s, device)
-            if dev_id and dev_id.lower() != dev.uuid:
-                raise Invalid(f"the info message is for device {dev_id}, not {dev.uuid}")
-            for item in items:
-                values = item.values
-                ident = dict(device_uuid=dev.uuid, kind=item.kind, object_key=item.key, generation=item.generation)
-                row = s.scalars(select(db.ReportedObject).filter_by(**ident).with_for_update()).one_or_none()
-                if row is not None and reported_at and row.reported_at and reported_at < row.reported_at:
-                    continue  # older than what we have
-                if values is None:
-                    if row is not None:
-                        s.delete(row)
-                        changed += 1
-                    continue
-                new_state = row is None or row.state != values["state"]
-                if row is None:
-                    row = db.ReportedObject(**ident)
-                    s.add(row)
-                for k, v in values.items():
-                    setattr(row, k, v)
-                row.payload, row.updated_at, row.reported_at = item.payload, now, reported_at
-                changed += 1
-                if new_state:
-                    s.add(db.StateChange(**ident, state=values["state"], at=reported_at or now))
-                    s.flush()
-                    self._trim_history(s, ident)
-        return changed
+            wanted = sorted({rep.device_uuid for rep in reports})
+            known = set(s.scalars(select(db.Device.uuid).where(db.Device.uuid.in_(wanted)))) if wanted else set()
+            samples: list[dict[str, Any]] = []
+            for rep in reports:
+                if rep.device_uuid not in known:
+                    out.append(NotFound(f"device {rep.device_uuid!r} not found"))
+                elif rep.samples:
+                    at = rep.at or now
+                    samples += [dict(device_uuid=rep.device_uuid, volume_uuid=vol, at=at, **values)
+                                for vol, values in rep.samples]
+                    out.append(len(rep.samples))
+                else:
+                    out.append(self._store_objects(s, rep, now))
+            if samples:
+                s.execute(insert(db.VolumeMetric), samples)
+        return out
 
-    def _trim_history(self, s: Session, ident: dict[str, Any]) -> None:
-        same = [getattr(db.StateChange, k) == v for k, v in ident.items()]
-        keep = (select(db.StateChange.id).where(*same)
-                .order_by(db.StateChange.at.desc(), db.StateChange.id.desc()).limit(self.history_limit))
-        s.execute(delete(db.StateChange).where(*same, db.StateChange.id.not_in(keep))
-                  .execution_options(synchronize_session=False))
+    def _store_objects(self, s: Session, rep: infomsg.Report, now: datetime) -> int:
+        changed = 0
+        for item in rep.objects:
+            values = item.values
+            ident = dict(device_uuid=rep.device_uuid, kind=item.kind, object_key=item.key, generation=item.generation)
+            row = s.scalars(select(db.ReportedObject).filter_by(**ident).with_for_update()).one_or_none()
+            if row is not None and rep.at and row.reported_at and rep.at < row.reported_at:
+                continue  # older than what we have
+            if values is None:
+                if row is not None:
+                    s.delete(row)
+                    changed += 1
+                continue
+            new_state = row is None or row.state != values["state"]
+            if row is None:
+                row = db.ReportedObject(**ident)
+                s.add(row)
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.payload, row.updated_at, row.reported_at = item.payload, now, rep.at
+            changed += 1
+            if new_state:
+                s.add(db.StateChange(**ident, state=values["state"], at=rep.at or now))
+        return changed
 
     def reported(self, device: str, kind: str | None = None) -> list[r.Reported]:
         """The latest report of every object the device told us about (optionally one kind)."""
@@ -892,56 +951,109 @@ class ControllerStore:
                 for d in devices]
 
     def history(self, device: str, kind: str, key: str, generation: int | None = None) -> list[r.StateChange]:
-        """The states one object went through, oldest first (all generations unless one is given)."""
+        """The states one object went through, oldest first (all generations unless one is given).
+
+        At most ``history_limit`` per generation, whether or not :meth:`prune` has run yet.
+        """
         with self._read() as s:
             dev = self._device(s, device)
             q = select(db.StateChange).where(db.StateChange.device_uuid == dev.uuid, db.StateChange.kind == kind,
                                              db.StateChange.object_key == key.lower())
             if generation is not None:
                 q = q.where(db.StateChange.generation == generation)
-            q = q.order_by(db.StateChange.at, db.StateChange.id)
-            return [r.StateChange(kind=c.kind, object_key=c.object_key, generation=c.generation, state=c.state,
-                                  at=c.at) for c in s.scalars(q)]
+            q = q.order_by(db.StateChange.at.desc(), db.StateChange.id.desc())
+            kept: dict[int, int] = {}
+            out = []
+            for c in s.scalars(q):
+                kept[c.generation] = kept.get(c.generation, 0) + 1
+                if kept[c.generation] <= self.history_limit:
+                    out.append(r.StateChange(kind=c.kind, object_key=c.object_key, generation=c.generation,
+                                             state=c.state, at=c.at))
+            return out[::-1]
 
     # ================================================================ metrics
 
-    def record_metrics(self, device: str, msg: Any) -> int:
-        """Store a ``ZMetricMsg``'s volume samples; drops samples past retention. Returns samples stored."""
-        samples = infomsg.decode_metrics(msg)
-        now = self.now()
-        at = (infomsg.to_datetime(msg.atTimeStamp) if msg.HasField("atTimeStamp") else None) or now
-        with self._write() as s:
-            dev = self._device(s, device)
-            if msg.devID and msg.devID.lower() != dev.uuid:
-                raise Invalid(f"the metrics message is for device {msg.devID}, not {dev.uuid}")
-            for vol_uuid, values in samples:
-                s.add(db.VolumeMetric(device_uuid=dev.uuid, volume_uuid=vol_uuid, at=at, **values))
-            s.flush()
-            s.execute(delete(db.VolumeMetric).where(db.VolumeMetric.device_uuid == dev.uuid,
-                                                    db.VolumeMetric.at < now - self.metrics_retention)
-                      .execution_options(synchronize_session=False))
-            for vol_uuid in {u for u, _ in samples}:
-                same = (db.VolumeMetric.device_uuid == dev.uuid, db.VolumeMetric.volume_uuid == vol_uuid)
-                keep = (select(db.VolumeMetric.id).where(*same)
-                        .order_by(db.VolumeMetric.at.desc(), db.VolumeMetric.id.desc())
-                        .limit(self.metrics_per_volume))
-                s.execute(delete(db.VolumeMetric).where(*same, db.VolumeMetric.id.not_in(keep))
-                          .execution_options(synchronize_session=False))
-            return len(samples)
-
     def volume_metrics(self, device: str, volume_uuid: str, limit: int = 100) -> list[r.VolumeMetric]:
-        """The newest ``limit`` samples of one volume, oldest first (ready to plot)."""
+        """The newest ``limit`` samples of one volume within retention, oldest first (ready to plot).
+
+        Retention (the time window and the per-volume cap) applies here whether or not :meth:`prune` has run.
+        """
         with self._read() as s:
             dev = self._device(s, device)
             rows = s.scalars(select(db.VolumeMetric)
                              .where(db.VolumeMetric.device_uuid == dev.uuid,
-                                    db.VolumeMetric.volume_uuid == volume_uuid.lower())
+                                    db.VolumeMetric.volume_uuid == volume_uuid.lower(),
+                                    db.VolumeMetric.at >= self.now() - self.metrics_retention)
                              .order_by(db.VolumeMetric.at.desc(), db.VolumeMetric.id.desc())
-                             .limit(limit)).all()
+                             .limit(min(limit, self.metrics_per_volume))).all()
             return [r.VolumeMetric(volume_uuid=x.volume_uuid, at=x.at, total_bytes=x.total_bytes,
                                    used_bytes=x.used_bytes, free_bytes=x.free_bytes, read_bytes=x.read_bytes,
                                    write_bytes=x.write_bytes, display_name=x.display_name,
                                    read_count=x.read_count, write_count=x.write_count) for x in reversed(rows)]
+
+    # ================================================================ retention
+
+    def prune(self, batch: int = 5000) -> dict[str, int]:
+        """Delete what retention no longer keeps; returns rows deleted per table.
+
+        Metrics older than ``metrics_retention`` or beyond ``metrics_per_volume``
+        per volume, and state history beyond ``history_limit`` per object.
+        Runs in short transactions of at most ``batch`` rows, from a
+        background thread, never on a device request. Reads apply the same
+        limits, so when this runs changes only disk use. With several
+        controller processes on PostgreSQL one prunes at a time.
+        """
+        removed = {"volume_metrics": 0, "state_changes": 0}
+        with self._exclusive("prune") as mine:
+            if not mine:
+                return removed
+            vm, sc = db.VolumeMetric, db.StateChange
+            removed["volume_metrics"] += self._delete_ids(
+                vm, select(vm.id).where(vm.at < self.now() - self.metrics_retention), batch)
+            removed["volume_metrics"] += self._trim(vm, (vm.device_uuid, vm.volume_uuid), self.metrics_per_volume,
+                                                    batch)
+            removed["state_changes"] += self._trim(sc, (sc.device_uuid, sc.kind, sc.object_key, sc.generation),
+                                                   self.history_limit, batch)
+        return removed
+
+    def _delete_ids(self, model: Any, ids: Any, batch: int) -> int:
+        total = 0
+        while True:
+            with self._read() as s:
+                chunk = list(s.scalars(ids.limit(batch)))
+            if not chunk:
+                return total
+            with self._write() as s:
+                s.execute(delete(model).where(model.id.in_(chunk)).execution_options(synchronize_session=False))
+            total += len(chunk)
+
+    def _trim(self, model: Any, group: tuple[Any, ...], keep: int, batch: int) -> int:
+        """Keep the newest ``keep`` rows (by ``at``, then ``id``) of every ``group``."""
+        with self._read() as s:
+            over = s.execute(select(*group).group_by(*group).having(func.count() > keep)).all()
+        total = 0
+        for values in over:
+            same = [col == v for col, v in zip(group, values)]
+            newest = select(model.id).where(*same).order_by(model.at.desc(), model.id.desc()).limit(keep)
+            total += self._delete_ids(model, select(model.id).where(*same, model.id.not_in(newest)), batch)
+        return total
+
+    @contextmanager
+    def _exclusive(self, name: str) -> Iterator[bool]:
+        """True if this process may do ``name`` now: a PostgreSQL advisory lock held meanwhile (SQLite: always)."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = int.from_bytes(hashlib.sha256(f"edgevol:{name}".encode()).digest()[:4], "big")
+        with self.engine.connect() as conn:
+            got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                    conn.commit()
 
     def count(self, table: str) -> int:
         """Rows in one of the controller's tables (for tests and the status page)."""

@@ -30,10 +30,10 @@ from edgevol.trust.pki import (
     TrustError,
     check_signing_key,
     der_hash,
-    load_cert,
     pem_hash,
     verify_chain,
 )
+from edgevol.trust.pki import public_key as cert_public_key
 
 HASH_LENGTHS = {
     m.HashAlgorithm.HASH_ALGORITHM_SHA256_16BYTES: 16,
@@ -107,7 +107,7 @@ def verify_raw(payload: bytes, signature: bytes, cert_pem: bytes) -> None:
     (pkg/server/apiHandlerv2.go, verifySignature) accept them.
     """
     try:
-        public_key = load_cert(cert_pem).public_key()
+        public_key = cert_public_key(bytes(cert_pem))
         check_signing_key(public_key, "sender certificate key")
     except TrustError as exc:
         raise AuthError(403, f"sender certificate unusable: {exc}") from exc

@@ -10,6 +10,7 @@ operations; keeping them here means there is exactly one chain checker.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import os
@@ -37,6 +38,10 @@ SIGNING_CURVES = (ec.SECP256R1, ec.SECP384R1)
 # device whose clock is a little behind; without it a new cert is "not yet valid".
 _BACKDATE = dt.timedelta(minutes=5)
 _MAX_CHAIN_DEPTH = 8
+# Parsed certificates and keys are kept by their exact bytes (so never stale): a controller
+# verifies every request of thousands of devices, and parsing a PEM costs more than checking
+# the signature. Sized for a fleet of 10,000 devices with room to spare.
+_PARSED_CERTS = 32768
 KEY_MODE = 0o600
 CERT_MODE = 0o644
 
@@ -66,18 +71,32 @@ class Credential:
         return load_cert(self.cert_pem)
 
     def private_key(self) -> PrivateKey:
-        return _load_key(self.key_pem)
+        return _load_key(bytes(self.key_pem))
 
 
 # ---------------------------------------------------------------- parsing
 
 
 def load_cert(cert_pem: bytes) -> x509.Certificate:
-    """Parse the first PEM certificate in ``cert_pem``; TrustError if it is not one."""
+    """Parse the first PEM certificate in ``cert_pem``; TrustError if it is not one.
+
+    Certificates are immutable, so one parsed object per distinct PEM is shared.
+    """
+    return _parse_cert(bytes(cert_pem))
+
+
+@functools.lru_cache(maxsize=_PARSED_CERTS)
+def _parse_cert(cert_pem: bytes) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(bytes(cert_pem))
+        return x509.load_pem_x509_certificate(cert_pem)
     except (ValueError, TypeError) as exc:
         raise TrustError(f"not a PEM certificate: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=_PARSED_CERTS)
+def public_key(cert_pem: bytes) -> object:
+    """The certificate's public key, parsed once per distinct PEM (TrustError if it is not a certificate)."""
+    return load_cert(cert_pem).public_key()
 
 
 def load_certs(pem_bundle: bytes) -> list[x509.Certificate]:
@@ -98,7 +117,9 @@ def check_signing_key(public_key: object, what: str) -> None:
     raise TrustError(f"{what} is neither RSA nor ECDSA P-256/P-384")
 
 
+@functools.lru_cache(maxsize=64)
 def _load_key(key_pem: bytes) -> PrivateKey:
+    """Parsed once per distinct PEM: the controller signs every answer with the same key."""
     try:
         key = serialization.load_pem_private_key(bytes(key_pem), password=None)
     except (ValueError, TypeError) as exc:
@@ -145,6 +166,11 @@ def der_sha256(cert_pem: bytes) -> bytes:
     (pkg/driver/file/device_manager_file.go, DeviceCheckCertHash); PEM whitespace
     therefore never changes a device's identity.
     """
+    return _der_sha256(bytes(cert_pem))
+
+
+@functools.lru_cache(maxsize=_PARSED_CERTS)
+def _der_sha256(cert_pem: bytes) -> bytes:
     return hashlib.sha256(load_cert(cert_pem).public_bytes(serialization.Encoding.DER)).digest()
 
 

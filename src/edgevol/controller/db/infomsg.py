@@ -28,6 +28,36 @@ class ObjectReport:
     payload: bytes  # the inner message, serialised deterministically
 
 
+@dataclass(frozen=True)
+class Report:
+    """One info or metrics message of one device, decoded and checked: what the store writes for it.
+
+    Decoding happens before a message is queued for the ingestion writer, so
+    a malformed message is refused on its own request and never fails a batch.
+    """
+
+    device_uuid: str
+    at: datetime | None  # the device's timestamp (metrics without one are stamped when stored)
+    objects: tuple[ObjectReport, ...] = ()  # an info message
+    samples: tuple[tuple[str, dict[str, Any]], ...] = ()  # a metrics message: (volume uuid, columns)
+
+
+def info_report(device_uuid: str, info: Any) -> Report:
+    """A ``ZInfoMsg`` from ``device_uuid``; Invalid if malformed or about another device."""
+    if info.devId and info.devId.lower() != device_uuid:
+        raise Invalid(f"the info message is for device {info.devId}, not {device_uuid}")
+    at = to_datetime(info.atTimeStamp) if info.HasField("atTimeStamp") else None
+    return Report(device_uuid, at, objects=tuple(decode_info(info)))
+
+
+def metrics_report(device_uuid: str, msg: Any) -> Report:
+    """A ``ZMetricMsg`` from ``device_uuid``; Invalid if malformed or about another device."""
+    if msg.devID and msg.devID.lower() != device_uuid:
+        raise Invalid(f"the metrics message is for device {msg.devID}, not {device_uuid}")
+    at = to_datetime(msg.atTimeStamp) if msg.HasField("atTimeStamp") else None
+    return Report(device_uuid, at, samples=tuple(decode_metrics(msg)))
+
+
 def to_datetime(stamp: Any) -> datetime | None:
     """A protobuf Timestamp as aware UTC; ``None`` when unset."""
     if stamp.seconds == 0 and stamp.nanos == 0:

@@ -263,6 +263,7 @@ class VolumeMetric(Base):
     __table_args__ = (
         Index(None, "device_uuid", "volume_uuid", "at"),
         Index(None, "device_uuid", "at"),
+        Index(None, "at"),  # retention deletes by time alone (migration 0007)
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)

@@ -25,6 +25,9 @@ from sqlalchemy.pool import StaticPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 WRITE_OPTION = "edgevol_write"
+# A connection that runs one SELECT and nothing else: on SQLite no BEGIN is sent, since a lone
+# statement is its own transaction (one statement per device request instead of two).
+SINGLE_READ_OPTION = "edgevol_single_read"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any constant works; it only has to be the same for every controller process.
 _PG_MIGRATION_LOCK = 0x65766F6C  # "evol"
@@ -66,8 +69,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(SINGLE_READ_OPTION, False):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
 
     return engine
 

@@ -1,0 +1,29 @@
+"""Metrics are indexed by time alone.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-29
+
+Retention deletes every sample older than the window, across all devices,
+from a background thread: without this index each pass would read the whole
+table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | Sequence[str] | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_index("ix_volume_metrics_at", "volume_metrics", ["at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_volume_metrics_at", table_name="volume_metrics")
