@@ -32,7 +32,7 @@ from edgevol.trust.envelope import AuthError, open_message, seal_message
 from edgevol.trust.pki import Credential, create_self_signed, pem_hash
 from tests.controller_fixture import Controller, controller_factory, wait_for  # noqa: F401
 from tests.test_controller_wire import registered
-from tests.pg_fixture import db_url, pg_cluster, pg_url  # noqa: F401
+from tests.pg_fixture import PgCluster, db_url, pg_cluster, pg_url  # noqa: F401
 
 PEER = "192.0.2.10"  # not loopback: credentials go out encrypted, as to a device in the field
 SHA = "ab" * 32
@@ -341,3 +341,24 @@ def test_kill_9_during_batched_ingestion_loses_no_accepted_report(
     msg = m.ZMetricMsg(devID=dev.uuid)
     msg.vm.add(uuid="11111111-1111-4111-8111-111111111111", totalBytes=1)
     assert ctrl.post(f"/id/{dev.uuid}/metrics", seal_message(msg, dev.device)).status_code == 201
+
+
+def test_a_postgresql_restart_costs_no_device_request(tmp_path: Path, pg_cluster: PgCluster) -> None:  # noqa: F811
+    """No ping on checkout (it would double a poll's round trips): a dropped connection is retried instead."""
+    pg_cluster.admin("CREATE DATABASE restart_test")
+    ctx = load_context(tmp_path / "controller", pg_cluster.url("restart_test"))
+    api = DeviceAPI(ctx)
+    try:
+        dev = onboard(ctx, api, "edge")
+        status, cfg = poll(ctx, api, dev)
+        assert status == 200
+        warm = [ctx.store.engine.connect() for _ in range(3)]  # several pooled connections, all to be dropped
+        for conn in warm:
+            conn.close()
+        pg_cluster.run(str(pg_cluster.bin / "pg_ctl"), "-D", str(pg_cluster.data), "-l", str(pg_cluster.log), "-m", "fast",
+                       "-w", "restart")  # the same options again (postmaster.opts), the log to its file
+        for _ in range(5):
+            assert poll(ctx, api, dev, cfg.configHash)[0] == 304
+    finally:
+        ctx.store.close()
+        pg_cluster.admin("DROP DATABASE restart_test")

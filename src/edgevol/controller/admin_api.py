@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 
 from edgevol.api import messages as m
 from edgevol.api.formats import format_name
@@ -296,3 +297,9 @@ def install_error_handlers(app: FastAPI) -> None:
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=status)
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
+
+    def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # e.g. the first request on a connection PostgreSQL dropped when it restarted
+        return JSONResponse({"detail": f"the database is not available, retry: {str(exc).splitlines()[0]}"},
+                            status_code=503, headers={"Retry-After": "1"})
+    app.add_exception_handler(OperationalError, unavailable)  # type: ignore[arg-type]

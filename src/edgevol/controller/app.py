@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from edgevol.controller import admin_api, device_api, web
 from edgevol.controller.context import ControllerContext
 from edgevol.controller.retention import Pruner
+
+# Request handlers run on this many threads: they hold the GIL for most of their work, so more threads
+# add switching, not throughput; each may hold one database connection (see db.session.POOL_SIZE).
+REQUEST_THREADS = 16
 
 
 def create_app(ctx: ControllerContext) -> FastAPI:
@@ -19,6 +24,7 @@ def create_app(ctx: ControllerContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Background work lives as long as the server: the report writer stores what is queued before exit.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         api.start()
         pruner.start()
         try:

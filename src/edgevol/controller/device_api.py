@@ -86,6 +86,7 @@ class DeviceAPI:
         self.ctx = ctx
         self.configs = ConfigCache()
         self.writer = ReportWriter(ctx.store)
+        self._certs: bytes | None = None
 
     def start(self) -> None:
         """Start the background writer (the app's lifespan calls this)."""
@@ -132,7 +133,9 @@ class DeviceAPI:
         return msg, sender
 
     def certs(self) -> Response:
-        return _proto(self._seal(controller_certs(self.ctx.signing, self.ctx.ecdh)))
+        if self._certs is None:  # the same certificates for the life of the process: signed once
+            self._certs = self._seal(controller_certs(self.ctx.signing, self.ctx.ecdh))
+        return _proto(self._certs)
 
     def register(self, body: bytes) -> Response:
         try:
@@ -304,6 +307,9 @@ async def _call(fn: Callable[..., Response], *args: Any) -> Response:
         return await run_in_threadpool(fn, *args)
     except AuthError as exc:
         return _refuse(exc.status, exc.reason)
+    except SQLAlchemyError as exc:  # the database is unreachable or restarting: the device retries
+        log.warning("device request failed on the database", error=str(exc).splitlines()[0])
+        return _busy("the controller's database is not available; retry")
 
 
 def router(api: DeviceAPI) -> APIRouter:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Text, bindparam, cast, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from edgevol.api import messages as m
@@ -51,6 +51,14 @@ MAX_NAME = ck.MAX_NAME
 _REGENERATING = ("content_tree_uuid", "max_size_bytes", "origin", "readonly")
 
 T = TypeVar("T")
+
+# The device API's one statement per request, built once (building it costs more than running it):
+# the device certificate's DER hash starts with the sender hash, or its pre-0002 PEM hash is it.
+_DEVICES = db.Device.__table__
+_SENDER = (select(_DEVICES)
+           .where(((_DEVICES.c.device_cert_hash >= bindparam("lo")) & (_DEVICES.c.device_cert_hash < bindparam("hi")))
+                  | (_DEVICES.c.device_cert_legacy_hash == bindparam("legacy")))
+           .limit(2))
 
 
 class _Unset:
@@ -330,11 +338,16 @@ class ControllerStore:
         """
         if len(cert_hash) not in (16, 32):
             return None
-        t = db.Device.__table__
-        q = select(t).where(self._cert_match(t.c.device_cert_hash, t.c.device_cert_legacy_hash, cert_hash)).limit(2)
-        with self.engine.connect() as conn:
-            conn.execution_options(**{SINGLE_READ_OPTION: True})
-            rows = conn.execute(q).all()
+        params = {"lo": cert_hash, "hi": ck.prefix_end(cert_hash), "legacy": cert_hash}
+        for attempt in (1, 2):  # a connection the database dropped (it restarted): once more, on a new one
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(**{SINGLE_READ_OPTION: True})
+                    rows = conn.execute(_SENDER, params).all()
+                break
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
         if len(rows) != 1:
             return None
         return r.Sender(device=cv.device_rec(rows[0]), integrity_token=rows[0].integrity_token)  # type: ignore[arg-type]

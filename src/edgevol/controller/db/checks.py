@@ -119,14 +119,18 @@ def check_ca_pems(pems: Iterable[bytes | str]) -> list[str]:
 
 def prefix_range(column: Any, prefix: bytes) -> Any:
     """``column`` starts with ``prefix``, written as a range so the index is used."""
-    cond = column >= prefix
+    return (column >= prefix) & (column < prefix_end(prefix))
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The least value above every value starting with ``prefix`` (blobs compare bytewise, then by length)."""
     upper = bytearray(prefix)
     while upper and upper[-1] == 0xFF:
         upper.pop()
-    if upper:
-        upper[-1] += 1
-        cond = cond & (column < bytes(upper))
-    return cond
+    if not upper:
+        return b"\xff" * (len(prefix) + 1)
+    upper[-1] += 1
+    return bytes(upper)
 
 
 def clamp(value: int) -> int:

@@ -29,6 +29,10 @@ WRITE_OPTION = "edgevol_write"
 # statement is its own transaction (one statement per device request instead of two).
 SINGLE_READ_OPTION = "edgevol_single_read"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Connections kept per process: the request threads (see edgevol.controller.app.REQUEST_THREADS), the
+# report writer and retention; beyond that, short-lived extra ones.
+POOL_SIZE = 20
+POOL_OVERFLOW = 20
 # Any constant works; it only has to be the same for every controller process.
 _PG_MIGRATION_LOCK = 0x65766F6C  # "evol"
 
@@ -48,11 +52,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        # No ping on checkout: it would double the round trips of a device request that needs one
+        # statement. A connection the server dropped (a restart) fails on use instead; SQLAlchemy then
+        # discards the whole pool, and the caller answers 503 or retries (ControllerStore.sender).
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", POOL_OVERFLOW)
+        return create_engine(url, pool_pre_ping=False, **kwargs)
 
     memory = parsed.database in (None, "", ":memory:")
     if memory:  # one shared connection, or every connection would see its own empty database
         kwargs.setdefault("poolclass", StaticPool)
+    if not memory:  # connections are cheap to keep, costly to reopen (PRAGMAs, WAL check) under load
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                               "check_same_thread": False}, **kwargs)
 
