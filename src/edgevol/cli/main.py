@@ -333,10 +333,14 @@ def controller() -> None:
 @click.option("--encrypt-credentials/--no-encrypt-credentials", "encrypt", default=None,
               help="Send datastore credentials to devices encrypted (cipherData, as EVE's controllers do) or in "
               "clear. Default: encrypted, except for a device connecting over loopback.")
+@click.option("--workers", type=click.IntRange(1, 256), envvar="EDGEVOL_CONTROLLER_WORKERS",
+              help="Processes serving the listening socket. Default: one per core on PostgreSQL, 1 on SQLite "
+              "(whose writes serialise on one file).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | None, tls_sans: tuple[str, ...],
-                   tls_cert: Path | None, tls_key: Path | None, encrypt: bool | None, log_format: str) -> None:
-    """Serve devices and operators until stopped."""
+                   tls_cert: Path | None, tls_key: Path | None, encrypt: bool | None, workers: int | None,
+                   log_format: str) -> None:
+    """Serve devices and operators until stopped (SIGTERM or SIGINT stops every worker)."""
     from edgevol.controller.context import load_context
     from edgevol.controller.server import serve
 
@@ -347,9 +351,25 @@ def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     mode = "auto" if encrypt is None else "always" if encrypt else "never"
+    # Keys, admin token and schema are made here, once, before any worker starts.
     ctx = load_context(data_dir, db_url, encrypt_credentials=mode)
+    postgres = ctx.store.engine.dialect.name == "postgresql"
+    if workers is None:
+        workers = _cores() if postgres else 1
+    elif workers > 1 and not postgres:
+        click.echo(f"warning: {workers} workers on SQLite: every write still waits for the one database file; "
+                   "use PostgreSQL (--db) to scale out", err=True)
     click.echo(f"root CA for devices: {ctx.root_ca_path}\nadmin token: {data_dir / 'admin.token'}", err=True)
-    serve(ctx, host.strip("[]"), int(port), tls=tls, tls_sans=tls_sans, tls_cert=tls_cert, tls_key=tls_key)
+    serve(ctx, host.strip("[]"), int(port), tls=tls, tls_sans=tls_sans, tls_cert=tls_cert, tls_key=tls_key,
+          workers=workers, log_format=log_format)
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @main.group()

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
 
 from edgevol.controller import admin_api, device_api, web
-from edgevol.controller.context import ControllerContext
+from edgevol.controller.context import ControllerContext, load_context
 from edgevol.controller.retention import Pruner
 
 # Request handlers run on this many threads: they hold the GIL for most of their work, so more threads
 # add switching, not throughput; each may hold one database connection (see db.session.POOL_SIZE).
 REQUEST_THREADS = 16
+# Where a worker process of `controller run --workers N` finds its context (set by its parent, see server.py).
+ENV_DATA_DIR = "EDGEVOL_CONTROLLER_DIR"
+ENV_DB = "EDGEVOL_DB"
+ENV_ENCRYPT = "EDGEVOL_CONTROLLER_ENCRYPT_CREDENTIALS"
+ENV_LOG_FORMAT = "EDGEVOL_CONTROLLER_LOG_FORMAT"
 
 
 def create_app(ctx: ControllerContext) -> FastAPI:
@@ -40,3 +48,27 @@ def create_app(ctx: ControllerContext) -> FastAPI:
     app.include_router(web.router())
     admin_api.install_error_handlers(app)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process (``uvicorn --factory edgevol.controller.app:app_from_env``).
+
+    Why from the environment: uvicorn starts each worker as a fresh
+    interpreter from an import string, so the parent's context cannot be
+    handed over; the parent names it in ``ENV_*`` after making keys, admin
+    token and schema once. This only loads them and calls :func:`create_app`.
+    """
+    from edgevol import log as logsetup
+
+    logsetup.configure(os.environ.get(ENV_LOG_FORMAT, "auto"), "info")
+    log = logsetup.get_logger("edgevol.controller")
+    try:
+        ctx = load_context(Path(os.environ[ENV_DATA_DIR]), os.environ[ENV_DB],
+                           os.environ.get(ENV_ENCRYPT, "auto"), prepare=False)
+    except Exception as exc:  # noqa: BLE001 - any of them fails the same way on every restart
+        from uvicorn.main import STARTUP_FAILURE
+
+        log.error("controller worker cannot start", pid=os.getpid(), error=f"{type(exc).__name__}: {exc}")
+        sys.exit(STARTUP_FAILURE)  # uvicorn's parent stops instead of restarting the worker forever
+    log.info("controller worker serving", pid=os.getpid(), parent=os.getppid())
+    return create_app(ctx)

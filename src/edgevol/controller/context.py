@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgevol.controller.retention import PRUNE_INTERVAL_S
 from edgevol.controller.store import ControllerStore
 from edgevol.fsutil import atomic_write_bytes
-from edgevol.trust.pki import Credential, create_root_ca, issue, load_or_create
+from edgevol.trust.pki import Credential, TrustError, create_root_ca, issue, load_or_create
 
 
 @dataclass
@@ -41,23 +42,40 @@ def default_db_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'controller.db'}"
 
 
-def admin_token(data_dir: Path) -> str:
+def admin_token(data_dir: Path, *, create: bool = True) -> str:
     """The admin API token, created once (0600); EDGEVOL_TOKEN may override it for a deployment."""
     path = data_dir / "admin.token"
-    if not path.exists():
+    if not path.exists() and create:
         atomic_write_bytes(path, secrets.token_urlsafe(32).encode() + b"\n", mode=0o600)
     return os.environ.get("EDGEVOL_CONTROLLER_TOKEN") or path.read_text().strip()
 
 
-def load_context(data_dir: Path, db_url: str | None = None, encrypt_credentials: str = "auto") -> ControllerContext:
+def load_context(data_dir: Path, db_url: str | None = None, encrypt_credentials: str = "auto", *,
+                 prepare: bool = True) -> ControllerContext:
+    """The context, making keys, admin token and schema first when ``prepare``.
+
+    ``prepare=False`` is for the worker processes of ``controller run
+    --workers N``: their parent prepared everything once before starting them,
+    so workers only load (a missing file is an error, never a second key made
+    by a worker racing another).
+    """
     if encrypt_credentials not in ("auto", "always", "never"):
         raise ValueError(f"encrypt_credentials must be auto, always or never, not {encrypt_credentials!r}")
-    data_dir.mkdir(parents=True, exist_ok=True)
     pki = data_dir / "pki"
-    root = load_or_create(pki, "root-ca", lambda: create_root_ca("edgevol controller root CA"))
-    signing = load_or_create(pki, "signing", lambda: issue(root, "edgevol controller signing"))
-    ecdh = load_or_create(pki, "ecdh", lambda: issue(root, "edgevol controller ECDH exchange", purpose="ecdh"))
+
+    def made(name: str, factory: Callable[[], Credential]) -> Credential:
+        if not prepare and not (pki / f"{name}.pem").exists():
+            raise TrustError(f"{pki / name}.pem is missing: the controller's parent process makes it")
+        return load_or_create(pki, name, factory)
+
+    if prepare:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    root = made("root-ca", lambda: create_root_ca("edgevol controller root CA"))
+    signing = made("signing", lambda: issue(root, "edgevol controller signing"))
+    ecdh = made("ecdh", lambda: issue(root, "edgevol controller ECDH exchange", purpose="ecdh"))
     store = ControllerStore(db_url or default_db_url(data_dir))
-    store.migrate()
+    if prepare:
+        store.migrate()
     return ControllerContext(data_dir=data_dir, store=store, root_ca=root, signing=signing,
-                             admin_token=admin_token(data_dir), ecdh=ecdh, encrypt_credentials=encrypt_credentials)
+                             admin_token=admin_token(data_dir, create=prepare), ecdh=ecdh,
+                             encrypt_credentials=encrypt_credentials)

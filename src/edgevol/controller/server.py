@@ -4,18 +4,27 @@ The TLS certificate names what devices dial, never merely the listen address:
 ``--tls-san`` names it explicitly; listening on every address (0.0.0.0 or
 ::) names this host's names and addresses; ``--tls-cert/--tls-key`` bring an
 operator's own certificate instead.
+
+With ``workers`` > 1 this is uvicorn's own supervisor: the parent binds the
+socket once and starts that many worker processes accepting on it, each
+building its app with :func:`edgevol.controller.app.app_from_env`; the
+parent has made keys, TLS certificate, admin token and schema before, so
+workers only read them. It restarts a worker that dies and stops them all on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
 
+from edgevol.controller import app as controller_app
 from edgevol.controller.app import create_app
 from edgevol.controller.context import ControllerContext
 from edgevol.log import get_logger
@@ -70,7 +79,7 @@ def tls_files(ctx: ControllerContext, sans: Sequence[str]) -> tuple[Path, Path]:
 
 def serve(ctx: ControllerContext, host: str, port: int, *, tls: bool | None = None,
           tls_sans: Sequence[str] = (), tls_cert: Path | None = None, tls_key: Path | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", workers: int = 1, log_format: str = "auto") -> None:
     use_tls = (not is_loopback_host(host) or tls_cert is not None) if tls is None else tls
     kwargs: dict[str, object] = {}
     if use_tls:
@@ -81,5 +90,43 @@ def serve(ctx: ControllerContext, host: str, port: int, *, tls: bool | None = No
         kwargs.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
         log.info("TLS certificate", path=str(cert), names=list(tls_sans) or host_names(host))
     log.info("controller listening", url=f"{'https' if use_tls else 'http'}://{host}:{port}",
-             root_ca=str(ctx.root_ca_path))
-    uvicorn.run(create_app(ctx), host=host, port=port, log_level=log_level, **kwargs)  # type: ignore[arg-type]
+             root_ca=str(ctx.root_ca_path), workers=workers, pid=os.getpid())
+    if workers <= 1:
+        uvicorn.run(create_app(ctx), host=host, port=port, log_level=log_level, **kwargs)  # type: ignore[arg-type]
+    else:
+        _serve_workers(ctx, host, port, workers, log_level, log_format, kwargs)
+
+
+def worker_env(ctx: ControllerContext, log_format: str) -> dict[str, str]:
+    """What :func:`edgevol.controller.app.app_from_env` reads in each worker to load ``ctx`` again."""
+    return {controller_app.ENV_DATA_DIR: str(ctx.data_dir.resolve()), controller_app.ENV_DB: ctx.store.url,
+            controller_app.ENV_ENCRYPT: ctx.encrypt_credentials, controller_app.ENV_LOG_FORMAT: log_format}
+
+
+def _serve_workers(ctx: ControllerContext, host: str, port: int, workers: int, log_level: str, log_format: str,
+                   kwargs: dict[str, object]) -> None:
+    """uvicorn's Multiprocess supervisor, driven here rather than through ``uvicorn.run`` to see how workers ended.
+
+    A worker that failed before serving (uvicorn's STARTUP_FAILURE: database URL,
+    keys, TLS files) makes the supervisor stop; that ends this process with the
+    same code, as ``uvicorn.run`` does for a single process.
+    """
+    from uvicorn.main import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ.update(worker_env(ctx, log_format))  # spawned workers inherit the environment
+    ctx.store.close()  # the parent serves nothing: no database connections kept open in it
+    config = uvicorn.Config(f"{controller_app.__name__}:{controller_app.app_from_env.__name__}", factory=True,
+                            host=host, port=port, workers=workers, log_level=log_level,
+                            **kwargs)  # type: ignore[arg-type]
+    sock = config.bind_socket()
+    supervisor = Multiprocess(config, sockets=[sock])
+    try:
+        supervisor.run()
+    finally:
+        sock.close()
+    failed = [p.pid for p in supervisor.processes if p.process.exitcode == STARTUP_FAILURE]
+    if failed:
+        log.error("controller workers could not start; stopped", pids=failed)
+        raise SystemExit(STARTUP_FAILURE)
+    log.info("controller stopped", pid=os.getpid(), workers=[p.pid for p in supervisor.processes])
