@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,3 +363,35 @@ def test_a_postgresql_restart_costs_no_device_request(tmp_path: Path, pg_cluster
     finally:
         ctx.store.close()
         pg_cluster.admin("DROP DATABASE restart_test")
+
+
+def test_retention_prunes_in_the_background_of_every_worker(
+        controller_factory: Callable[..., Controller]) -> None:  # noqa: F811
+    """`controller run --workers 2 --metrics-per-volume 3 --history-limit 2 --prune-interval 0.5`: the limits
+    reach the worker processes, and rows past them go without any request asking."""
+    ctrl = controller_factory(args=("--workers", "2", "--metrics-per-volume", "3", "--history-limit", "2",
+                                    "--prune-interval", "0.5"))
+    dev = registered(ctrl, "edge")
+    vol = "11111111-1111-4111-8111-111111111111"
+    states = [m.ZSwState.DOWNLOAD_STARTED, m.ZSwState.VERIFYING, m.ZSwState.CREATING_VOLUME,
+              m.ZSwState.CREATED_VOLUME]
+    base = int(time.time()) - 60  # within the 7 days metrics are kept
+    for i, state in enumerate(states):
+        msg = m.ZMetricMsg(devID=dev.uuid)
+        msg.vm.add(uuid=vol, totalBytes=100, usedBytes=i)
+        msg.atTimeStamp.FromSeconds(base + i)
+        assert ctrl.post(f"/id/{dev.uuid}/metrics", seal_message(msg, dev.device)).status_code == 201
+        info = m.ZInfoMsg(ztype=m.ZInfoTypes.ZiVolume, devId=dev.uuid)
+        info.vinfo.uuid, info.vinfo.state = vol, state
+        info.atTimeStamp.FromSeconds(base + i)
+        assert ctrl.post(f"/id/{dev.uuid}/info", seal_message(info, dev.device)).status_code == 201
+    wait_for(lambda: (ctrl.count("volume_metrics"), ctrl.count("state_changes")) == (3, 2), 30,
+             "metrics and history pruned to their limits")
+    engine = make_engine(ctrl.db_url)
+    try:
+        with engine.connect() as conn:  # the newest were kept
+            kept = conn.execute(text("SELECT used_bytes FROM volume_metrics ORDER BY used_bytes")).scalars().all()
+            states_kept = conn.execute(text("SELECT state FROM state_changes ORDER BY state")).scalars().all()
+    finally:
+        engine.dispose()
+    assert kept == [1, 2, 3] and states_kept == sorted(states[-2:])

@@ -336,12 +336,22 @@ def controller() -> None:
 @click.option("--workers", type=click.IntRange(1, 256), envvar="EDGEVOL_CONTROLLER_WORKERS",
               help="Processes serving the listening socket. Default: one per core on PostgreSQL, 1 on SQLite "
               "(whose writes serialise on one file).")
+@click.option("--metrics-retention", "metrics_days", type=click.FloatRange(min=0, min_open=True), default=7.0,
+              show_default=True, metavar="DAYS", help="Volume metrics older than this are deleted.")
+@click.option("--metrics-per-volume", type=click.IntRange(1), default=1000, show_default=True,
+              help="Newest samples kept per volume.")
+@click.option("--history-limit", type=click.IntRange(1), default=50, show_default=True,
+              help="State changes kept per reported object (and generation).")
+@click.option("--prune-interval", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
+              help="How often retention deletes what is past it, in the background (0: never; reads apply the "
+              "limits anyway).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
 def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | None, tls_sans: tuple[str, ...],
                    tls_cert: Path | None, tls_key: Path | None, encrypt: bool | None, workers: int | None,
+                   metrics_days: float, metrics_per_volume: int, history_limit: int, prune_interval: float,
                    log_format: str) -> None:
     """Serve devices and operators until stopped (SIGTERM or SIGINT stops every worker)."""
-    from edgevol.controller.context import load_context
+    from edgevol.controller.context import Retention, load_context
     from edgevol.controller.server import serve
 
     logsetup.configure(log_format, "info")
@@ -352,7 +362,9 @@ def controller_run(data_dir: Path, db_url: str | None, listen: str, tls: bool | 
         raise click.UsageError("--tls-cert and --tls-key go together")
     mode = "auto" if encrypt is None else "always" if encrypt else "never"
     # Keys, admin token and schema are made here, once, before any worker starts.
-    ctx = load_context(data_dir, db_url, encrypt_credentials=mode)
+    retention = Retention(metrics_days=metrics_days, metrics_per_volume=metrics_per_volume,
+                          history_per_object=history_limit, prune_interval_s=prune_interval)
+    ctx = load_context(data_dir, db_url, encrypt_credentials=mode, retention=retention)
     postgres = ctx.store.engine.dialect.name == "postgresql"
     if workers is None:
         workers = _cores() if postgres else 1

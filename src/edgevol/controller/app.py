@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from edgevol.controller import admin_api, device_api, web
-from edgevol.controller.context import ControllerContext, load_context
+from edgevol.controller.context import ControllerContext, Retention, load_context
 from edgevol.controller.retention import Pruner
 
 # Request handlers run on this many threads: they hold the GIL for most of their work, so more threads
@@ -27,7 +27,7 @@ ENV_LOG_FORMAT = "EDGEVOL_CONTROLLER_LOG_FORMAT"
 
 def create_app(ctx: ControllerContext) -> FastAPI:
     api = device_api.DeviceAPI(ctx)
-    pruner = Pruner(ctx.store, ctx.prune_interval_s)
+    pruner = Pruner(ctx.store, ctx.retention.prune_interval_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -64,7 +64,7 @@ def app_from_env() -> FastAPI:
     log = logsetup.get_logger("edgevol.controller")
     try:
         ctx = load_context(Path(os.environ[ENV_DATA_DIR]), os.environ[ENV_DB],
-                           os.environ.get(ENV_ENCRYPT, "auto"), prepare=False)
+                           os.environ.get(ENV_ENCRYPT, "auto"), prepare=False, retention=Retention.from_env())
     except Exception as exc:  # noqa: BLE001 - any of them fails the same way on every restart
         from uvicorn.main import STARTUP_FAILURE
 

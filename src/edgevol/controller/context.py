@@ -9,16 +9,41 @@ encrypts datastore credentials for a device.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from edgevol.controller.retention import PRUNE_INTERVAL_S
 from edgevol.controller.store import ControllerStore
 from edgevol.fsutil import atomic_write_bytes
 from edgevol.trust.pki import Credential, TrustError, create_root_ca, issue, load_or_create
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What the controller keeps of what devices report, and how often it prunes the rest (in the background)."""
+
+    metrics_days: float = 7.0
+    metrics_per_volume: int = 1000
+    history_per_object: int = 50  # state changes kept per object generation
+    prune_interval_s: float = PRUNE_INTERVAL_S  # 0: never prune
+
+    def to_env(self) -> dict[str, str]:
+        """For worker processes, which load the context afresh (see edgevol.controller.app.app_from_env)."""
+        return {ENV_RETENTION: json.dumps(dataclasses.asdict(self))}
+
+    @classmethod
+    def from_env(cls) -> Retention:
+        raw = os.environ.get(ENV_RETENTION)
+        return cls(**json.loads(raw)) if raw else cls()
+
+
+ENV_RETENTION = "EDGEVOL_CONTROLLER_RETENTION"
 
 
 @dataclass
@@ -31,7 +56,7 @@ class ControllerContext:
     ecdh: Credential
     # "auto" | "always" | "never": see edgevol.controller.configbuild.CredentialEncryption.
     encrypt_credentials: str = "auto"
-    prune_interval_s: float = PRUNE_INTERVAL_S  # how often retention runs (0: never)
+    retention: Retention = field(default_factory=lambda: Retention())
 
     @property
     def root_ca_path(self) -> Path:
@@ -51,7 +76,7 @@ def admin_token(data_dir: Path, *, create: bool = True) -> str:
 
 
 def load_context(data_dir: Path, db_url: str | None = None, encrypt_credentials: str = "auto", *,
-                 prepare: bool = True) -> ControllerContext:
+                 prepare: bool = True, retention: Retention | None = None) -> ControllerContext:
     """The context, making keys, admin token and schema first when ``prepare``.
 
     ``prepare=False`` is for the worker processes of ``controller run
@@ -73,9 +98,12 @@ def load_context(data_dir: Path, db_url: str | None = None, encrypt_credentials:
     root = made("root-ca", lambda: create_root_ca("edgevol controller root CA"))
     signing = made("signing", lambda: issue(root, "edgevol controller signing"))
     ecdh = made("ecdh", lambda: issue(root, "edgevol controller ECDH exchange", purpose="ecdh"))
-    store = ControllerStore(db_url or default_db_url(data_dir))
+    retention = retention or Retention()
+    store = ControllerStore(db_url or default_db_url(data_dir), history_limit=retention.history_per_object,
+                            metrics_retention=timedelta(days=retention.metrics_days),
+                            metrics_per_volume=retention.metrics_per_volume)
     if prepare:
         store.migrate()
     return ControllerContext(data_dir=data_dir, store=store, root_ca=root, signing=signing,
                              admin_token=admin_token(data_dir, create=prepare), ecdh=ecdh,
-                             encrypt_credentials=encrypt_credentials)
+                             encrypt_credentials=encrypt_credentials, retention=retention)
