@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -281,14 +283,36 @@ def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
     assert ctx.store.count("volume_metrics") == 3  # exactly the accepted ones
 
 
-def test_last_seen_is_written_in_batches_and_never_goes_back(ctx: ControllerContext, api: DeviceAPI) -> None:
+def test_last_seen_and_acks_are_written_in_batches_and_never_go_back(ctx: ControllerContext,
+                                                                     api: DeviceAPI) -> None:
     dev = onboard(ctx, api, "edge")
-    assert poll(ctx, api, dev)[0] == 200
+    status, cfg = poll(ctx, api, dev)
+    assert status == 200 and poll(ctx, api, dev, cfg.configHash)[0] == 304  # runs it: an acknowledgement
     api.writer._flush_seen()  # what the writer thread does every second
-    first = ctx.store.get_device(dev.uuid).last_seen_at
-    assert first is not None
-    ctx.store.touch_many({dev.uuid: first.replace(year=first.year - 1)})  # a late, older flush
-    assert ctx.store.get_device(dev.uuid).last_seen_at == first
+    row = ctx.store.get_device(dev.uuid)
+    assert row.last_seen_at is not None and row.config_acked_version == row.config_version
+    # late flushes from another process, with older values, change nothing
+    ctx.store.record_contacts({dev.uuid: row.last_seen_at.replace(year=row.last_seen_at.year - 1)},
+                              {dev.uuid: row.config_version - 1})
+    again = ctx.store.get_device(dev.uuid)
+    assert (again.last_seen_at, again.config_acked_version) == (row.last_seen_at, row.config_version)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a power cut would end them."""
+    procs, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        procs.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    for p in procs:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_kill_9_during_batched_ingestion_loses_no_accepted_report(
@@ -323,7 +347,7 @@ def test_kill_9_during_batched_ingestion_loses_no_accepted_report(
         t.start()
     wait_for(lambda: len(accepted) >= 300, 60, "300 reports accepted")
     assert ctrl.proc is not None
-    ctrl.proc.kill()  # SIGKILL, with requests in flight and a batch likely open
+    kill_tree(ctrl.proc.pid)  # SIGKILL to every process of it (PostgreSQL: 2 workers), requests in flight
     ctrl.proc.wait()
     stop.set()
     for t in threads:

@@ -396,3 +396,21 @@ def test_a_worker_only_loads_what_its_parent_made(tmp_path, monkeypatch):
     assert exit_.value.code == 3
     assert sorted(p.name for p in (ctx.data_dir / "pki").iterdir()) == before
     ctx.store.close()
+
+
+def test_workers_of_a_killed_parent_stop(fleet: Fleet, tmp_path: Path) -> None:
+    """SIGKILL to the parent lets it stop nothing; the kernel tells each worker (PR_SET_PDEATHSIG), which then
+    stops cleanly instead of serving the socket unsupervised."""
+    data = tmp_path / "controller"
+    data.mkdir()
+    ctrl = fleet.start(data, f"sqlite:///{data / 'controller.db'}", "--workers", "2")
+    workers = workers_of(ctrl)
+    assert len(workers) == 2
+    assert ctrl.proc is not None
+    ctrl.proc.kill()
+    ctrl.proc.wait()
+    wait_for(lambda: not any(alive(w) for w in workers), 30, "the orphaned workers to stop")
+    assert len(log_events(ctrl, "controller worker serving")) == 2
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{ctrl.url}/api/v2/edgedevice/ping", timeout=2)
+    ctrl.proc = None

@@ -23,6 +23,7 @@ ENV_DATA_DIR = "EDGEVOL_CONTROLLER_DIR"
 ENV_DB = "EDGEVOL_DB"
 ENV_ENCRYPT = "EDGEVOL_CONTROLLER_ENCRYPT_CREDENTIALS"
 ENV_LOG_FORMAT = "EDGEVOL_CONTROLLER_LOG_FORMAT"
+ENV_PARENT_PID = "EDGEVOL_CONTROLLER_PARENT_PID"
 
 
 def create_app(ctx: ControllerContext) -> FastAPI:
@@ -70,5 +71,24 @@ def app_from_env() -> FastAPI:
 
         log.error("controller worker cannot start", pid=os.getpid(), error=f"{type(exc).__name__}: {exc}")
         sys.exit(STARTUP_FAILURE)  # uvicorn's parent stops instead of restarting the worker forever
+    _end_with_parent()
     log.info("controller worker serving", pid=os.getpid(), parent=os.getppid())
     return create_app(ctx)
+
+
+def _end_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent dies, even of SIGKILL (which lets it stop no worker).
+
+    Without it, workers of a killed parent keep accepting on the shared socket
+    with nobody to supervise or stop them. SIGTERM is a clean stop: queued
+    reports are stored first.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if str(os.getppid()) != os.environ.get(ENV_PARENT_PID, str(os.getppid())):
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect

@@ -237,7 +237,7 @@ class DeviceAPI:
             self.configs.put(key, digest)
             dev = snap.device
         if dev.config_acked_version != dev.config_version:  # it runs what it would get: news only once
-            self.ctx.store.ack_config(dev.uuid, dev.config_version)
+            self.writer.acked(dev.uuid, dev.config_version)
         return Response(status_code=304)
 
     def info(self, body: bytes, path_uuid: str) -> Response:

@@ -14,8 +14,9 @@ does with every report it could not deliver. Queuing durably before answering
 would need a second durable store in front of the database: the database
 already is one, and group commit gets the same batching out of it.
 
-"Last seen" times are not reports: they are kept in memory and written once
-a second, and a crash forgets at most that second.
+"Last seen" times and acknowledged config versions are not reports: they
+are kept in memory and written once a second, and a crash forgets at most
+that second (a device acknowledges again on its next poll).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class ReportWriter:
         self.seen_flush_s = seen_flush_s
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queued)
         self._seen: dict[str, datetime] = {}
+        self._acked: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.batches = 0  # transactions committed (for tests and the benchmark)
@@ -84,10 +86,18 @@ class ReportWriter:
     def seen(self, device_uuid: str, at: datetime) -> None:
         """The device was heard from at ``at`` (written within a second)."""
         if self._thread is None:
-            self.store.touch_many({device_uuid: at})
+            self.store.record_contacts({device_uuid: at}, {})
             return
         with self._seen_lock:
             self._seen[device_uuid] = at
+
+    def acked(self, device_uuid: str, config_version: int) -> None:
+        """The device runs ``config_version`` (written within a second: a fleet acknowledges a change at once)."""
+        if self._thread is None:
+            self.store.record_contacts({}, {device_uuid: config_version})
+            return
+        with self._seen_lock:
+            self._acked[device_uuid] = max(config_version, self._acked.get(device_uuid, 0))
 
     # -- the writer thread
 
@@ -163,13 +173,15 @@ class ReportWriter:
     def _flush_seen(self) -> None:
         with self._seen_lock:
             seen, self._seen = self._seen, {}
-        if not seen:
+            acked, self._acked = self._acked, {}
+        if not seen and not acked:
             return
         try:
-            self.store.touch_many(seen)
-        except Exception as exc:  # noqa: BLE001 - a soft value: keep the newest for the next flush
+            self.store.record_contacts(seen, acked)
+        except Exception as exc:  # noqa: BLE001 - kept for the next flush (newer values win)
             log.warning("could not record when devices were last seen", devices=len(seen), error=str(exc))
             with self._seen_lock:
                 for dev, at in seen.items():
-                    if dev not in self._seen:
-                        self._seen[dev] = at
+                    self._seen.setdefault(dev, at)
+                for dev, version in acked.items():
+                    self._acked[dev] = max(version, self._acked.get(dev, 0))

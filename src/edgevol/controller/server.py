@@ -101,7 +101,7 @@ def worker_env(ctx: ControllerContext, log_format: str) -> dict[str, str]:
     """What :func:`edgevol.controller.app.app_from_env` reads in each worker to load ``ctx`` again."""
     return {controller_app.ENV_DATA_DIR: str(ctx.data_dir.resolve()), controller_app.ENV_DB: ctx.store.url,
             controller_app.ENV_ENCRYPT: ctx.encrypt_credentials, controller_app.ENV_LOG_FORMAT: log_format,
-            **ctx.retention.to_env()}
+            controller_app.ENV_PARENT_PID: str(os.getpid()), **ctx.retention.to_env()}
 
 
 def _serve_workers(ctx: ControllerContext, host: str, port: int, workers: int, log_level: str, log_format: str,

@@ -59,6 +59,14 @@ _SENDER = (select(_DEVICES)
            .where(((_DEVICES.c.device_cert_hash >= bindparam("lo")) & (_DEVICES.c.device_cert_hash < bindparam("hi")))
                   | (_DEVICES.c.device_cert_legacy_hash == bindparam("legacy")))
            .limit(2))
+_TOUCH = (update(_DEVICES)
+          .where(_DEVICES.c.uuid == bindparam("dev"),
+                 or_(_DEVICES.c.last_seen_at.is_(None), _DEVICES.c.last_seen_at < bindparam("at")))
+          .values(last_seen_at=bindparam("at")))
+_ACK = (update(_DEVICES)
+        .where(_DEVICES.c.uuid == bindparam("dev"),
+               or_(_DEVICES.c.config_acked_version.is_(None), _DEVICES.c.config_acked_version < bindparam("v")))
+        .values(config_acked_version=bindparam("v")))
 
 
 class _Unset:
@@ -407,31 +415,29 @@ class ControllerStore:
             self._device(s, device).storage_keys = keys
 
     def ack_config(self, device: str, version: int) -> None:
-        """The device runs config ``version``: written only when that is news, since every poll lands here."""
-        with self._write() as s:
-            s.execute(update(db.Device).where(db.Device.uuid == device, or_(
-                db.Device.config_acked_version.is_(None), db.Device.config_acked_version != version))
-                .values(config_acked_version=version))
+        """The device runs config ``version`` (it asked with that config's hash and got a 304)."""
+        self.record_contacts({}, {device: version})
 
     def touch(self, ref: str) -> None:
         """Note that the device was just heard from."""
         with self._read() as s:
             dev_uuid = self._device(s, ref).uuid
-        self.touch_many({dev_uuid: self.now()})
+        self.record_contacts({dev_uuid: self.now()}, {})
 
-    def touch_many(self, seen: dict[str, datetime]) -> None:
-        """Record when each device was last heard from, in one transaction; never moves a time backwards."""
-        if not seen:
+    def record_contacts(self, seen: dict[str, datetime], acked: dict[str, int]) -> None:
+        """When devices were last heard from, and the config versions they acknowledged: many, one transaction.
+
+        Neither ever goes backwards, so flushes from several processes may land in any order.
+        """
+        if not seen and not acked:
             return
-        t = db.Device.__table__
-        stmt = (update(t).where(t.c.uuid == bindparam("dev"),
-                                or_(t.c.last_seen_at.is_(None), t.c.last_seen_at < bindparam("at")))
-                .values(last_seen_at=bindparam("at")))
-        rows = [{"dev": dev, "at": at} for dev, at in sorted(seen.items())]  # one lock order for every process
         with self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                conn.execute(stmt, rows)
+            with conn.begin():  # sorted: one lock order for every process
+                if seen:
+                    conn.execute(_TOUCH, [{"dev": dev, "at": at} for dev, at in sorted(seen.items())])
+                if acked:
+                    conn.execute(_ACK, [{"dev": dev, "v": v} for dev, v in sorted(acked.items())])
 
     def config_snapshot(self, device: str) -> r.ConfigSnapshot:
         """Everything the device's config is built from (see :func:`configbuild.build_config`)."""
