@@ -58,12 +58,16 @@ def _mix(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dic
 
 
 def _pid(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, int]]:
-    out = []
+    out: list[tuple[str, int]] = []
     for value in values:
         label, _, pid = value.rpartition("=")
         if not pid.isdigit():
             raise click.BadParameter(f"want PID or LABEL=PID, not {value!r}")
-        out.append((label or f"pid {pid}", int(pid)))
+        if not label:
+            label = "controller" if all(lb != "controller" for lb, _ in out) else f"pid {pid}"
+        if any(lb == label for lb, _ in out):
+            raise click.BadParameter(f"label {label!r} given twice")
+        out.append((label, int(pid)))
     return out
 
 
@@ -182,10 +186,15 @@ def simulate(controller_url: str, admin_token: str | None, controller_dir: Path 
     closed loop. Every request is signed afresh with the device's key (real
     devices do; nothing is replayed); info and metrics carry the current time.
 
-    The report gives, per kind, count, req/s, p50/p99/max latency and errors by
-    status (config expects 200/304, info and metrics 201), then the CPU
-    seconds of the simulator and of each --controller-pid process tree, per
-    request, and their peak RSS. Exit 1 if any request failed.
+    The report gives, per kind, count, answers a second, p50/p99/max latency
+    and errors by status (config expects 200/304, info and metrics 201), then
+    the CPU seconds of the simulator and of each --controller-pid process tree
+    (all descendants included), per request sent, and their peak RSS. At EVE
+    rates a request's latency counts from when its device was due to send it,
+    so waiting for one of the simulator's --connections counts too (the
+    schedule lag line says how much); a request still unsent --timeout seconds
+    after it was due fails as "not sent, behind schedule". Exit 1 if any
+    request failed, 3 if the run could not start.
     """
     from edgevol.tools import fleetsim
 

@@ -51,6 +51,8 @@ EVE_INTERVALS = {"config": 60.0, "info": 300.0, "metrics": 60.0}
 # requests do not leave together, and the offered load stays smooth.
 PHASE = {"config": 0.0, "info": 0.33, "metrics": 0.67}
 STATE_VERSION = 1
+ATTEMPTS = 4  # per provisioning step, when the controller answers 5xx/429 or not in time
+RETRY_DELAY = 0.25  # seconds, doubled each attempt
 MiB = 1 << 20
 VOLUME_NS = uuidlib.UUID("6f1e2c1a-4d0b-4b8e-9a57-0c3f2f1d9e11")
 
@@ -149,6 +151,14 @@ def load_state(path: Path) -> Fleet | None:
 
 def save_state(path: Path, fleet: Fleet) -> None:
     atomic_write_bytes(path, fleet.to_json(), mode=0o600)  # it holds private keys
+
+
+def same_cert(a: str | None, b: str) -> bool:
+    """The same certificate, whatever the PEM whitespace (False for a missing or unreadable one)."""
+    try:
+        return bool(a) and fingerprint(str(a).encode()) == fingerprint(b.encode())
+    except TrustError:
+        return False
 
 
 def device_name(prefix: str, index: int) -> str:
@@ -257,12 +267,18 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(p / 100 * len(sorted_values)) - 1))]
 
 
+NOT_SENT = "not sent, behind schedule"
+
+
 def kind_summary(stats: KindStats, seconds: float) -> dict[str, Any]:
+    """``count`` every request due, ``sent`` those that reached the wire, ``per_second`` those answered."""
     lat = sorted(stats.latencies)
     transport = sum(n for reason, n in stats.errors.items() if not reason.isdigit())
-    count = sum(stats.statuses.values()) + transport
+    answered = sum(stats.statuses.values())
+    count = answered + transport
     errors = sum(stats.errors.values())
-    return {"count": count, "ok": count - errors, "per_second": round(count / seconds, 1) if seconds else 0.0,
+    return {"count": count, "sent": count - stats.errors.get(NOT_SENT, 0), "ok": count - errors,
+            "per_second": round(answered / seconds, 1) if seconds else 0.0,
             "p50_ms": round(percentile(lat, 50) * 1000, 2), "p99_ms": round(percentile(lat, 99) * 1000, 2),
             "max_ms": round(lat[-1] * 1000, 2) if lat else 0.0,
             "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
@@ -353,15 +369,66 @@ class Provisioner:
         self.client = client
         self.admin = Admin(client, job.opts.admin_token)
         self.lookup = cert_lookup([job.signer_pem], "pem")
+        self.retries = 0
 
     async def _post(self, path: str, body: bytes, what: str, expect: tuple[int, ...]) -> httpx.Response:
-        try:
-            resp = await self.client.post(API + path, content=body)
-        except httpx.HTTPError as exc:
-            raise FleetError(f"{what}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code not in expect:
-            raise FleetError(f"{what}: the controller answered {resp.status_code} {resp.text.strip()[:200]}")
-        return resp
+        """POST, retried as EVE retries (these steps are idempotent) when the controller is busy or slow."""
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(RETRY_DELAY * 2 ** attempt)
+            try:
+                resp = await self.client.post(API + path, content=body)
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status_code in expect:
+                return resp
+            problem = f"the controller answered {resp.status_code} {resp.text.strip()[:200]}"
+            if resp.status_code < 500 and resp.status_code != 429:
+                break
+        raise FleetError(f"{what}: {problem}")
+
+    async def _create(self, name: str, serial: str) -> dict[str, Any]:
+        """The operator's step, retried like the others; a retry after a lost answer finds the device made."""
+        body = {"name": name, "serial": serial, "onboard_cert_pem": self.job.onboarding.cert_pem.decode()}
+        problem = ""
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(RETRY_DELAY * 2 ** attempt)
+            try:
+                resp = await self.client.post(ADMIN + "/devices", headers=self.admin.headers,
+                                              content=json.dumps(body).encode())
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status_code == 201:
+                return dict(resp.json())
+            if resp.status_code == 409:
+                rec = await self._made_before(name, body)
+                if rec is not None:
+                    return rec
+                problem = "it existed, registered with a device key this fleet lost; deleted to be made again"
+                continue
+            if resp.status_code == 401:
+                raise FleetError("the controller refused the admin token (--admin-token / --controller-dir)")
+            problem = f"the controller answered {resp.status_code} {resp.text.strip()[:300]}"
+            if resp.status_code < 500 and resp.status_code != 429:
+                break
+        raise FleetError(f"{name}: admin create: {problem}")
+
+    async def _made_before(self, name: str, body: dict[str, str]) -> dict[str, Any] | None:
+        """A device of that name exists. If this fleet made it (its serial and onboarding certificate, whose key
+        only this fleet holds): reuse it when it has not registered yet, else delete it (its device key was
+        lost with an earlier, failed run) and answer None so it is created again."""
+        rec = dict(await self.admin.call("GET", f"/devices/{name}"))
+        if rec.get("serial") != body["serial"] or not same_cert(rec.get("onboard_cert_pem"), body["onboard_cert_pem"]):
+            raise FleetError(f"{name}: a device of that name, not of this fleet, exists: choose another --name-prefix")
+        if not rec.get("registered_at"):
+            return rec
+        await self.admin.call("DELETE", f"/devices/{rec['uuid']}")
+        return None
 
     def _open(self, resp: httpx.Response, msg_type: type[T], what: str) -> T:
         try:
@@ -373,8 +440,7 @@ class Provisioner:
         prefix, onboarding = self.job.prefix, self.job.onboarding
         name = device_name(prefix, index)
         serial = f"SN-{name}"
-        rec = await self.admin.call("POST", "/devices", {"name": name, "serial": serial,
-                                                         "onboard_cert_pem": onboarding.cert_pem.decode()})
+        rec = await self._create(name, serial)
         cred = create_self_signed(f"{name} device")
         signer = Signer(cred.cert_pem, cred.key_pem)
         reg = m.ZRegisterMsg(pemCert=base64.b64encode(cred.cert_pem), serial=serial)
@@ -412,29 +478,35 @@ class Provisioner:
         dev.config_hash = cfg.configHash
 
 
-async def provision_slice(job: ProvisionJob, report: Callable[[int], None] | None = None
-                          ) -> tuple[list[FleetDevice], str | None]:
-    """Provision ``job.indices`` with bounded concurrency; the devices done and the first error, if any."""
-    done: list[FleetDevice] = []
-    errors: list[str] = []
+@dataclass
+class SliceResult:
+    devices: list[FleetDevice]
+    error: str  # the first step that failed for good ("" if none)
+    retries: int
+
+
+async def provision_slice(job: ProvisionJob, report: Callable[[int], None] | None = None) -> SliceResult:
+    """Provision ``job.indices``, ``provision_concurrency`` devices at a time; stops at the first failure."""
+    result = SliceResult([], "", 0)
     todo = iter(job.indices)
-    async with http_client(job.opts, job.opts.provision_concurrency) as client:
-        prov = Provisioner(job, client)
 
-        async def worker() -> None:
-            for index in todo:
-                if errors:
-                    return
-                try:
-                    done.append(await prov.device(index))
-                except FleetError as exc:
-                    errors.append(str(exc))
-                    return
-                if report is not None:
-                    report(1)
+    async def worker() -> None:
+        async with http_client(job.opts, 1) as client:  # one connection each, as the load (see _connections)
+            prov = Provisioner(job, client)
+            try:
+                for index in todo:
+                    if result.error:
+                        return
+                    result.devices.append(await prov.device(index))
+                    if report is not None:
+                        report(1)
+            except FleetError as exc:
+                result.error = result.error or str(exc)
+            finally:
+                result.retries += prov.retries
 
-        await asyncio.gather(*(worker() for _ in range(min(job.opts.provision_concurrency, len(job.indices)))))
-    return done, (errors[0] if errors else None)
+    await asyncio.gather(*(worker() for _ in range(min(job.opts.provision_concurrency, len(job.indices)))))
+    return result
 
 
 class Progress:
@@ -491,15 +563,17 @@ class Driver:
         self.hashes: dict[str, str] = {}
         self.verified = 0
 
-    async def send(self, client: httpx.AsyncClient, kind: str, sim: SimDevice) -> None:
+    async def send(self, client: httpx.AsyncClient, kind: str, sim: SimDevice, due: float | None = None) -> None:
+        """``due``: when the device meant to send it (time.monotonic); the latency counts from then, as the
+        device would see it, and includes the wait for a free connection in the simulator."""
         body = sim.body(kind)
-        start = time.perf_counter()
+        start = time.monotonic() if due is None else due
         try:
             resp = await client.post(sim.urls[kind], content=body)
         except httpx.HTTPError as exc:
             self.stats[kind].failed(type(exc).__name__)
             return
-        self.stats[kind].answered(kind, resp.status_code, time.perf_counter() - start)
+        self.stats[kind].answered(kind, resp.status_code, time.monotonic() - start)
         if kind == "config" and resp.status_code == 200:
             self._take_config(sim, resp.content)
 
@@ -598,8 +672,12 @@ async def _eve(job: DriveJob, driver: Driver, t_end: float, lags: list[float]) -
     async def work(client: httpx.AsyncClient) -> None:
         while (due := await queue.get()) is not None:
             kind, sim, at = due
-            lags.append(max(0.0, time.monotonic() - at))
-            await driver.send(client, kind, sim)
+            lag = max(0.0, time.monotonic() - at)
+            lags.append(lag)
+            if lag > job.opts.timeout:  # the device would have given up by now: a failure, not a late send
+                driver.stats[kind].failed(NOT_SENT)
+                continue
+            await driver.send(client, kind, sim, at)
 
     await asyncio.gather(schedule(), _connections(job, n, work))
 
@@ -663,23 +741,22 @@ def _split(items: Sequence[T], parts: int) -> list[list[T]]:
 # ---------------------------------------------------------------- provisioning the fleet
 
 
-async def _fleet_matches(opts: Options, fleet: Fleet, signer_pem: bytes) -> str:
-    """Why a saved fleet cannot be reused on this controller ("" when it can)."""
+async def _still_registered(opts: Options, fleet: Fleet, signer_pem: bytes) -> tuple[list[FleetDevice] | None, str]:
+    """The saved devices this controller still has registered with their saved certificate (None: the state is
+    another controller's), and a note on those it has not."""
     if fleet.signer_fingerprint != fingerprint(signer_pem):
-        return "the state file was made against another controller (its signing certificate differs)"
+        return None, "the state file was made against another controller (its signing certificate differs)"
     async with http_client(opts, 1) as client:
         listed = await Admin(client, opts.admin_token).call("GET", "/devices")
     known = {d["uuid"]: d for d in listed}
-    for dev in fleet.devices[:opts.devices]:
-        rec = known.get(dev.uuid)
-        if rec is None or rec.get("name") != dev.name or not rec.get("registered_at"):
-            return f"device {dev.name} is no longer registered on this controller"
-        if fingerprint((rec.get("device_cert_pem") or "").encode()) != fingerprint(dev.cert_pem.encode()):
-            return f"device {dev.name} is registered with another certificate"
-    return ""
+    keep = [dev for dev in fleet.devices if (rec := known.get(dev.uuid)) is not None and rec.get("name") == dev.name
+            and rec.get("registered_at") and same_cert(rec.get("device_cert_pem"), dev.cert_pem)]
+    lost = len(fleet.devices) - len(keep)
+    return keep, (f"{lost} saved device(s) are no longer registered as saved on this controller" if lost else "")
 
 
-def _provision(opts: Options, fleet: Fleet, signer_pem: bytes, indices: list[int]) -> tuple[list[FleetDevice], str]:
+def _provision(opts: Options, fleet: Fleet, signer_pem: bytes, indices: list[int]) -> SliceResult:
+    """Every missing device, in --procs processes (a progress line only when there is one)."""
     progress = Progress(len(indices), opts.progress)
     jobs = [ProvisionJob(opts, fleet.name_prefix, fleet.onboarding, signer_pem, part)
             for part in _split(indices, max(1, min(opts.procs, len(indices))))]
@@ -688,12 +765,11 @@ def _provision(opts: Options, fleet: Fleet, signer_pem: bytes, indices: list[int
             results = [asyncio.run(provision_slice(jobs[0], progress.add))]
         else:
             results = in_processes(provision_slice, jobs)
-            progress.add(sum(len(r[0]) for r in results))
+            progress.add(sum(len(r.devices) for r in results))
     finally:
         progress.close()
-    done = [d for r in results for d in r[0]]
-    errors = [r[1] for r in results if r[1]]
-    return done, (errors[0] if errors else "")
+    return SliceResult([d for r in results for d in r.devices], next((r.error for r in results if r.error), ""),
+                       sum(r.retries for r in results))
 
 
 def prepare_fleet(opts: Options, signer_pem: bytes) -> tuple[Fleet, dict[str, Any]]:
@@ -704,23 +780,27 @@ def prepare_fleet(opts: Options, signer_pem: bytes) -> tuple[Fleet, dict[str, An
     if fleet is not None and opts.name_prefix not in (None, fleet.name_prefix):
         fleet, note = None, f"the state file's devices are named {fleet.name_prefix}-*, not {opts.name_prefix}-*"
     if fleet is not None:
-        note = asyncio.run(_fleet_matches(opts, fleet, signer_pem))
-        fleet = None if note else fleet
+        devices, note = asyncio.run(_still_registered(opts, fleet, signer_pem))
+        if devices is None:
+            fleet = None
+        else:
+            fleet.devices = devices
     if fleet is None:
         prefix = opts.name_prefix or f"fleetsim-{secrets.token_hex(3)}"
         fleet = Fleet(prefix, create_self_signed(f"{prefix} onboarding"), fingerprint(signer_pem))
-    reused = min(len(fleet.devices), opts.devices)
+    reused = sum(1 for d in fleet.devices if d.index < opts.devices)
     have = {d.index for d in fleet.devices}
     missing = [i for i in range(opts.devices) if i not in have]
-    done, error = _provision(opts, fleet, signer_pem, missing) if missing else ([], "")
+    made = _provision(opts, fleet, signer_pem, missing) if missing else SliceResult([], "", 0)
+    done = made.devices
     fleet.devices = sorted(fleet.devices + done, key=lambda d: d.index)
     if opts.state_path is not None:
         save_state(opts.state_path, fleet)
-    if error:
-        raise FleetError(f"provisioning stopped after {len(done)} new devices: {error}")
+    if made.error:
+        raise FleetError(f"provisioning stopped after {len(done)} new devices: {made.error}")
     seconds = time.monotonic() - started
-    info = {"name_prefix": fleet.name_prefix, "created": len(done), "reused": reused, "seconds": round(seconds, 2),
-            "per_second": round(len(done) / seconds, 1) if done and seconds else 0.0}
+    info = {"name_prefix": fleet.name_prefix, "created": len(done), "reused": reused, "retries": made.retries,
+            "seconds": round(seconds, 2), "per_second": round(len(done) / seconds, 1) if done and seconds else 0.0}
     if note:
         info["not_reused"] = note
     return fleet, info
@@ -787,16 +867,15 @@ def _drive_report(opts: Options, results: list[DriveResult], cpu: float, rss_kib
                   watch: proctree.Watch) -> dict[str, Any]:
     stats, lags, seconds = _merge(results)
     kinds = {k: kind_summary(stats[k], seconds) for k in KINDS}
-    count = sum(v["count"] for v in kinds.values())
-    ok = sum(v["ok"] for v in kinds.values())
+    count, sent, ok = (sum(v[f] for v in kinds.values()) for f in ("count", "sent", "ok"))
     report: dict[str, Any] = {
         "seconds": round(seconds, 2), "kinds": kinds,
-        "total": {"count": count, "ok": ok, "errors": count - ok,
-                  "per_second": round(count / seconds, 1) if seconds else 0.0},
+        "total": {"count": count, "sent": sent, "ok": ok, "errors": count - ok,
+                  "per_second": round(sum(v["per_second"] for v in kinds.values()), 1)},
         "config_verified": sum(r.verified for r in results),
-        "simulator": {"cpu_s": round(cpu, 2), "cpu_ms_per_request": round(cpu / count * 1000, 3) if count else None,
+        "simulator": {"cpu_s": round(cpu, 2), "cpu_ms_per_request": round(cpu / sent * 1000, 3) if sent else None,
                       "peak_rss_mb": round(rss_kib / 1024, 1), "processes": len(results)},
-        "controller": _usage_report(watch, count),
+        "controller": _usage_report(watch, sent),
         "load_average": proctree.load_average(),
     }
     if opts.mode == "eve":

@@ -47,16 +47,22 @@ def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
-def tree(root: int) -> list[int]:
-    """``root`` and every live descendant (empty when ``root`` is gone)."""
+def _children() -> dict[int, list[int]]:
+    """Every live process's children, from one pass over /proc."""
     children: dict[int, list[int]] = {}
     for entry in PROC.iterdir():
         if entry.name.isdigit():
             st = _stat(int(entry.name))
             if st is not None:
                 children.setdefault(st.ppid, []).append(int(entry.name))
+    return children
+
+
+def tree(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """``root`` and every live descendant (empty when ``root`` is gone)."""
     if not (PROC / str(root)).exists():
         return []
+    children = _children() if children is None else children
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -65,8 +71,8 @@ def tree(root: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(root: int) -> float:
-    return sum(st.cpu_s for pid in tree(root) if (st := _stat(pid)) is not None)
+def tree_cpu_seconds(root: int, children: dict[int, list[int]] | None = None) -> float:
+    return sum(st.cpu_s for pid in tree(root, children) if (st := _stat(pid)) is not None)
 
 
 @dataclass
@@ -81,8 +87,8 @@ class TreeUsage:
     max_hwm_kib: int = 0  # largest VmHWM (high-water mark) of any one process of the tree
     processes: int = 0
 
-    def sample(self) -> None:
-        pids = tree(self.root)
+    def sample(self, children: dict[int, list[int]] | None = None) -> None:
+        pids = tree(self.root, children)
         rss = 0
         for pid in pids:
             kib = _status_kib(pid, ("VmRSS", "VmHWM"))
@@ -97,29 +103,35 @@ class Watch:
     """Samples several trees every ``interval`` seconds in a thread; CPU is taken at start and stop."""
 
     trees: list[TreeUsage]
-    interval: float = 0.5
+    interval: float = 1.0  # the sampling thread's CPU is the simulator's: keep it rare
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if not self.trees:
+            return
+        children = _children()
         for t in self.trees:
-            t.cpu_start = tree_cpu_seconds(t.root)
-            t.sample()
+            t.cpu_start = tree_cpu_seconds(t.root, children)
+            t.sample(children)
         self._thread = threading.Thread(target=self._run, name="proctree-watch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            children = _children()
             for t in self.trees:
-                t.sample()
+                t.sample(children)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return
+        self._thread.join()
+        children = _children()
         for t in self.trees:
-            t.sample()
-            t.cpu_s = max(0.0, tree_cpu_seconds(t.root) - t.cpu_start)
+            t.sample(children)
+            t.cpu_s = max(0.0, tree_cpu_seconds(t.root, children) - t.cpu_start)
 
 
 def alive(pid: int) -> bool:
