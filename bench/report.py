@@ -21,6 +21,7 @@ class Table:
     intro: str
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=lambda: list(COLUMNS))  # a benchmark may measure other things
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -64,9 +65,9 @@ def derived_cells(label: str, seconds: float, n_bytes: int | None = None, ratio:
     return [label, fmt_s(seconds), "", fmt_rate(n_bytes, seconds), "", "", "", ratio]
 
 
-def _table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i == 0 else "--:" for i in
-                                                              range(len(COLUMNS))) + "|"]
+def _table(rows: list[list[str]], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "--:" for i in
+                                                              range(len(columns))) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -83,7 +84,7 @@ def render(facts: list[tuple[str, str]], command: str, method: list[str], tables
     out += ["", "## Reproduce", "", "```sh", command, "```", "", "## Method", ""]
     out += [f"- {line}" for line in method]
     for t in tables:
-        out += ["", f"## {t.title}", "", t.intro, "", _table(t.rows)]
+        out += ["", f"## {t.title}", "", t.intro, "", _table(t.rows, t.columns)]
         if t.notes:
             out += [""] + [f"- {n}" for n in t.notes]
     return "\n".join(out) + "\n"

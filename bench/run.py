@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py [--size-gib 1] [--reps 3] [--blank-gib 100] [--image-mb 300]
                                   [--scale-volumes 1000,10000] [--scale-reps 1]
-                                  [--only download,blank,qcow2,pull,unpack,s3,scale|container]
+                                  [--fleet-devices 10000] [--fleet-seconds 60] [--fleet-closed-seconds 30]
+                                  [--only download,blank,qcow2,pull,unpack,s3,scale,fleet|container]
                                   [--out BENCHMARKS.md] [--keep]
 
 Everything (the loopback datastore server and registry, edgevol, the baselines) runs as
@@ -24,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for the bench package and tests.configs (the shared ConfigBuilder)
 
-from bench import cases, containers, machine, s3, scale  # noqa: E402
+from bench import cases, containers, fleet, machine, s3, scale  # noqa: E402
 from bench.report import render  # noqa: E402
 
 GiB = 1 << 30
@@ -34,7 +35,7 @@ OUT_DIR = REPO / "bench" / "out"
 
 BENCHMARKS = {"download": "download", "blank": "blank volumes", "qcow2": "volume from qcow2",
               "pull": "container pull", "unpack": "rootfs unpack", "s3": "S3 download",
-              "scale": "scale runs"}  # --only name -> progress label
+              "scale": "scale runs", "fleet": "fleet simulation"}  # --only name -> progress label
 ALIASES = {"container": ["pull", "unpack"]}
 
 
@@ -49,6 +50,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-reps", type=int, default=1,
                    help="repetitions of the largest --scale-volumes count (one run of it takes minutes); "
                         "the smaller ones use --reps")
+    p.add_argument("--fleet-devices", type=int, default=10_000,
+                   help="simulated devices of benchmark 8 (PostgreSQL runs; provisioned once, reused)")
+    p.add_argument("--fleet-seconds", type=float, default=60.0, help="load time of benchmark 8's EVE-rate run")
+    p.add_argument("--fleet-closed-seconds", type=float, default=30.0,
+                   help="load time of each of benchmark 8's closed-loop runs")
+    p.add_argument("--fleet-concurrency", type=int, default=16, help="requests in flight in the closed loops")
+    p.add_argument("--fleet-procs", type=int, default=1, help="simulator processes")
+    p.add_argument("--fleet-sqlite-devices", type=int, default=1_000,
+                   help="simulated devices of benchmark 8's SQLite comparison run")
     p.add_argument("--only", default="", metavar="NAMES",
                    help=f"comma-separated subset of {', '.join(BENCHMARKS)} ('container' = pull,unpack); "
                         "default: all. A partial report needs --out")
@@ -57,6 +67,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reps < 1 or args.scale_reps < 1 or args.size_gib <= 0 or args.blank_gib <= 0 or args.image_mb <= 0:
         p.error("--reps, --scale-reps, --size-gib, --blank-gib and --image-mb must be positive")
+    if min(args.fleet_devices, args.fleet_concurrency, args.fleet_procs, args.fleet_sqlite_devices) < 1 \
+            or min(args.fleet_seconds, args.fleet_closed_seconds) <= 0:
+        p.error("the --fleet-* options must be positive")
     args.scale_volumes = _counts(p, args.scale_volumes)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     names = [x for n in names for x in (ALIASES.get(n) or [n])]
@@ -87,10 +100,20 @@ def _command(args: argparse.Namespace) -> str:
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
     size = f"{args.size_gib:g}"
     only = "" if args.only == list(BENCHMARKS) else f" --only {','.join(args.only)}"
+    fleet_opts = (f" --fleet-devices {args.fleet_devices} --fleet-seconds {args.fleet_seconds:g} "
+                  f"--fleet-closed-seconds {args.fleet_closed_seconds:g} --fleet-concurrency {args.fleet_concurrency} "
+                  f"--fleet-procs {args.fleet_procs} --fleet-sqlite-devices {args.fleet_sqlite_devices}"
+                  if "fleet" in args.only else "")
     return (f"cd {REPO} && .venv/bin/python bench/run.py --size-gib {size} --reps {args.reps} "
             f"--blank-gib {args.blank_gib} --image-mb {args.image_mb} "
-            f"--scale-volumes {','.join(map(str, args.scale_volumes))} --scale-reps {args.scale_reps}{only} "
-            f"--out {shown}")
+            f"--scale-volumes {','.join(map(str, args.scale_volumes))} --scale-reps {args.scale_reps}{fleet_opts}"
+            f"{only} --out {shown}")
+
+
+def _fleet_args(args: argparse.Namespace) -> fleet.FleetArgs:
+    return fleet.FleetArgs(devices=args.fleet_devices, seconds=args.fleet_seconds,
+                           closed_seconds=args.fleet_closed_seconds, concurrency=args.fleet_concurrency,
+                           procs=args.fleet_procs, sqlite_devices=args.fleet_sqlite_devices)
 
 
 def _start_server(root: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
@@ -165,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                        "pull": lambda: containers.pull_image(env, container_image()),
                        "unpack": lambda: containers.unpack_rootfs(env, container_image()),
                        "s3": lambda: s3.download_s3(env),
-                       "scale": lambda: scale.scale_runs(env, args.scale_volumes, args.scale_reps)}
+                       "scale": lambda: scale.scale_runs(env, args.scale_volumes, args.scale_reps),
+                       "fleet": lambda: fleet.fleet_runs(env, _fleet_args(args))}
             for name in args.only:
                 t0 = time.monotonic()
                 result = runners[name]()

@@ -49,7 +49,7 @@ class _LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=_LazyGroup, lazy={"admin": "edgevol.cli.admin:admin"},
+@click.group(cls=_LazyGroup, lazy={"admin": "edgevol.cli.admin:admin", "fleet": "edgevol.cli.fleet:fleet"},
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgevol")
 def main() -> None:
