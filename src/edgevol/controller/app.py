@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgevol.controller import admin_api, device_api, web
 from edgevol.controller.context import ControllerContext, Retention, load_context
@@ -24,6 +25,18 @@ ENV_DB = "EDGEVOL_DB"
 ENV_ENCRYPT = "EDGEVOL_CONTROLLER_ENCRYPT_CREDENTIALS"
 ENV_LOG_FORMAT = "EDGEVOL_CONTROLLER_LOG_FORMAT"
 ENV_PARENT_PID = "EDGEVOL_CONTROLLER_PARENT_PID"
+
+
+class ControllerApp(FastAPI):
+    """FastAPI for operators (admin API, console); device API requests go straight to their own router."""
+
+    device_api: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.device_api is not None and scope["type"] == "http" and scope["path"].startswith(device_api.PREFIX):
+            await self.device_api(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(ctx: ControllerContext) -> FastAPI:
@@ -42,9 +55,10 @@ def create_app(ctx: ControllerContext) -> FastAPI:
             pruner.stop()
             api.stop()
 
-    app = FastAPI(title="edgevol controller", version="0.1.0", lifespan=lifespan,
-                  description="EVE API v2 for devices; admin API for operators (Bearer token).")
-    app.include_router(device_api.router(api))
+    app = ControllerApp(title="edgevol controller", version="0.1.0", lifespan=lifespan,
+                        description="Admin API for operators (Bearer token). Devices use EVE API v2 under "
+                        f"{device_api.PREFIX}.")
+    app.device_api = device_api.asgi(api)
     app.include_router(admin_api.router(ctx))
     app.include_router(web.router())
     admin_api.install_error_handlers(app)
@@ -83,12 +97,13 @@ def _end_with_parent() -> None:
     with nobody to supervise or stop them. SIGTERM is a clean stop: queued
     reports are stored first.
     """
-    if not sys.platform.startswith("linux"):
-        return
+    parent = os.environ.get(ENV_PARENT_PID)
+    if not sys.platform.startswith("linux") or parent in (None, str(os.getpid())):
+        return  # not a worker process (the factory called in-process)
     import ctypes
     import signal
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if str(os.getppid()) != os.environ.get(ENV_PARENT_PID, str(os.getppid())):
+    if str(os.getppid()) != parent:
         os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect

@@ -12,13 +12,17 @@ stored for a refused request.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import APIRouter, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -30,7 +34,7 @@ from edgevol.controller.db import infomsg
 from edgevol.controller.db.infomsg import Report
 from edgevol.controller.ingest import Overloaded, ReportWriter
 from edgevol.controller.records import Device, Sender
-from edgevol.controller.store import Conflict, Invalid, NotFound, StoreError
+from edgevol.controller.store import Conflict, Invalid, NotFound
 from edgevol.log import get_logger
 from edgevol.trust.envelope import (
     AuthError,
@@ -45,6 +49,7 @@ from edgevol.trust.pki import TrustError, der_hash, load_cert
 
 log = get_logger("edgevol.controller.device_api")
 
+PREFIX = "/api/v2/edgedevice"
 PROTO = "application/x-proto-binary"
 SHA256_32 = m.HashAlgorithm.HASH_ALGORITHM_SHA256_32BYTES
 NONCE_BYTES = 16  # within the 12..32 bytes EVE's TPM quote can carry as qualifying data
@@ -241,36 +246,69 @@ class DeviceAPI:
         return Response(status_code=304)
 
     def info(self, body: bytes, path_uuid: str) -> Response:
-        return self._record(body, path_uuid, m.ZInfoMsg, "devId", infomsg.info_report, "info")
+        return self.settle(self.report(body, path_uuid, "info"))
 
     def metrics(self, body: bytes, path_uuid: str) -> Response:
-        return self._record(body, path_uuid, m.ZMetricMsg, "devID", infomsg.metrics_report, "metrics")
+        return self.settle(self.report(body, path_uuid, "metrics"))
 
     def discard(self, body: bytes, path_uuid: str) -> Response:
         """Verify a post this controller does not keep (logs, flow logs, hardware health) and accept it."""
         self._authenticate(body, None, path_uuid)
         return _proto(status=201)
 
-    def _record(self, body: bytes, path_uuid: str, msg_type: Any, dev_field: str,
-                decode: Callable[[str, Any], Report], what: str) -> Response:
-        """Verify, refuse a message that names another device, then answer 201 once it is committed."""
+    def report(self, body: bytes, path_uuid: str, kind: str) -> Response | Pending:
+        """Verify an info or metrics post, refuse one that names another device, and queue it for the writer.
+
+        Returns the refusal, or the pending commit: the answer (201) waits for it (:meth:`settle`).
+        """
+        msg_type, dev_field, decode = _REPORTS[kind]
         msg, sender = self._authenticate(body, msg_type, path_uuid)
         dev = sender.device
         named = getattr(msg, dev_field)
         if named and named.lower() != dev.uuid:
-            return _refuse(403, f"{what} names another device")
+            return _refuse(403, f"{kind} names another device")
         try:
-            self.writer.submit(decode(dev.uuid, msg)).result(timeout=STORE_TIMEOUT_S)
+            return Pending(dev.uuid, kind, self.writer.submit(decode(dev.uuid, msg)))
         except Invalid as exc:
             return _refuse(400, str(exc))
-        except NotFound as exc:
-            return _refuse(404, str(exc))
         except Overloaded as exc:
             return _busy(str(exc))
-        except (StoreError, FutureTimeout, SQLAlchemyError) as exc:
-            log.warning("report not stored", device=dev.uuid, kind=what, error=str(exc))
-            return _busy(f"{what} not stored: {exc}")
-        return _proto(status=201)
+
+    @staticmethod
+    def settle(pending: Response | Pending) -> Response:
+        """Wait for the commit on this thread (in-process callers; HTTP requests await it instead)."""
+        if isinstance(pending, Response):
+            return pending
+        try:
+            pending.future.result(timeout=STORE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - answered by what it was
+            return pending.answer(exc)
+        return pending.answer(None)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A report queued for the writer: answered 201 once committed."""
+
+    device_uuid: str
+    kind: str
+    future: Future[int]
+
+    def answer(self, error: BaseException | None) -> Response:
+        if error is None:
+            return _proto(status=201)
+        if isinstance(error, NotFound):
+            return _refuse(404, str(error))
+        if isinstance(error, Invalid):
+            return _refuse(400, str(error))
+        log.warning("report not stored", device=self.device_uuid, kind=self.kind, error=str(error))
+        return _busy(f"{self.kind} not stored: {error}")
+
+
+_REPORTS: dict[str, tuple[Any, str, Callable[[str, Any], Report]]] = {
+    "info": (m.ZInfoMsg, "devId", infomsg.info_report),
+    "metrics": (m.ZMetricMsg, "devID", infomsg.metrics_report),
+}
 
 
 def _ecdh_cert_problem(cert_pem: bytes, dev: Device) -> str:
@@ -302,7 +340,8 @@ def _device_pem(pem_cert: bytes) -> bytes:
         raise Invalid(f"pemCert is {exc}") from None
 
 
-async def _call(fn: Callable[..., Response], *args: Any) -> Response:
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """A rare request (register, attest: writes that may wait for a lock) on the thread pool."""
     try:
         return await run_in_threadpool(fn, *args)
     except AuthError as exc:
@@ -312,57 +351,87 @@ async def _call(fn: Callable[..., Response], *args: Any) -> Response:
         return _busy("the controller's database is not available; retry")
 
 
-def router(api: DeviceAPI) -> APIRouter:
-    r = APIRouter(prefix="/api/v2/edgedevice", tags=["device API v2"])
+def _now(fn: Callable[..., Any], *args: Any) -> Any:
+    """A hot request (config, reports) right on the event loop.
 
-    @r.get("/ping")
-    async def ping() -> Response:
+    Why not the thread pool: these are a signature check and one indexed
+    read, and handing them to a thread and back cost more CPU than doing
+    them (about a fifth of the controller's time under load). Their one
+    write, a report, is waited for asynchronously.
+    """
+    try:
+        return fn(*args)
+    except AuthError as exc:
+        return _refuse(exc.status, exc.reason)
+    except SQLAlchemyError as exc:
+        log.warning("device request failed on the database", error=str(exc).splitlines()[0])
+        return _busy("the controller's database is not available; retry")
+
+
+async def _committed(pending: Response | Pending) -> Response:
+    if isinstance(pending, Response):
+        return pending
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(pending.future), STORE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - answered by what it was
+        return pending.answer(exc)
+    return pending.answer(None)
+
+
+def asgi(api: DeviceAPI) -> Router:
+    """The device API as a plain Starlette router under ``PREFIX``.
+
+    Why not FastAPI routes: every body is a signed protobuf, so there is
+    nothing for FastAPI to validate or document, and its per-request
+    machinery (dependency solving, middleware) cost more CPU than the request
+    itself. The controller app hands ``PREFIX`` paths straight to this.
+    """
+
+    def peer(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    async def ping(_request: Request) -> Response:
         return Response(status_code=200)
 
-    @r.api_route("/certs", methods=["GET", "POST"])
-    async def certs() -> Response:
-        return await _call(api.certs)
+    async def certs(_request: Request) -> Response:
+        return _now(api.certs)
 
-    @r.post("/register")
     async def register(request: Request) -> Response:
         return await _call(api.register, await request.body())
 
-    @r.post("/uuid")
     async def uuid_(request: Request) -> Response:
-        return await _call(api.uuid, await request.body())
+        return _now(api.uuid, await request.body())
 
-    @r.post("/config")
-    async def config_any(request: Request) -> Response:
-        return await _call(api.config, await request.body(), None, request.client.host if request.client else None)
+    async def config(request: Request) -> Response:
+        return _now(api.config, await request.body(), request.path_params.get("uuid"), peer(request))
 
-    @r.post("/id/{uuid}/config")
-    async def config(uuid: str, request: Request) -> Response:
-        return await _call(api.config, await request.body(), uuid, request.client.host if request.client else None)
+    async def attest(request: Request) -> Response:
+        return await _call(api.attest, await request.body(), request.path_params["uuid"])
 
-    @r.post("/id/{uuid}/attest")
-    async def attest(uuid: str, request: Request) -> Response:
-        return await _call(api.attest, await request.body(), uuid)
+    async def info(request: Request) -> Response:
+        return await _committed(_now(api.report, await request.body(), request.path_params["uuid"], "info"))
 
-    @r.post("/id/{uuid}/info")
-    async def info(uuid: str, request: Request) -> Response:
-        return await _call(api.info, await request.body(), uuid)
+    async def metrics(request: Request) -> Response:
+        return await _committed(_now(api.report, await request.body(), request.path_params["uuid"], "metrics"))
 
-    @r.post("/id/{uuid}/metrics")
-    async def metrics(uuid: str, request: Request) -> Response:
-        return await _call(api.metrics, await request.body(), uuid)
-
-    @r.post("/id/{uuid}/{kind}")
-    async def discarded(uuid: str, kind: str, request: Request) -> Response:
-        if kind not in DISCARDED:
+    async def discarded(request: Request) -> Response:
+        kind = request.path_params.get("kind")
+        if kind is not None and kind not in DISCARDED:
             return _refuse(404, f"no such device API call: {kind}")
-        return await _call(api.discard, await request.body(), uuid)
+        return _now(api.discard, await request.body(), request.path_params["uuid"])
 
-    @r.post("/id/{uuid}/apps/instances/id/{app_uuid}/logs")
-    async def app_logs(uuid: str, app_uuid: str, request: Request) -> Response:
-        return await _call(api.discard, await request.body(), uuid)
-
-    @r.post("/id/{uuid}/apps/instanceid/{app_uuid}/newlogs")
-    async def app_newlogs(uuid: str, app_uuid: str, request: Request) -> Response:
-        return await _call(api.discard, await request.body(), uuid)
-
-    return r
+    post = ["POST"]
+    return Router(routes=[
+        Route(PREFIX + "/ping", ping, methods=["GET"]),
+        Route(PREFIX + "/certs", certs, methods=["GET", "POST"]),
+        Route(PREFIX + "/register", register, methods=post),
+        Route(PREFIX + "/uuid", uuid_, methods=post),
+        Route(PREFIX + "/config", config, methods=post),
+        Route(PREFIX + "/id/{uuid}/config", config, methods=post),
+        Route(PREFIX + "/id/{uuid}/attest", attest, methods=post),
+        Route(PREFIX + "/id/{uuid}/info", info, methods=post),
+        Route(PREFIX + "/id/{uuid}/metrics", metrics, methods=post),
+        Route(PREFIX + "/id/{uuid}/{kind}", discarded, methods=post),
+        Route(PREFIX + "/id/{uuid}/apps/instances/id/{app_uuid}/logs", discarded, methods=post),
+        Route(PREFIX + "/id/{uuid}/apps/instanceid/{app_uuid}/newlogs", discarded, methods=post),
+    ])

@@ -152,7 +152,13 @@ class ReportWriter:
                 next_flush = time.monotonic() + self.seen_flush_s
 
     def _write(self, jobs: list[_Job]) -> None:
-        """One transaction for all; if it fails, each alone, so one bad report cannot sink the others."""
+        """One transaction for all; if it fails, each alone, so one bad report cannot sink the others.
+
+        A job whose request gave up waiting (answered 503) is not written: the device sends it again.
+        """
+        jobs = [j for j in jobs if j.done.running() or j.done.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         try:
             results = self.store.record_reports([j.report for j in jobs])
         except Exception as exc:  # noqa: BLE001 - any failure: fall back to one transaction per report

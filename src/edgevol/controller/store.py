@@ -59,6 +59,16 @@ _SENDER = (select(_DEVICES)
            .where(((_DEVICES.c.device_cert_hash >= bindparam("lo")) & (_DEVICES.c.device_cert_hash < bindparam("hi")))
                   | (_DEVICES.c.device_cert_legacy_hash == bindparam("legacy")))
            .limit(2))
+_REPORTED = db.ReportedObject.__table__
+_REPORTED_ROW = (select(_REPORTED.c.id, _REPORTED.c.state, _REPORTED.c.reported_at)
+                 .where(_REPORTED.c.device_uuid == bindparam("device_uuid"), _REPORTED.c.kind == bindparam("kind"),
+                        _REPORTED.c.object_key == bindparam("object_key"),
+                        _REPORTED.c.generation == bindparam("generation"))
+                 .with_for_update())
+_REPORTED_INSERT = insert(_REPORTED)
+_REPORTED_UPDATE = update(_REPORTED).where(_REPORTED.c.id == bindparam("rid"))  # SET: the other parameters
+_REPORTED_DELETE = delete(_REPORTED).where(_REPORTED.c.id == bindparam("rid"))
+_STATE_INSERT = insert(db.StateChange.__table__)
 _TOUCH = (update(_DEVICES)
           .where(_DEVICES.c.uuid == bindparam("dev"),
                  or_(_DEVICES.c.last_seen_at.is_(None), _DEVICES.c.last_seen_at < bindparam("at")))
@@ -910,33 +920,33 @@ class ControllerStore:
                     out.append(len(rep.samples))
                 else:
                     out.append(self._store_objects(s, rep, now))
-            if samples:
-                s.execute(insert(db.VolumeMetric), samples)
+            if samples:  # Core executemany: the ORM's bulk path costs more than the rows
+                s.connection().execute(insert(db.VolumeMetric.__table__), samples)
         return out
 
     def _store_objects(self, s: Session, rep: infomsg.Report, now: datetime) -> int:
+        """One info message's objects, in Core statements built once (the ORM cost more than the SQL here)."""
+        conn = s.connection()
         changed = 0
         for item in rep.objects:
-            values = item.values
-            ident = dict(device_uuid=rep.device_uuid, kind=item.kind, object_key=item.key, generation=item.generation)
-            row = s.scalars(select(db.ReportedObject).filter_by(**ident).with_for_update()).one_or_none()
+            ident = {"device_uuid": rep.device_uuid, "kind": item.kind, "object_key": item.key,
+                     "generation": item.generation}
+            row = conn.execute(_REPORTED_ROW, ident).first()
             if row is not None and rep.at and row.reported_at and rep.at < row.reported_at:
                 continue  # older than what we have
-            if values is None:
+            if item.values is None:
                 if row is not None:
-                    s.delete(row)
+                    conn.execute(_REPORTED_DELETE, {"rid": row.id})
                     changed += 1
                 continue
-            new_state = row is None or row.state != values["state"]
+            values = {**item.values, "payload": item.payload, "updated_at": now, "reported_at": rep.at}
             if row is None:
-                row = db.ReportedObject(**ident)
-                s.add(row)
-            for k, v in values.items():
-                setattr(row, k, v)
-            row.payload, row.updated_at, row.reported_at = item.payload, now, rep.at
+                conn.execute(_REPORTED_INSERT, {**ident, **values})
+            else:
+                conn.execute(_REPORTED_UPDATE, {"rid": row.id, **values})
             changed += 1
-            if new_state:
-                s.add(db.StateChange(**ident, state=values["state"], at=rep.at or now))
+            if row is None or row.state != item.values["state"]:
+                conn.execute(_STATE_INSERT, {**ident, "state": item.values["state"], "at": rep.at or now})
         return changed
 
     def reported(self, device: str, kind: str | None = None) -> list[r.Reported]:
