@@ -122,9 +122,10 @@ def _print_human(report: dict[str, Any]) -> None:
     print_table(out, "CPU AND MEMORY", ["WHO", "CPU S", "CPU MS/REQ", "PEAK RSS MB", "PROCESSES"], usage)
     if "schedule_lag_ms" in report:
         lag = report["schedule_lag_ms"]
-        out.print(f"schedule lag (simulator behind its own timetable): p50 {lag['p50']} ms, p99 {lag['p99']} ms, "
-                  f"max {lag['max']} ms")
-    out.print(f"config answers verified: {report['config_verified']}; load average {report['load_average']}")
+        out.print(f"schedule lag (due until sent: waiting for a free connection, part of the latencies): p50 "
+                  f"{lag['p50']} ms, p99 {lag['p99']} ms, max {lag['max']} ms")
+    out.print(f"new configs (200) verified during the load: {report['config_verified']}; load average "
+              f"{report['load_average']}")
 
 
 @fleet.command("simulate")

@@ -707,9 +707,15 @@ def _child(conn: Any, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
         conn.close()
 
 
-def in_processes(fn: Callable[[Any], Awaitable[T]], args: list[Any]) -> list[T]:
-    """``asyncio.run(fn(arg))`` for each arg: in this process for one, else one forked process each."""
+def in_processes(fn: Callable[[Any], Awaitable[T]], args: list[Any],
+                 started: Callable[[], None] | None = None) -> list[T]:
+    """``asyncio.run(fn(arg))`` for each arg: in this process for one, else one forked process each.
+
+    ``started`` runs once they are all under way (after the forks: it may start a thread).
+    """
     if len(args) == 1:
+        if started is not None:
+            started()
         return [asyncio.run(fn(args[0]))]
     ctx = multiprocessing.get_context("fork")
     procs = []
@@ -719,6 +725,8 @@ def in_processes(fn: Callable[[Any], Awaitable[T]], args: list[Any]) -> list[T]:
         p.start()
         child.close()
         procs.append((p, parent))
+    if started is not None:
+        started()
     results: list[T] = []
     failures: list[str] = []
     for p, conn in procs:
@@ -910,9 +918,8 @@ def run(opts: Options) -> dict[str, Any]:
     jobs = _drive_jobs(opts, fleet, signer_pem)
     watch = _watch(opts)
     cpu0, _ = _rusage_cpu()
-    watch.start()
     try:
-        results = in_processes(drive, jobs)
+        results = in_processes(drive, jobs, started=watch.start)
     finally:
         watch.stop()
     cpu1, rss_kib = _rusage_cpu()
