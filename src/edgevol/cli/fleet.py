@@ -201,8 +201,8 @@ def simulate(controller_url: str, admin_token: str | None, controller_dir: Path 
 
     token, ca = _credentials(admin_token, controller_dir, root_ca)
     intervals = {"config": eve_config_interval, "info": eve_info_interval, "metrics": eve_metrics_interval}
-    if mode == "eve" and not any(intervals.values()):
-        raise click.UsageError("every --eve-*-interval is 0: nothing to send")
+    if not any(intervals.values()) and (mode == "eve" or mix is None):
+        raise click.UsageError("every --eve-*-interval is 0: nothing to send (a closed loop can take --mix)")
     opts = fleetsim.Options(controller=controller_url, admin_token=token, root_ca_pem=ca, devices=devices,
                             duration=duration, mode=mode, max_requests=max_requests,  # type: ignore[arg-type]
                             concurrency=concurrency, intervals=intervals, mix=mix, procs=procs,

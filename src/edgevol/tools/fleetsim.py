@@ -91,11 +91,15 @@ class Options:
         """The closed loop's mix: as given, else each kind as often as EVE sends it."""
         if self.mix is not None:
             return dict(self.mix)
-        return {k: 1.0 / self.intervals[k] for k in KINDS}
+        return {k: self.rate(k) for k in KINDS}
+
+    def rate(self, kind: str) -> float:
+        """Requests of ``kind`` a device sends a second at the configured EVE intervals (0: none)."""
+        return 1.0 / self.intervals[kind] if self.intervals[kind] > 0 else 0.0
 
     def offered_per_second(self) -> float:
         """EVE mode: requests per second the fleet sends."""
-        return sum(self.devices / self.intervals[k] for k in KINDS)
+        return sum(self.devices * self.rate(k) for k in KINDS)
 
 
 # ---------------------------------------------------------------- the fleet and its state file
@@ -913,10 +917,10 @@ def run(opts: Options) -> dict[str, Any]:
         async with http_client(opts, 1) as client:
             return await controller_signer(client, opts.root_ca_pem)
 
+    watch = _watch(opts)  # a wrong --controller-pid fails now, not after minutes of provisioning
     signer_pem = asyncio.run(signer())
     fleet, provisioning = prepare_fleet(opts, signer_pem)
     jobs = _drive_jobs(opts, fleet, signer_pem)
-    watch = _watch(opts)
     cpu0, _ = _rusage_cpu()
     try:
         results = in_processes(drive, jobs, started=watch.start)
