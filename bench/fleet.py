@@ -359,7 +359,8 @@ def _table(stage: _Stage) -> Table:
         "durability (fsync, synchronous commit). CPU is read from /proc for the controller's and the postmaster's "
         "whole process trees over the load phase only, divided by the requests sent; *devices per core* is 1 ÷ "
         "(requests a device sends a second at EVE rates × controller CPU s per request), the same with "
-        "PostgreSQL's CPU added in brackets. Latencies are per request, from sending to the whole answer.")
+        "PostgreSQL's CPU added in brackets. *Req/s* counts answers a second. A latency runs to the whole answer, "
+        "from when the request was sent (closed loop) or from when its device was due to send it (EVE rates).")
     t = Table("8. Fleet: simulated EVE devices against the controller", intro, columns=COLUMNS)
     t.rows = [_row(r) for r in stage.runs]
     for db, workers, p in stage.provisioned:
@@ -368,7 +369,8 @@ def _table(stage: _Stage) -> Table:
                        "their figures.")
     for run in stage.runs:
         share = _simulator_share(run)
-        note = f"{run.label}: load average {run.load_before} before the run; the simulator used {share:.0%} of its core"
+        note = (f"{run.label}: load average {run.load_before} before the command, {run.report['load_average']} at "
+                f"the end of its load phase; the simulator used {share:.0%} of its core")
         if share > 0.8:
             note += " — it may have been the limit, not the controller"
         if run.exit_code:
@@ -378,7 +380,13 @@ def _table(stage: _Stage) -> Table:
     if eve is not None and "schedule_lag_ms" in eve.report:
         lag = eve.report["schedule_lag_ms"]
         t.notes.append(f"EVE rates: requests left the simulator p50 {lag['p50']:.1f} ms, p99 {lag['p99']:.1f} ms after "
-                       "their scheduled time (a late simulator would understate the load).")
+                       "they were due, waiting for one of its connections, all busy when the controller answers "
+                       "slower than the fleet asks; that wait is part of the latencies shown, and a request still "
+                       "waiting 30 s (`--timeout`) after it was due counts as an error (*not sent, behind schedule*), "
+                       "as a device would have given up.")
+    hwm = max((r.report["controller"]["trees"]["controller"]["max_process_hwm_mb"] for r in stage.runs), default=0)
+    t.notes.append(f"*Controller peak RSS* is the largest RSS sampled (every second) during a load phase; the "
+                   f"controller's own high-water mark (VmHWM), provisioning included, reached {hwm:.0f} MB.")
     t.notes.append("Each request is signed afresh by its device's key (P-256), as EVE signs; nothing is replayed. "
                    "Simulated devices share keep-alive connections (64 per simulator process at EVE rates) where real "
                    "devices would hold one each, so connection set-up is not measured.")

@@ -122,9 +122,10 @@ def _print_human(report: dict[str, Any]) -> None:
     print_table(out, "CPU AND MEMORY", ["WHO", "CPU S", "CPU MS/REQ", "PEAK RSS MB", "PROCESSES"], usage)
     if "schedule_lag_ms" in report:
         lag = report["schedule_lag_ms"]
-        out.print(f"schedule lag (simulator behind its own timetable): p50 {lag['p50']} ms, p99 {lag['p99']} ms, "
-                  f"max {lag['max']} ms")
-    out.print(f"config answers verified: {report['config_verified']}; load average {report['load_average']}")
+        out.print(f"schedule lag (due until sent: waiting for a free connection, part of the latencies): p50 "
+                  f"{lag['p50']} ms, p99 {lag['p99']} ms, max {lag['max']} ms")
+    out.print(f"new configs (200) verified during the load: {report['config_verified']}; load average "
+              f"{report['load_average']}")
 
 
 @fleet.command("simulate")
@@ -200,8 +201,8 @@ def simulate(controller_url: str, admin_token: str | None, controller_dir: Path 
 
     token, ca = _credentials(admin_token, controller_dir, root_ca)
     intervals = {"config": eve_config_interval, "info": eve_info_interval, "metrics": eve_metrics_interval}
-    if mode == "eve" and not any(intervals.values()):
-        raise click.UsageError("every --eve-*-interval is 0: nothing to send")
+    if not any(intervals.values()) and (mode == "eve" or mix is None):
+        raise click.UsageError("every --eve-*-interval is 0: nothing to send (a closed loop can take --mix)")
     opts = fleetsim.Options(controller=controller_url, admin_token=token, root_ca_pem=ca, devices=devices,
                             duration=duration, mode=mode, max_requests=max_requests,  # type: ignore[arg-type]
                             concurrency=concurrency, intervals=intervals, mix=mix, procs=procs,

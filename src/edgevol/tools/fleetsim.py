@@ -91,11 +91,15 @@ class Options:
         """The closed loop's mix: as given, else each kind as often as EVE sends it."""
         if self.mix is not None:
             return dict(self.mix)
-        return {k: 1.0 / self.intervals[k] for k in KINDS}
+        return {k: self.rate(k) for k in KINDS}
+
+    def rate(self, kind: str) -> float:
+        """Requests of ``kind`` a device sends a second at the configured EVE intervals (0: none)."""
+        return 1.0 / self.intervals[kind] if self.intervals[kind] > 0 else 0.0
 
     def offered_per_second(self) -> float:
         """EVE mode: requests per second the fleet sends."""
-        return sum(self.devices / self.intervals[k] for k in KINDS)
+        return sum(self.devices * self.rate(k) for k in KINDS)
 
 
 # ---------------------------------------------------------------- the fleet and its state file
@@ -707,9 +711,15 @@ def _child(conn: Any, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
         conn.close()
 
 
-def in_processes(fn: Callable[[Any], Awaitable[T]], args: list[Any]) -> list[T]:
-    """``asyncio.run(fn(arg))`` for each arg: in this process for one, else one forked process each."""
+def in_processes(fn: Callable[[Any], Awaitable[T]], args: list[Any],
+                 started: Callable[[], None] | None = None) -> list[T]:
+    """``asyncio.run(fn(arg))`` for each arg: in this process for one, else one forked process each.
+
+    ``started`` runs once they are all under way (after the forks: it may start a thread).
+    """
     if len(args) == 1:
+        if started is not None:
+            started()
         return [asyncio.run(fn(args[0]))]
     ctx = multiprocessing.get_context("fork")
     procs = []
@@ -719,6 +729,8 @@ def in_processes(fn: Callable[[Any], Awaitable[T]], args: list[Any]) -> list[T]:
         p.start()
         child.close()
         procs.append((p, parent))
+    if started is not None:
+        started()
     results: list[T] = []
     failures: list[str] = []
     for p, conn in procs:
@@ -905,14 +917,13 @@ def run(opts: Options) -> dict[str, Any]:
         async with http_client(opts, 1) as client:
             return await controller_signer(client, opts.root_ca_pem)
 
+    watch = _watch(opts)  # a wrong --controller-pid fails now, not after minutes of provisioning
     signer_pem = asyncio.run(signer())
     fleet, provisioning = prepare_fleet(opts, signer_pem)
     jobs = _drive_jobs(opts, fleet, signer_pem)
-    watch = _watch(opts)
     cpu0, _ = _rusage_cpu()
-    watch.start()
     try:
-        results = in_processes(drive, jobs)
+        results = in_processes(drive, jobs, started=watch.start)
     finally:
         watch.stop()
     cpu1, rss_kib = _rusage_cpu()
