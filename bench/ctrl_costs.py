@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,6 +129,30 @@ def measure(db_url: str | None, reps: int, data_dir: Path) -> dict[str, dict[str
         if stop is not None:
             stop()
         ctx.store.close()
+
+
+def measure_revision(rev: str, db_url: str | None, reps: int, scratch: Path) -> dict[str, dict[str, float]]:
+    """The same measurement on the controller of git revision ``rev`` (a baseline), in a subprocess.
+
+    This script is copied into a detached worktree of ``rev``: it needs only
+    ``DeviceAPI(ctx)``'s request methods and the store's admin calls, which
+    every revision since API v2 has.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    tree = scratch / f"rev-{rev[:12]}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev], check=True,
+                       capture_output=True)
+    try:
+        shutil.copy2(Path(__file__), tree / "bench" / "ctrl_costs.py")
+        cmd = [sys.executable, str(tree / "bench" / "ctrl_costs.py"), "--reps", str(reps), "-o", "json"]
+        if db_url:
+            cmd += ["--db", db_url]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tree,
+                             env={**os.environ, "PYTHONPATH": f"{tree / 'src'}:{tree}"})
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 def _payload(body: bytes) -> bytes:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from edgevol.controller.records import Device
+from edgevol.controller.records import Device, Sender
 
 SIGNED_BYTES = 64 << 20  # signed answers kept, at most
 
@@ -33,7 +33,7 @@ class ConfigKey:
     encryption: str  # the effective CredentialEncryption mode
 
     @classmethod
-    def of(cls, device: Device, encryption: str) -> ConfigKey:
+    def of(cls, device: Device | Sender, encryption: str) -> ConfigKey:
         return cls(device.uuid, device.created_at, device.config_version, device.device_cert_hash, encryption)
 
 

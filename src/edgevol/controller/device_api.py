@@ -118,7 +118,7 @@ class DeviceAPI:
             if sender is None:
                 return None
             found.append(sender)
-            return sender.device.device_cert_pem
+            return sender.device_cert_pem
 
         if msg_type is None:
             msg, _cert = open_container(body, lookup)
@@ -127,7 +127,7 @@ class DeviceAPI:
         if not found:
             raise AuthError(401, "unknown device certificate")
         sender = found[0]
-        dev = sender.device
+        dev = sender
         if path_uuid is not None and path_uuid.lower() != dev.uuid:
             try:
                 self.ctx.store.get_device(path_uuid)
@@ -164,7 +164,7 @@ class DeviceAPI:
 
     def uuid(self, body: bytes) -> Response:
         _req, sender = self._authenticate(body, m.UuidRequest, None)
-        return _proto(self._seal(m.UuidResponse(uuid=sender.device.uuid)))
+        return _proto(self._seal(m.UuidResponse(uuid=sender.uuid)))
 
     def attest(self, body: bytes, path_uuid: str) -> Response:
         """Adam's no-TPM attestation: a nonce, then SUCCESS and the device's integrity token for any quote.
@@ -174,7 +174,7 @@ class DeviceAPI:
         same as for a device without a TPM.
         """
         req, sender = self._authenticate(body, m.ZAttestReq, path_uuid)
-        dev = sender.device
+        dev = sender
         store = self.ctx.store
         resp = m.ZAttestResponse()
         if req.reqType == m.ZAttestReqType.ATTEST_REQ_NONCE:
@@ -216,7 +216,7 @@ class DeviceAPI:
 
     def config(self, body: bytes, path_uuid: str | None, peer: str | None = None) -> Response:
         req, sender = self._authenticate(body, m.ConfigRequest, path_uuid)
-        dev = sender.device
+        dev: Sender | Device = sender
         token = sender.integrity_token
         if not token or bytes(req.integrity_token) != token:
             # adam pkg/server/commonHandler.go, configProcess: enforceIntegrityCheck -> 403
@@ -263,7 +263,7 @@ class DeviceAPI:
         """
         msg_type, dev_field, decode = _REPORTS[kind]
         msg, sender = self._authenticate(body, msg_type, path_uuid)
-        dev = sender.device
+        dev = sender
         named = getattr(msg, dev_field)
         if named and named.lower() != dev.uuid:
             return _refuse(403, f"{kind} names another device")
@@ -311,7 +311,7 @@ _REPORTS: dict[str, tuple[Any, str, Callable[[str, Any], Report]]] = {
 }
 
 
-def _ecdh_cert_problem(cert_pem: bytes, dev: Device) -> str:
+def _ecdh_cert_problem(cert_pem: bytes, dev: Sender) -> str:
     """Why a DEVICE_ECDH_EXCHANGE certificate cannot be used ("" when it can).
 
     EVE's is a P-256 key certified by the device key (eve pkg/pillar/cmd/tpmmgr/tpmmgr.go:1058-1125):

@@ -40,9 +40,14 @@ class Device:
 
 @dataclass(frozen=True)
 class Sender:
-    """A registered device as the device API needs it for one request, read in one statement."""
+    """A registered device as the device API needs it for one request: one statement, the columns it uses."""
 
-    device: Device
+    uuid: str
+    created_at: datetime
+    config_version: int
+    config_acked_version: int | None
+    device_cert_hash: bytes | None
+    device_cert_pem: bytes | None = field(default=None, repr=False)
     integrity_token: bytes | None = field(default=None, repr=False)
 
 

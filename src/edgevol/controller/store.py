@@ -14,13 +14,15 @@ Why this shape:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Text, bindparam, cast, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Text, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,7 +57,7 @@ T = TypeVar("T")
 # The device API's one statement per request, built once (building it costs more than running it):
 # the device certificate's DER hash starts with the sender hash, or its pre-0002 PEM hash is it.
 _DEVICES = db.Device.__table__
-_SENDER = (select(_DEVICES)
+_SENDER = (select(*(_DEVICES.c[f.name] for f in dataclasses.fields(r.Sender)))
            .where(((_DEVICES.c.device_cert_hash >= bindparam("lo")) & (_DEVICES.c.device_cert_hash < bindparam("hi")))
                   | (_DEVICES.c.device_cert_legacy_hash == bindparam("legacy")))
            .limit(2))
@@ -103,12 +105,38 @@ class ControllerStore:
         self.metrics_retention = metrics_retention
         self.metrics_per_volume = metrics_per_volume
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._hot = threading.local()  # see _reader
+        self._hot_conns: list[Connection] = []
+        self._hot_lock = threading.Lock()
 
     def migrate(self) -> None:
         """Create or upgrade the schema (idempotent)."""
         migrate(self.engine)
 
+    def _reader(self) -> Connection:
+        """This thread's connection for single-statement reads, kept open between requests.
+
+        Why kept, and without a transaction (PostgreSQL autocommit; no BEGIN
+        on SQLite): checking a connection out of the pool and BEGIN/ROLLBACK
+        around one SELECT cost several times the SELECT itself.
+        """
+        conn = getattr(self._hot, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            if self.engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                conn = conn.execution_options(**{SINGLE_READ_OPTION: True})
+            self._hot.conn = conn
+            with self._hot_lock:
+                self._hot_conns[:] = [c for c in self._hot_conns if not c.closed] + [conn]
+        return conn
+
     def close(self) -> None:
+        with self._hot_lock:
+            for conn in self._hot_conns:
+                conn.close()
+            self._hot_conns.clear()
         self.engine.dispose()
 
     def __enter__(self) -> ControllerStore:
@@ -343,8 +371,13 @@ class ControllerStore:
 
     def device_by_cert_hash(self, cert_hash: bytes) -> r.Device | None:
         """The registered device whose certificate's DER sha256 starts with ``cert_hash`` (16 or 32 bytes)."""
-        found = self.sender(cert_hash)
-        return found.device if found is not None else None
+        if len(cert_hash) not in (16, 32):
+            return None
+        with self._read() as s:
+            found = s.scalars(select(db.Device).where(self._cert_match(db.Device.device_cert_hash,
+                                                                       db.Device.device_cert_legacy_hash, cert_hash))
+                              .limit(2)).all()
+            return cv.device_rec(found[0]) if len(found) == 1 else None
 
     def sender(self, cert_hash: bytes) -> r.Sender | None:
         """:meth:`device_by_cert_hash` with the integrity token, in one SQL statement.
@@ -358,27 +391,41 @@ class ControllerStore:
             return None
         params = {"lo": cert_hash, "hi": ck.prefix_end(cert_hash), "legacy": cert_hash}
         for attempt in (1, 2):  # a connection the database dropped (it restarted): once more, on a new one
+            conn = self._reader()
             try:
-                with self.engine.connect() as conn:
-                    conn.execution_options(**{SINGLE_READ_OPTION: True})
-                    rows = conn.execute(_SENDER, params).all()
+                rows = conn.execute(_SENDER, params).all()
+                conn.commit()  # ends nothing on the database: there is no transaction
                 break
             except DBAPIError as exc:
+                self._hot.conn = None
+                conn.close()
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
         if len(rows) != 1:
             return None
-        return r.Sender(device=cv.device_rec(rows[0]), integrity_token=rows[0].integrity_token)  # type: ignore[arg-type]
+        return r.Sender(**rows[0]._mapping)
 
     def onboarding_cert(self, cert_hash: bytes) -> bytes | None:
         """The onboarding certificate PEM whose DER sha256 starts with ``cert_hash`` (to verify a register call)."""
         if len(cert_hash) not in (16, 32):
             return None
+        # A batch of thousands of devices shares one onboarding certificate: every query here reads one row
+        # or one end of an index range, never the batch.
+        dev = db.Device
         with self._read() as s:
-            found = s.scalars(select(db.Device.onboard_cert_pem)
-                              .where(self._cert_match(db.Device.onboard_cert_hash,
-                                                      db.Device.onboard_cert_legacy_hash, cert_hash))).all()
-            return found[0] if found and all(p == found[0] for p in found) else None
+            found: set[bytes] = set()
+            in_range = select(dev.onboard_cert_hash).where(ck.prefix_range(dev.onboard_cert_hash, cert_hash)).limit(1)
+            low = s.scalars(in_range.order_by(dev.onboard_cert_hash)).first()  # both ends: PostgreSQL has no
+            high = s.scalars(in_range.order_by(dev.onboard_cert_hash.desc())).first()  # min() of bytea
+            if low is not None:
+                if low != high:
+                    return None  # a 16-byte prefix of two different certificates
+                found.add(s.scalars(select(dev.onboard_cert_pem).where(dev.onboard_cert_hash == low).limit(1)).one())
+            legacy = s.scalars(select(dev.onboard_cert_pem).where(dev.onboard_cert_legacy_hash == cert_hash)
+                               .limit(1)).first()
+            if legacy is not None:
+                found.add(legacy)
+            return found.pop() if len(found) == 1 else None
 
     # -- attestation (Adam's no-TPM path: pkg/server/attestation.go, attestProcess)
 

@@ -90,7 +90,11 @@ def _device_fk() -> Any:
 
 class Device(Base):
     __tablename__ = "devices"
-    __table_args__ = (UniqueConstraint("onboard_cert_hash", "serial"),)
+    __table_args__ = (
+        UniqueConstraint("onboard_cert_hash", "serial"),
+        # register finds a device by serial among a batch sharing one onboarding certificate (migration 0007)
+        Index(None, "serial"),
+    )
 
     uuid: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)

@@ -1,4 +1,4 @@
-"""Metrics are indexed by time alone.
+"""Metrics are indexed by time alone, devices by serial.
 
 Revision ID: 0007
 Revises: 0006
@@ -6,7 +6,9 @@ Create Date: 2026-11-29
 
 Retention deletes every sample older than the window, across all devices,
 from a background thread: without this index each pass would read the whole
-table.
+table. A batch of devices shares one onboarding certificate, so registering
+one by certificate and serial read the whole batch without an index on the
+serial.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_index("ix_volume_metrics_at", "volume_metrics", ["at"])
+    op.create_index("ix_devices_serial", "devices", ["serial"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_devices_serial", table_name="devices")
     op.drop_index("ix_volume_metrics_at", table_name="volume_metrics")
