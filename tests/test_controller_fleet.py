@@ -126,6 +126,16 @@ def test_a_304_costs_at_most_two_statements_and_no_rebuild(ctx: ControllerContex
     sql.n = 0
     status, again = poll(ctx, api, dev, "0" * 64)
     assert status == 200 and again.configHash == first.configHash and sql.n <= 2
+    # the hash is kept in the device's row: another process, or this one restarted, builds nothing either
+    api.writer._flush_seen()  # what the writer thread does every second
+    restarted = DeviceAPI(ctx)
+    restarted.start()
+    try:
+        sql.n = 0
+        assert poll(ctx, restarted, dev, first.configHash)[0] == 304
+        assert restarted.configs.builds == 0 and sql.n <= 2
+    finally:
+        restarted.stop()
 
 
 CHANGES: list[tuple[str, Callable[[ControllerContext, str], Any]]] = [
@@ -250,7 +260,11 @@ def test_a_report_that_cannot_be_stored_fails_alone(ctx: ControllerContext, api:
 
 def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted(
         ctx: ControllerContext, db_url: str) -> None:  # noqa: F811
-    """The writer stuck behind a lock held elsewhere: the queue fills, then devices are told to come back."""
+    """The writer stuck behind a lock held elsewhere: the queue fills, then devices are told to come back.
+
+    A 5xx is what EVE treats as temporary: the report stays in its deferred queue and is sent again
+    (eve pkg/pillar/controllerconn/deferred.go:259-266, retriableHTTPStatus; deferred_policy_test.go:207).
+    """
     api = DeviceAPI(ctx)
     api.writer = ReportWriter(ctx.store, max_batch=1, max_queued=2)  # one in the writer, two waiting
     api.start()

@@ -32,6 +32,11 @@ class ConfigKey:
     device_cert_hash: bytes | None
     encryption: str  # the effective CredentialEncryption mode
 
+    @property
+    def stored(self) -> str:
+        """How the device's row names the config its ``config_hash`` is of (the row is the rest of the key)."""
+        return f"{self.config_version}/{self.encryption}"
+
     @classmethod
     def of(cls, device: Device | Sender, encryption: str) -> ConfigKey:
         return cls(device.uuid, device.created_at, device.config_version, device.device_cert_hash, encryption)

@@ -127,14 +127,13 @@ class DeviceAPI:
         if not found:
             raise AuthError(401, "unknown device certificate")
         sender = found[0]
-        dev = sender
-        if path_uuid is not None and path_uuid.lower() != dev.uuid:
+        if path_uuid is not None and path_uuid.lower() != sender.uuid:
             try:
                 self.ctx.store.get_device(path_uuid)
             except NotFound:
                 raise AuthError(404, f"no device {path_uuid}") from None
             raise AuthError(403, "signed by another device than the one in the URL")
-        self.writer.seen(dev.uuid, self.ctx.store.now())
+        self.writer.seen(sender.uuid, self.ctx.store.now())
         return msg, sender
 
     def certs(self) -> Response:
@@ -225,7 +224,7 @@ class DeviceAPI:
         if mode == "auto" and peer is not None and is_loopback_host(peer):
             mode = "never"  # a device on this very host: nothing on the way to hide credentials from
         key = ConfigKey.of(dev, mode)
-        digest = self.configs.config_hash(key)
+        digest = sender.config_hash if sender.config_hash_key == key.stored else self.configs.config_hash(key)
         if digest is None or req.configHash != digest:
             signed = self.configs.signed(key)
             if signed is not None:
@@ -235,6 +234,7 @@ class DeviceAPI:
             digest = config_hash(cfg)
             # Kept under the version the snapshot itself was read at, which may be newer than the sender row's.
             key = ConfigKey.of(snap.device, mode)
+            self.writer.hashed(dev.uuid, key.config_version, key.stored, digest)  # every process, every restart
             if req.configHash != digest:
                 signed = self._seal(m.ConfigResponse(config=cfg, configHash=digest))
                 self.configs.put(key, digest, signed)

@@ -14,9 +14,10 @@ does with every report it could not deliver. Queuing durably before answering
 would need a second durable store in front of the database: the database
 already is one, and group commit gets the same batching out of it.
 
-"Last seen" times and acknowledged config versions are not reports: they
-are kept in memory and written once a second, and a crash forgets at most
-that second (a device acknowledges again on its next poll).
+"Last seen" times, acknowledged config versions and config hashes are not
+reports: they are kept in memory and written once a second, and a crash
+forgets at most that second (a device acknowledges again on its next poll; a
+hash is built again).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ReportWriter:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queued)
         self._seen: dict[str, datetime] = {}
         self._acked: dict[str, int] = {}
+        self._hashed: dict[str, tuple[int, str, str]] = {}
         self._seen_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.batches = 0  # transactions committed (for tests and the benchmark)
@@ -90,6 +92,14 @@ class ReportWriter:
             return
         with self._seen_lock:
             self._seen[device_uuid] = at
+
+    def hashed(self, device_uuid: str, config_version: int, key: str, digest: str) -> None:
+        """The hash of the config just built for the device (written within a second, if still current)."""
+        if self._thread is None:
+            self.store.record_contacts({}, {}, {device_uuid: (config_version, key, digest)})
+            return
+        with self._seen_lock:
+            self._hashed[device_uuid] = (config_version, key, digest)
 
     def acked(self, device_uuid: str, config_version: int) -> None:
         """The device runs ``config_version`` (written within a second: a fleet acknowledges a change at once)."""
@@ -180,10 +190,11 @@ class ReportWriter:
         with self._seen_lock:
             seen, self._seen = self._seen, {}
             acked, self._acked = self._acked, {}
-        if not seen and not acked:
+            hashed, self._hashed = self._hashed, {}
+        if not seen and not acked and not hashed:
             return
         try:
-            self.store.record_contacts(seen, acked)
+            self.store.record_contacts(seen, acked, hashed)
         except Exception as exc:  # noqa: BLE001 - kept for the next flush (newer values win)
             log.warning("could not record when devices were last seen", devices=len(seen), error=str(exc))
             with self._seen_lock:
@@ -191,3 +202,5 @@ class ReportWriter:
                     self._seen.setdefault(dev, at)
                 for dev, version in acked.items():
                     self._acked[dev] = max(version, self._acked.get(dev, 0))
+                for dev, built in hashed.items():
+                    self._hashed.setdefault(dev, built)

@@ -49,6 +49,8 @@ class Sender:
     device_cert_hash: bytes | None
     device_cert_pem: bytes | None = field(default=None, repr=False)
     integrity_token: bytes | None = field(default=None, repr=False)
+    config_hash: str | None = None  # of the config built for config_hash_key ("VERSION/ENCRYPTION")
+    config_hash_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,9 @@ _TOUCH = (update(_DEVICES)
           .where(_DEVICES.c.uuid == bindparam("dev"),
                  or_(_DEVICES.c.last_seen_at.is_(None), _DEVICES.c.last_seen_at < bindparam("at")))
           .values(last_seen_at=bindparam("at")))
+_HASHED = (update(_DEVICES)
+           .where(_DEVICES.c.uuid == bindparam("dev"), _DEVICES.c.config_version == bindparam("v"))
+           .values(config_hash=bindparam("h"), config_hash_key=bindparam("k")))
 _ACK = (update(_DEVICES)
         .where(_DEVICES.c.uuid == bindparam("dev"),
                or_(_DEVICES.c.config_acked_version.is_(None), _DEVICES.c.config_acked_version < bindparam("v")))
@@ -481,12 +484,15 @@ class ControllerStore:
             dev_uuid = self._device(s, ref).uuid
         self.record_contacts({dev_uuid: self.now()}, {})
 
-    def record_contacts(self, seen: dict[str, datetime], acked: dict[str, int]) -> None:
-        """When devices were last heard from, and the config versions they acknowledged: many, one transaction.
+    def record_contacts(self, seen: dict[str, datetime], acked: dict[str, int],
+                        hashed: dict[str, tuple[int, str, str]] | None = None) -> None:
+        """When devices were last heard from, the config versions they acknowledged, and the hashes of configs
+        built for them (device -> (version, key, hash)): many, one transaction.
 
-        Neither ever goes backwards, so flushes from several processes may land in any order.
+        None goes backwards (a hash is kept only while its version is current), so flushes from several
+        processes may land in any order.
         """
-        if not seen and not acked:
+        if not seen and not acked and not hashed:
             return
         with self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
@@ -495,6 +501,9 @@ class ControllerStore:
                     conn.execute(_TOUCH, [{"dev": dev, "at": at} for dev, at in sorted(seen.items())])
                 if acked:
                     conn.execute(_ACK, [{"dev": dev, "v": v} for dev, v in sorted(acked.items())])
+                if hashed:
+                    conn.execute(_HASHED, [{"dev": dev, "v": v, "k": k, "h": h}
+                                           for dev, (v, k, h) in sorted(hashed.items())])
 
     def config_snapshot(self, device: str) -> r.ConfigSnapshot:
         """Everything the device's config is built from (see :func:`configbuild.build_config`)."""

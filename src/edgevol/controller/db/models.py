@@ -117,6 +117,10 @@ class Device(Base):
     config_version: Mapped[int] = mapped_column(BigInteger, default=1)
     # The version the device last asked for with a matching hash (a 304): the one it runs (migration 0006).
     config_acked_version: Mapped[int | None] = mapped_column(BigInteger)
+    # The hash of the config last built for it, and "VERSION/ENCRYPTION" it was built for (migration 0007):
+    # a config poll compares against it without building anything, in any controller process, after restarts.
+    config_hash: Mapped[str | None] = mapped_column(String(64))
+    config_hash_key: Mapped[str | None] = mapped_column(String(40))
 
 
 class Datastore(Base):
