@@ -930,14 +930,14 @@ class ControllerStore:
         identity set means the object is gone, and its row is removed.
         Each new state is appended to the object's history (see :meth:`prune`).
         """
-        result = self.record_reports([infomsg.info_report(self.get_device(device).uuid, info)])[0]
-        if isinstance(result, StoreError):
-            raise result
-        return result
+        return self._record_one(infomsg.info_report(self.get_device(device).uuid, info))
 
     def record_metrics(self, device: str, msg: Any) -> int:
         """Store a ``ZMetricMsg``'s volume samples; returns samples stored (retention: :meth:`prune`)."""
-        result = self.record_reports([infomsg.metrics_report(self.get_device(device).uuid, msg)])[0]
+        return self._record_one(infomsg.metrics_report(self.get_device(device).uuid, msg))
+
+    def _record_one(self, report: infomsg.Report) -> int:
+        result = self.record_reports([report])[0]
         if isinstance(result, StoreError):
             raise result
         return result
