@@ -68,24 +68,37 @@ class Controller:
         return (self.data_dir / "admin.token").read_text().strip()
 
     def start(self) -> Controller:
-        log = open(self.data_dir.parent / f"controller-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([*EDGEVOL, "controller", "run", "--data-dir", str(self.data_dir), "--db",
-                                      self.db_url, "--listen", f"{self.listen_host}:{self.port}",
-                                      "--tls" if self.tls else "--no-tls", *self.args],
-                                     stdout=log, stderr=log)
-        wait_for(self._up, 30, "controller to answer ping")
-        return self
+        for attempt in range(3):
+            log_path = self.data_dir.parent / f"controller-{self.port}.log"
+            with open(log_path, "ab") as log:
+                self.proc = subprocess.Popen([*EDGEVOL, "controller", "run", "--data-dir", str(self.data_dir), "--db",
+                                              self.db_url, "--listen", f"{self.listen_host}:{self.port}",
+                                              "--tls" if self.tls else "--no-tls", *self.args],
+                                             stdout=log, stderr=log)
+            try:
+                wait_for(self._up, 30, "controller to answer ping")
+                return self
+            except AssertionError:
+                # Another test's server took the port between free_port() and our bind (test files run in
+                # parallel): start again on another port; anything else is this controller's failure.
+                if attempt == 2 or b"address already in use" not in log_path.read_bytes():
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
 
     def _up(self) -> bool:
+        """This controller answers: its own signing certificate in /certs, not another server on the port."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"controller exited {self.proc.returncode}")
-        if self.tls and not self.root_ca.exists():
+        signing = self.data_dir / "pki" / "signing.pem"
+        if not signing.exists() or not (self.data_dir / "admin.token").exists():
             return False  # keys not written yet
         try:
-            return httpx.get(f"{self.url}/api/v2/edgedevice/ping", timeout=1, verify=self.verify).status_code == 200
+            resp = httpx.get(f"{self.url}/api/v2/edgedevice/certs", timeout=1, verify=self.verify)
         except httpx.HTTPError:
             return False
+        return resp.status_code == 200 and signing.read_bytes().strip() in resp.content
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
