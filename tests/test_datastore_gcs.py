@@ -175,6 +175,9 @@ def test_parallel_ranges_and_stored_bytes_of_a_gzip_object(gcs_server: RunningGc
     packed = gzip.compress(random.Random(84).randbytes(2 * MiB) + bytes(4 * MiB))
     gcs_server.put("images", "vm/packed.raw.gz", packed, content_encoding="gzip")
     with FaultProxy(f"127.0.0.1:{gcs_server.port}", seed=9) as proxy:
+        # Each answer waits half a second for its headers: parts read in parallel overlap in time however
+        # loaded the machine is, parts read one after another never do (a fast loopback read may not).
+        proxy.add(Rule("stall", path=r"parallel\.raw", methods=frozenset({"GET"}), phase="response", seconds=0.5))
         ds = GcsDatastore(f"http://127.0.0.1:{proxy.port}", "images/vm")
         try:
             sink = BytesSink()
