@@ -16,8 +16,9 @@ from edgevol.controller import admin_api, device_api, web
 from edgevol.controller.context import ControllerContext, Retention, load_context
 from edgevol.controller.retention import Pruner
 
-# Request handlers run on this many threads: they hold the GIL for most of their work, so more threads
-# add switching, not throughput; each may hold one database connection (see db.session.POOL_SIZE).
+# Admin requests and the device API's rare ones (register, attest) run on this many threads; they hold the
+# GIL for most of their work, so more threads add switching, not throughput; each may hold one database
+# connection (see db.session.POOL_SIZE). Config polls and reports run on the event loop (device_api._now).
 REQUEST_THREADS = 16
 # Where a worker process of `controller run --workers N` finds its context (set by its parent, see server.py).
 ENV_DATA_DIR = "EDGEVOL_CONTROLLER_DIR"

@@ -43,7 +43,7 @@ class ConfigKey:
 
 
 class ConfigCache:
-    """Thread-safe: request handlers run on a thread pool."""
+    """Thread-safe: in-process callers (tests, the benchmark) may poll from several threads."""
 
     def __init__(self, signed_bytes: int = SIGNED_BYTES) -> None:
         self._hashes: dict[str, tuple[ConfigKey, str]] = {}  # device uuid -> its latest key and hash
