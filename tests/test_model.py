@@ -582,14 +582,14 @@ def test_config_items_set_device_settings():
 @pytest.mark.parametrize("key,value,message", [
     ("edgevol.volume.blank.format", "vmdk", "want qcow2 or raw"),
     ("edgevol.volume.blank.format", "QCOW2", "want qcow2 or raw"),
-    ("edgevol.download.max.attempts", "many", "not a int"),
-    ("edgevol.download.max.attempts", "2.5", "not a int"),
+    ("edgevol.download.max.attempts", "many", "not a whole number"),
+    ("edgevol.download.max.attempts", "2.5", "not a whole number"),
     ("edgevol.download.max.attempts", "0", "want 1..100"),
     ("edgevol.download.max.attempts", "101", "want 1..100"),
     ("edgevol.download.retry.base.seconds", "-1", "want 0.0..3600"),
     ("edgevol.download.retry.base.seconds", "nan", "want 0.0..3600"),
     ("edgevol.download.retry.cap.seconds", "inf", "want 0.0..86400"),
-    ("edgevol.download.slow.retry.seconds", "", "not a float"),
+    ("edgevol.download.slow.retry.seconds", "", "not a number"),
     ("edgevol.download.parallel", "65", "want 1..64"),
 ])
 def test_bad_config_items_are_refused_and_defaults_kept(key, value, message):

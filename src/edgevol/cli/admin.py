@@ -691,10 +691,13 @@ _KIND_LABEL = {"content_tree": "content"}  # keeps the table inside a terminal's
 
 
 def _error_text(r: dict[str, Any], error_label: str = "") -> str:
-    """The reported error's description; a warning or a notice says so."""
+    """The reported error's description and retry condition; a warning or a notice says so."""
     err = r.get("error") or {}
     label = {1: "notice: ", 2: "warning: "}.get(err.get("severity", 0), error_label)
-    return label + err["description"] if err.get("description") else ""
+    if not err.get("description"):
+        return ""
+    retry = err.get("retry_condition")
+    return label + err["description"] + (f" (retry: {retry})" if retry else "")
 
 
 def _reported_row(r: dict[str, Any]) -> list[str]:

@@ -37,7 +37,10 @@ def print_status_tables(console: Console, doc: dict[str, Any]) -> None:
     def err(obj: dict[str, Any]) -> str:
         if obj.get("warning") and not obj.get("error"):  # a volume's warning (shared by several apps)
             return "warning: " + obj["warning"]["description"]
-        return obj["error"]["description"] if obj.get("error") else ""
+        if not obj.get("error"):
+            return ""
+        retry = obj["error"].get("retry_condition")
+        return f"{obj['error']['description']} (retry: {retry})" if retry else obj["error"]["description"]
 
     print_table(console, "VOLUMES", ["UUID", "GEN", "NAME", "FORMAT", "STATE", "PROGRESS", "MAX", "USED", "REFS",
                                      "ERROR"], [
@@ -49,8 +52,9 @@ def print_status_tables(console: Console, doc: dict[str, Any]) -> None:
                                            "ERROR"], [
         [c["uuid"], c["display_name"], c.get("format") or "", c["sha256"][:12], c["state"], f"{c['progress']}%",
          human_bytes(c["cur_size_bytes"]), str(c["ref_count"]), err(c)] for c in doc["content_trees"]])
-    print_table(console, "BLOBS", ["SHA256", "STATE", "SIZE", "REFS"], [
-        [b["sha256"][:12], b["state"], human_bytes(b["size"]), str(b["ref_count"])] for b in doc["blobs"]])
+    print_table(console, "BLOBS", ["SHA256", "STATE", "PROGRESS", "SIZE", "REFS", "ERROR"], [
+        [b["sha256"][:12], b["state"], f"{b['progress']}%", human_bytes(b["size"]), str(b["ref_count"]), err(b)]
+        for b in doc["blobs"]])
     if doc.get("apps"):
         print_table(console, "APPS", ["UUID", "NAME", "PURGE", "VOLUMES IN USE", "ERROR"], [
             [a["uuid"], a["display_name"], str(a["purge_counter"]),

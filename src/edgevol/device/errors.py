@@ -16,6 +16,27 @@ def error(description: str, kind: str, entity_id: str, name: str = "", *,
                        retry_condition=retry, entity=kind, entity_id=entity_id, entity_name=name)
 
 
+def utc_time(seconds: float) -> str:
+    """A moment as an operator reads it anywhere: ISO 8601 in UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def next_attempt(attempt: int, max_attempts: int, delay: float) -> str:
+    """An ErrorInfo's retryCondition while a failed object waits for its next attempt: how many attempts
+    failed and when the next one starts. The API has no field for either, and an absolute time stays true
+    while the report waits in the outbox or sits on the controller, which "in 4s" does not."""
+    return (f"attempt {attempt} of {max_attempts} failed; attempt {attempt + 1} at "
+            f"{utc_time(time.time() + delay)}, {delay:.1f}s after this failure")
+
+
+def slow_retry(attempts: int, slow: float, once: bool, hint: str = "") -> str:
+    """The retryCondition of an object that gave up for now: what to fix, and when it is tried again."""
+    tried = f"{attempts} attempt{'s' if attempts != 1 else ''} failed; "
+    when = "not retried in --once mode" if once else \
+        f"retried at {utc_time(time.time() + slow)}, {slow:.0f}s after this failure"
+    return f"{hint}; {tried}{when}" if hint else f"{tried}{when}"
+
+
 def human_bytes(n: int) -> str:
     step = 1024.0
     value = float(n)

@@ -183,6 +183,10 @@ class Settings:
     retry_cap_seconds: float = 300.0
     slow_retry_seconds: float = 600.0
     parallel_downloads: int = 2
+    # Downloads at once from any one datastore (edgevol.download.datastore.parallel; 0: only the limit above),
+    # and a datastore's own limit (edgevol.download.datastore.<uuid>.parallel), which wins over it.
+    parallel_per_datastore: int = 0
+    parallel_by_datastore: tuple[tuple[str, int], ...] = ()
     # How long a download may go silent (no header or body bytes) before the attempt fails and is retried.
     download_read_timeout_seconds: float = 30.0
     gc_delay_seconds: float = 0.0
@@ -195,6 +199,10 @@ class Settings:
     disk_scan_interval_seconds: float = 10.0
     # edgevol.content.signature.required: a content tree without siginfo is refused.
     require_signatures: bool = False
+
+    def datastore_parallel(self, uuid: str) -> int:
+        """How many downloads may run at once from datastore ``uuid`` (0: no limit of its own)."""
+        return dict(self.parallel_by_datastore).get(uuid, self.parallel_per_datastore)
 
 
 @dataclass

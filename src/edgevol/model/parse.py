@@ -169,9 +169,18 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         "edgevol.gc.delay.seconds": ("gc_delay_seconds", float, 0.0, 86400 * 30),
         "edgevol.disk.reserve.bytes": ("disk_reserve_bytes", int, 0, 1 << 50),
         "edgevol.disk.scan.interval.seconds": ("disk_scan_interval_seconds", float, 0.0, 3600),
+        "edgevol.download.datastore.parallel": ("parallel_per_datastore", int, 0, 64),
     }
+    per_store: dict[str, dict[str, Any]] = {}  # Settings field -> {datastore uuid: value}
     for item in cfg.configItems:
         key, raw = item.key, item.value
+        one = _PER_DATASTORE.match(key)
+        if one is not None and one.group(2) in _PER_DATASTORE_ITEMS:
+            uuid, (attr, typ, lo, hi) = one.group(1).lower(), _PER_DATASTORE_ITEMS[one.group(2)]
+            val = _bounded(key, raw, typ, lo, hi, errors)
+            if val is not None:
+                per_store.setdefault(attr, {})[uuid] = val
+            continue
         if key in _EVE_INT_ITEMS or key in _EVE_BOOL_ITEMS:
             parsed = _parse_eve_item(key, raw, errors)
             if parsed is not None:
@@ -198,16 +207,34 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         if key not in spec:
             continue  # other config items belong to other parts of the device
         attr, typ, lo, hi = spec[key]
-        try:
-            val = typ(raw)
-        except ValueError:
-            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: not a {typ.__name__}"))
-            continue
-        if not lo <= val <= hi:
-            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
-            continue
-        values[attr] = val
+        val = _bounded(key, raw, typ, lo, hi, errors)
+        if val is not None:
+            values[attr] = val
+    for attr, by_uuid in per_store.items():
+        values[attr] = tuple(sorted(by_uuid.items()))
     return Settings(**{**eve_values, **values})
+
+
+# A datastore's own items: edgevol.download.datastore.<datastore uuid>.<name> -> (Settings field, type, min, max).
+_PER_DATASTORE = re.compile(r"^edgevol\.download\.datastore\.([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+                            r"[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\.(.+)$")
+_PER_DATASTORE_ITEMS: dict[str, tuple[str, type, float, float]] = {
+    "parallel": ("parallel_by_datastore", int, 0, 64),
+}
+
+
+def _bounded(key: str, raw: str, typ: type, lo: float, hi: float, errors: list[ObjectError]) -> Any:
+    """``raw`` as ``typ`` within lo..hi, or None with a config error saying what was wanted."""
+    try:
+        val = typ(raw)
+    except ValueError:
+        kind = "a whole number" if typ is int else "a number"
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: not {kind}"))
+        return None
+    if not lo <= val <= hi:
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
+        return None
+    return val
 
 
 def _cipher_contexts(cfg: Any) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ import { cellsOf, h, link, progressCell, row, setAttr, setChildren, setText, sta
   syncRows, table, toggleClass } from "./dom.js";
 import { STALE_MS } from "./fleet.js";
 import { fleetHref, volumeHref } from "./routes.js";
-import { formatAgo, formatBytes, formatTime, parseSize, parseTime, shortHash } from "./units.js";
+import { errorText, formatAgo, formatBytes, formatTime, parseSize, parseTime, shortHash } from "./units.js";
 
 const FORMATS = ["RAW", "QCOW", "QCOW2", "VHD", "VMDK", "OVA", "VHDX", "ISO", "CONTAINER", "BLOB_TREE"];
 const DS_TYPES = ["DsHttp", "DsHttps", "DsS3", "DsAzureBlob", "DsGoogleStorage", "DsSFTP", "DsContainerRegistry"];
@@ -42,7 +42,7 @@ function stateCell(td, rep) {
 
 function errorCell(td, rep) {
   const err = rep && rep.error;
-  setText(td, err ? err.description : "");
+  setText(td, errorText(err));
   toggleClass(td, "error-text", Boolean(err && err.severity >= 3));
   toggleClass(td, "warn-text", Boolean(err && err.severity < 3));
   setAttr(td, "title", err && err.time ? `since ${formatTime(parseTime(err.time))}` : null);

@@ -89,3 +89,10 @@ export function formatAgo(ms, now) {
 export function shortHash(hex) {
   return hex ? `${hex.slice(0, 12)}…` : "—";
 }
+
+// A reported error as one line: what went wrong, then when the device tries again (the device says when
+// in the error's retry condition: attempts so far and the time of the next one).
+export function errorText(err) {
+  if (!err) return "";
+  return err.retry_condition ? `${err.description} · retry: ${err.retry_condition}` : err.description;
+}

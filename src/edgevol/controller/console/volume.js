@@ -6,7 +6,7 @@ import { LineChart, chartsAvailable, rates } from "./charts.js";
 import { cellsOf, h, link, progressCell, row, setAttr, setChildren, setText, stateClass, syncRows, table,
   toggleClass } from "./dom.js";
 import { deviceHref, fleetHref, refOf } from "./routes.js";
-import { formatBytes, formatClock, formatRate, formatTime, parseTime } from "./units.js";
+import { errorText, formatBytes, formatClock, formatRate, formatTime, parseTime } from "./units.js";
 
 const METRICS_LIMIT = 120;
 const GEN_COLUMNS = ["generation", "state", "progress", "size", "used", "refs", "error"];
@@ -128,7 +128,7 @@ export class VolumeView {
       setText(c.size, formatBytes(r.max_size_bytes));
       setText(c.used, formatBytes(r.cur_size_bytes));
       setText(c.refs, String(r.ref_count));
-      setText(c.error, r.error ? r.error.description : "");
+      setText(c.error, errorText(r.error));
       toggleClass(c.error, "error-text", Boolean(r.error));
     });
   }

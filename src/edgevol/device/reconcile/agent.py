@@ -78,6 +78,10 @@ class Agent:
         self._volume_pool = ThreadPoolExecutor(max_workers=max(1, self.options.workers),
                                                thread_name_prefix="edgevol-volume")
         self._tasks: dict[str, Future[None]] = {}
+        # Each download and tree walk has its own cancel event: set when the config stops needing what it
+        # fetches, and for every task when the agent stops.
+        self._cancels: dict[str, threading.Event] = {}
+        self._tree_specs: dict[str, dict[str, Any]] = {}  # a running tree walk -> the spec it walks
         self._submitted: set[str] = set()  # every task key started by this process
         self._failed_this_run: set[str] = set()
         self._started_with: dict[str, tuple[Any, ...]] = {}  # download/resolve task -> its datastore then
@@ -85,11 +89,12 @@ class Agent:
         self._last_usage = 0.0
         self._disk_full = False
         self._purge_first: set[tuple[str, int]] = set()  # new generations that fit only once the old ones go
-        self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed)
+        self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed,
+                                    keep_partial=lambda: self.desired.settings.gc_delay_seconds > 0)
         self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
         self.signatures = SignatureChecker(self.store, self.clients, lambda: self.options.content_trust)
         self.builder = VolumeBuilder(self.store, self.cas, self.files, self.dirvols, self._task_failed)
-        self.gc = GarbageCollector(self.store, self.cas, self.builder, self.reporter, self._busy, self._any_busy)
+        self.gc = GarbageCollector(self.store, self.cas, self.builder, self.reporter, self._busy, self._any_working)
         self.space = SpaceLedger(self.dirs.root, self.store)
         self._recover()
 
@@ -117,6 +122,8 @@ class Agent:
 
     def close(self) -> None:
         self._cancel.set()
+        for event in list(self._cancels.values()):
+            event.set()
         self._volume_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.clients.close()
@@ -149,11 +156,45 @@ class Agent:
             self.store.meta_set("config_status", status)
 
     # -- tasks ----------------------------------------------------------------
-    def _submit(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+    def _submit(self, key: str, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         self._submitted.add(key)
         pool = self._volume_pool if key.startswith("volume:") else self._pool
-        self._tasks[key] = pool.submit(fn, *args)
+        self._tasks[key] = pool.submit(fn, *args, **kwargs)
         self._tasks[key].add_done_callback(lambda _f: self.wake.set())
+
+    def _cancel_event(self, key: str) -> threading.Event:
+        """A fresh cancel event for the task about to start under ``key`` (already set if the agent stops)."""
+        event = self._cancels[key] = threading.Event()
+        if self._cancel.is_set():
+            event.set()
+        return event
+
+    def _cancelled(self, key: str) -> bool:
+        """Whether ``key``'s running task was told to stop (it may still be winding down)."""
+        event = self._cancels.get(key)
+        return event is not None and event.is_set() and self._busy(key)
+
+    def _cancel_unwanted(self, d: DesiredState, wanted: dict[str, BlobSource]) -> None:
+        """Stop the downloads and tree walks that the config no longer needs.
+
+        A content tree is wanted while the config names it, volumes or not, as EVE's volumemgr starts a
+        content tree's download when its config arrives (pkg/pillar/cmd/volumemgr/handlecontent.go:19-33,
+        handleContentTreeCreate). A stopped download's partial goes at once, or stays for the GC delay
+        (``blobs.py``); nothing about it is written after the stop, so nothing is reported but its deletion.
+        """
+        for key, event in list(self._cancels.items()):
+            if event.is_set() or not self._busy(key):
+                continue
+            kind, _, ident = key.partition(":")
+            if kind == "blob" and ident not in wanted:
+                why = "no content tree of the config needs it any more"
+            elif kind == "tree" and (ident not in d.content_trees
+                                     or tree_spec(d.content_trees[ident]) != self._tree_specs.get(key)):
+                why = "the content tree left the config" if ident not in d.content_trees else "the content tree changed"
+            else:
+                continue
+            event.set()
+            log.info("download cancelled", task=key, reason=why)
 
     def _task_failed(self, key: str) -> None:
         self._failed_this_run.add(key)
@@ -164,6 +205,8 @@ class Agent:
             return False
         if fut.done():
             del self._tasks[key]
+            self._cancels.pop(key, None)
+            self._tree_specs.pop(key, None)
             exc = fut.exception()
             if exc is not None:  # the workers catch everything they expect; back off on anything else
                 if disk_full(exc):  # not even its failure could be recorded; tried again after the cooldown
@@ -174,8 +217,9 @@ class Agent:
             return False
         return True
 
-    def _any_busy(self, prefix: str) -> bool:
-        return any(self._busy(k) for k in list(self._tasks) if k.startswith(prefix))
+    def _any_working(self, prefix: str) -> bool:
+        """Whether a task under ``prefix`` runs and was not cancelled: a cancelled one writes nothing more."""
+        return any(self._busy(k) and not self._cancelled(k) for k in list(self._tasks) if k.startswith(prefix))
 
     def _source_changed(self, key: str, row: dict[str, Any], ds: Datastore, epoch: Any) -> tuple[Any, ...]:
         """What the task would fetch with now; a failed one gets a fresh try if that differs from its last start.
@@ -204,8 +248,10 @@ class Agent:
         now = time.time()
         d = self.desired
         self.store.keep_reserve()
+        wanted = self._wanted_blobs(d)
+        self._cancel_unwanted(d, wanted)
         with self.space.one_pass():
-            self._sync_blobs(d, now)
+            self._sync_blobs(d, now, wanted)
             self._sync_content_trees(d, now)
             self._purge_first = set()
             self._sync_volumes(d, now)
@@ -255,10 +301,16 @@ class Agent:
         return {sha: dataclasses.replace(sources[0], alternates=tuple(dict.fromkeys(
             s for s in sources[1:] if s != sources[0]))) for sha, sources in found.items()}
 
-    def _sync_blobs(self, d: DesiredState, now: float) -> None:
-        running = sum(1 for k in list(self._tasks) if k.startswith("blob:") and self._busy(k))
+    def _sync_blobs(self, d: DesiredState, now: float, wanted: dict[str, BlobSource]) -> None:
+        running = [k for k in list(self._tasks) if k.startswith("blob:") and self._busy(k) and not self._cancelled(k)]
+        # Downloads per datastore (each counted on its first datastore; alternates are tried within it).
+        per_store: dict[str, int] = {}
+        for k in running:
+            started = self._started_with.get(k)
+            if started is not None:
+                per_store[started[0].uuid] = per_store.get(started[0].uuid, 0) + 1
         epoch = self.credentials.epoch()
-        for sha, source in self._wanted_blobs(d).items():
+        for sha, source in wanted.items():
             key = f"blob:{sha}"
             if self._busy(key):
                 continue
@@ -278,15 +330,19 @@ class Agent:
                 log.warning("blob vanished from the store; fetching again", sha256=sha)
                 self.store.update("blobs", (sha,), state=S.INITIAL, progress=0, done_bytes=0)
             inputs = self._source_changed(key, row, source.datastore, epoch)
-            if running >= d.settings.parallel_downloads or not self._may_retry(key, row, now):
+            store_cap = d.settings.datastore_parallel(source.datastore.uuid)
+            if (len(running) >= d.settings.parallel_downloads or not self._may_retry(key, row, now)
+                    or (store_cap and per_store.get(source.datastore.uuid, 0) >= store_cap)):
                 continue
             # Without a declared size, the size the server announced on an earlier attempt (after a full disk).
             need = (source.expected_size or source.max_size or row["size"] or 0) - row["done_bytes"]
             if not self._space_for("blobs", (sha,), row, need, d, "blob", sha, blob=sha):
                 continue
-            running += 1
+            running.append(key)
+            per_store[source.datastore.uuid] = per_store.get(source.datastore.uuid, 0) + 1
             self._started_with[key] = inputs
-            self._submit(key, self.blobs.download, key, sha, source, d.settings, self.options.once)
+            self._submit(key, self.blobs.download, key, sha, source, d.settings, self.options.once,
+                         cancel=self._cancel_event(key))
 
     def _sync_content_trees(self, d: DesiredState, now: float) -> None:
         for ct in d.content_trees.values():
@@ -374,8 +430,10 @@ class Agent:
             inputs = self._source_changed(key, row, ds, self.credentials.epoch())
             if self._may_retry(key, row, now):
                 self._started_with[key] = inputs
+                self._tree_specs[key] = tree_spec(ct)
                 datastores = [ds, *(d.datastores[i] for i in ct.fallback_datastore_ids)]
-                self._submit(key, self.resolver.resolve, key, ct, datastores, d.settings, self.options.once)
+                self._submit(key, self.resolver.resolve, key, ct, datastores, d.settings, self.options.once,
+                             cancel=self._cancel_event(key))
             return
         blobs = {b["digest"]: self.store.get("blobs", b["digest"]) for b in layout_blobs(layout)}
         status = derive_status(layout, blobs)
@@ -570,6 +628,8 @@ class Agent:
             if row["backing_blob"]:  # a clone volume uses its backing blob directly
                 blob_refs[row["backing_blob"]] = blob_refs.get(row["backing_blob"], 0) + 1
         for row in self.store.all("blobs"):
+            if self._cancelled(f"blob:{row['sha256']}"):
+                continue  # a stopped download: its row is left as it stood until it goes (or waits out the GC delay)
             self._set_refcount("blobs", (row["sha256"],), row, blob_refs.get(row["sha256"], 0), now)
 
     def _set_refcount(self, table: str, key: tuple[Any, ...], row: dict[str, Any], count: int, now: float) -> None:

@@ -21,7 +21,7 @@ from edgevol.device.cas.ingest import Ingest
 from edgevol.device.datastores.base import Cancelled, PermanentError, TransientError
 from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
-from edgevol.device.errors import error
+from edgevol.device.errors import error, next_attempt, slow_retry
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
 from edgevol.log import get_logger
@@ -54,13 +54,16 @@ class _SparingSink:
 
 
 class BlobDownloader:
-    def __init__(self, store: StateStore, cas: ContentStore, clients: DatastoreClients, cancel: threading.Event,
-                 on_failure: Callable[[str], None]) -> None:
+    def __init__(self, store: StateStore, cas: ContentStore, clients: DatastoreClients, stopping: threading.Event,
+                 on_failure: Callable[[str], None], keep_partial: Callable[[], bool] = lambda: False) -> None:
         self.store = store
         self.cas = cas
         self.clients = clients
-        self.cancel = cancel
+        self.stopping = stopping  # the agent stops: partials stay, so the next start resumes them
         self.on_failure = on_failure
+        # Whether a download stopped because the config dropped its content keeps its partial (for the GC
+        # delay, in case the content comes back) or discards it at once.
+        self.keep_partial = keep_partial
 
     def _progress(self, sha: str, expected: int | None) -> tuple[Callable[[int, int | None], None],
                                                                 Callable[[], None]]:
@@ -103,9 +106,12 @@ class BlobDownloader:
                 closed[0] = True
         return report, close
 
-    def download(self, key: str, sha: str, source: BlobSource, settings: Settings, once: bool) -> None:
+    def download(self, key: str, sha: str, source: BlobSource, settings: Settings, once: bool,
+                 cancel: threading.Event | None = None) -> None:
+        """One attempt; ``cancel`` stops it between two chunks, after which it writes nothing to the row."""
+        cancel = cancel or self.stopping
         row = self.store.get("blobs", sha)
-        if row is None:
+        if row is None or cancel.is_set():
             return
         backoff = Backoff(settings.retry_base_seconds, settings.retry_cap_seconds, settings.download_max_attempts)
         attempt = row["attempts"] + 1
@@ -118,12 +124,17 @@ class BlobDownloader:
                 report, stop_reporting = self._progress(sha, source.expected_size)
                 try:
                     self.clients.fetch_blob(source, sha, _SparingSink(ingest, self.store), progress=report,
-                                            cancel=self.cancel)
+                                            cancel=cancel)
                 finally:
                     stop_reporting()
+                if cancel.is_set():
+                    raise Cancelled()
                 self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
                 path = ingest.commit()
         except Cancelled:
+            if not self.stopping.is_set() and not self.keep_partial():
+                self.cas.discard_ingest(sha)
+                log.info("download stopped; partial discarded", sha256=sha)
             return
         except IngestBusy:
             # Someone else (another agent on this data dir) is writing it; look again shortly.
@@ -167,15 +178,12 @@ class BlobDownloader:
         log.warning("download attempt failed", sha256=sha, attempt=attempt, retry_in=round(delay, 2), error=desc)
         # size=0: what the server announced on a failed attempt is not trusted for the next admission check
         self.store.update("blobs", (sha,), attempts=attempt, next_retry=time.time() + delay, size=0, error=error(
-            desc, "blob", sha, severity="warning",
-            retry=f"attempt {attempt + 1} of {backoff.max_attempts} in {delay:.1f}s"))
+            desc, "blob", sha, severity="warning", retry=next_attempt(attempt, backoff.max_attempts, delay)))
 
     def _final_error(self, key: str, sha: str, attempt: int, desc: str, settings: Settings, once: bool,
                      retry_hint: str) -> None:
         slow = settings.slow_retry_seconds
-        retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
-        if retry_hint:
-            retry = f"{retry_hint}; {retry}"
+        retry = slow_retry(attempt, slow, once, retry_hint)
         log.error("download failed", sha256=sha, error=desc)
         self.on_failure(key)
         self.store.update("blobs", (sha,), state=S.ERROR, attempts=attempt, next_retry=time.time() + slow,

@@ -11,7 +11,7 @@ from edgevol import fsutil
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.crashpoints import crash_point
-from edgevol.device.errors import error
+from edgevol.device.errors import error, slow_retry
 from edgevol.device.space import disk_full
 from edgevol.device.state import StateStore
 from edgevol.device.volumes import FileVolumes, VolumeError, VolumeUsage
@@ -123,10 +123,9 @@ class VolumeBuilder:
             if self.find(*ident) is None:  # no overlay was made: the blob is pinned by nothing but its tree
                 self.store.update("volumes", ident, backing_blob=None)
             self.on_failure(key)
-            retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
             self.store.update("volumes", ident, state=S.ERROR, next_retry=time.time() + slow,
                               error=error(f"creating volume: {desc}", ObjectKind.VOLUME, v.uuid, v.display_name,
-                                          retry=("free disk space; " if nospace else "") + retry))
+                                          retry=slow_retry(1, slow, once, "free disk space" if nospace else "")))
             return
         crash_point("volume.committed")
         self.record_created(ident, path, volume_spec(v))

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from edgevol.api import messages as m
 from edgevol.device.datastores.base import PermanentError, TransientError
 from edgevol.device.datastores.factory import DatastoreClients
-from edgevol.device.errors import error
+from edgevol.device.errors import error, next_attempt
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
 from edgevol.log import get_logger
@@ -98,7 +98,7 @@ class SignatureChecker:
                 delay = backoff.delay(attempt)
                 record = error(f"signature: fetching the signer's certificates: {exc}", ObjectKind.CONTENT_TREE,
                                ct.uuid, ct.display_name, severity="warning",
-                               retry=f"attempt {attempt + 1} of {backoff.max_attempts} in {delay:.1f}s")
+                               retry=next_attempt(attempt, backoff.max_attempts, delay))
                 self.store.update("content_trees", (ct.uuid,), signature_check={
                     "key": key, "ok": False, "transient": True, "attempt": attempt, "next_try": time.time() + delay},
                     error=record)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from edgevol.api import messages as m
 from edgevol.device.cas import ContentStore
 from edgevol.device.datastores.base import (
+    Cancelled,
     ConfigError,
     ManifestDigestMismatch,
     NotFoundError,
@@ -29,7 +30,7 @@ from edgevol.device.datastores.base import (
 from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
 from edgevol.device.datastores.oci_refs import parse_image_ref
-from edgevol.device.errors import error, human_bytes
+from edgevol.device.errors import error, human_bytes, next_attempt, slow_retry
 from edgevol.device.retry import Backoff
 from edgevol.device.state import StateStore
 from edgevol.log import get_logger
@@ -128,9 +129,19 @@ class ContainerResolver:
         self._digest_locks: dict[str, threading.Lock] = {}
 
     def resolve(self, key: str, ct: ContentTree, datastores: list[Datastore], settings: Settings,
-                once: bool) -> None:
+                once: bool, cancel: threading.Event | None = None) -> None:
         """Resolve the tag and walk the manifests from the tree's datastores in order (ds_ids_list), the
-        first that answers winning, as EVE's downloader walks them (downloader.go:512-540)."""
+        first that answers winning, as EVE's downloader walks them (downloader.go:512-540).
+
+        ``cancel`` (the tree left the config, or changed) is looked at before every request and every
+        write: once set, the walk ends after the request in flight and writes nothing more."""
+        try:
+            self._resolve(key, ct, datastores, settings, once, cancel or threading.Event())
+        except Cancelled:
+            log.info("tree walk stopped", content_tree=ct.uuid)
+
+    def _resolve(self, key: str, ct: ContentTree, datastores: list[Datastore], settings: Settings,
+                 once: bool, cancel: threading.Event) -> None:
         row = self.store.get("content_trees", ct.uuid)
         if row is None:
             return
@@ -140,9 +151,9 @@ class ContainerResolver:
         for n, ds in enumerate(datastores, start=1):
             try:
                 if ds.kind is DatastoreKind.CONTAINER_REGISTRY:
-                    resolved, layout = self._from_registry(ct, ds, row["resolved"], spec)
+                    resolved, layout = self._from_registry(ct, ds, row["resolved"], spec, cancel)
                 else:  # a BLOB_TREE in an OCI image layout on an HTTP(S) datastore
-                    resolved, layout = self._from_layout(ct, ds, spec)
+                    resolved, layout = self._from_layout(ct, ds, spec, cancel)
                 break
             except (TransientError, PermanentError) as exc:
                 failures.append((ds, exc))
@@ -152,8 +163,10 @@ class ContainerResolver:
             except ValueError as exc:  # an unusable reference
                 failures.append((ds, ConfigError(str(exc))))
         else:
+            _check(cancel)
             self._failed(key, ct, attempt, _combined(failures), settings, once)
             return
+        _check(cancel)
         # Latched only now, with the walked layout: a digest whose manifests could not be read is
         # never kept, so the next attempt resolves the tag afresh.
         self.store.update("content_trees", (ct.uuid,), resolved=resolved, layout=layout, attempts=0, next_retry=0,
@@ -170,15 +183,15 @@ class ContainerResolver:
                 delay = getattr(exc, "retry_after", None) or backoff.delay(attempt)
                 self.store.update("content_trees", (ct.uuid,), attempts=attempt, next_retry=time.time() + delay,
                                   error=error(str(exc), ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
-                                              severity="warning", retry=f"attempt {attempt + 1} of "
-                                              f"{backoff.max_attempts} in {delay:.1f}s"))
+                                              severity="warning",
+                                              retry=next_attempt(attempt, backoff.max_attempts, delay)))
         elif isinstance(exc, CredentialsError):
             self._fail(key, ct, attempt, str(exc), settings, once, hint=exc.retry_hint)
         else:
             self._fail(key, ct, attempt, str(exc), settings, once)
 
     def _from_registry(self, ct: ContentTree, ds: Datastore, resolved: dict[str, Any] | None,
-                       spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                       spec: dict[str, Any], cancel: threading.Event) -> tuple[dict[str, Any], dict[str, Any]]:
         """Resolve the tag (unless latched) and walk the manifests: (resolved, layout)."""
         ref = parse_image_ref(ds.fqdn, ds.dpath, ct.url)
         if ct.sha256:
@@ -188,13 +201,16 @@ class ContainerResolver:
         if fresh:
             digest = ref.digest
             if digest is None:
+                _check(cancel)
                 self.store.update("content_trees", (ct.uuid,), state=S.RESOLVING_TAG, progress=0)
                 digest = client.resolve(ref).digest
+                _check(cancel)
                 log.info("tag resolved", content_tree=ct.uuid, reference=str(ref), digest=digest)
             resolved = {"digest": digest, "reference": str(ref), "spec": spec}
+            _check(cancel)
             self.store.update("content_trees", (ct.uuid,), sha256=_hex(digest), state=S.RESOLVED_TAG)
         try:
-            layout = self._walk(client, ref.repository, resolved["digest"], ct)
+            layout = self._walk(client, ref.repository, resolved["digest"], ct, cancel)
         except NotFoundError as exc:
             if not fresh or ref.digest is not None:
                 raise
@@ -203,8 +219,8 @@ class ContainerResolver:
             raise TransientError(f"{exc}; the tag {ref} will be resolved again") from exc
         return resolved, layout
 
-    def _from_layout(self, ct: ContentTree, ds: Datastore,
-                     spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _from_layout(self, ct: ContentTree, ds: Datastore, spec: dict[str, Any],
+                     cancel: threading.Event) -> tuple[dict[str, Any], dict[str, Any]]:
         """A BLOB_TREE served as an OCI image layout: the manifest is ``URL/blobs/sha256/<sha256>``."""
         from edgevol.device.datastores.oci_manifest import MEDIA_OCI_MANIFEST, parse_artifact
 
@@ -218,10 +234,12 @@ class ContainerResolver:
             if self.cas.has(hexd) and row is not None and row["media_type"]:
                 body = self.cas.blob_path(hexd).read_bytes()
             else:
+                _check(cancel)
                 body = self.clients.fetch_small(ds, f"{base}/blobs/sha256/{hexd}", MAX_MANIFEST_BYTES)
                 if hashlib.sha256(body).hexdigest() != hexd:
                     raise ManifestDigestMismatch(f"the manifest at {base}/blobs/sha256/{hexd[:12]}... hashes to "
                                                  f"{hashlib.sha256(body).hexdigest()[:12]}...")
+                _check(cancel)
                 self._store_manifest(hexd, MEDIA_OCI_MANIFEST, body, row)
         config, files = parse_artifact(body)
         layout = _layout(base, [{"digest": hexd, "media_type": MEDIA_OCI_MANIFEST, "size": len(body)}], config,
@@ -230,7 +248,8 @@ class ContainerResolver:
         _check_size(layout, ct)
         return {"digest": f"sha256:{hexd}", "reference": ct.url, "spec": spec}, layout
 
-    def _walk(self, client: RegistryClient, repository: str, digest: str, ct: ContentTree) -> dict[str, Any]:
+    def _walk(self, client: RegistryClient, repository: str, digest: str, ct: ContentTree,
+              cancel: threading.Event) -> dict[str, Any]:
         """Fetch (or read back from the CAS) the manifests and work out config and layers (or files)."""
         from edgevol.device.datastores.oci_manifest import (
             INDEX_MEDIA_TYPES,
@@ -241,13 +260,13 @@ class ContainerResolver:
         )
 
         blob_tree = ct.format is ImageFormat.BLOB_TREE
-        media_type, body = self._manifest(client, repository, digest, None)
+        media_type, body = self._manifest(client, repository, digest, None, cancel)
         manifests = [{"digest": _hex(digest), "media_type": media_type, "size": len(body)}]
         if media_type in INDEX_MEDIA_TYPES:
             if blob_tree:
                 raise PermanentError(f"{digest} is an image index; a BLOB_TREE is one artifact manifest")
             chosen = select_platform(parse_index(body, media_type))
-            media_type, body = self._manifest(client, repository, chosen.digest, chosen.media_type)
+            media_type, body = self._manifest(client, repository, chosen.digest, chosen.media_type, cancel)
             manifests.append({"digest": _hex(chosen.digest), "media_type": media_type, "size": len(body)})
         config, layers = parse_artifact(body, media_type) if blob_tree else parse_manifest(body, media_type)
         layout = _layout(repository, manifests, config, layers, blob_tree=blob_tree)
@@ -255,20 +274,22 @@ class ContainerResolver:
         return layout
 
     def _manifest(self, client: RegistryClient, repository: str, digest: str,
-                  media_type: str | None) -> tuple[str, bytes]:
+                  media_type: str | None, cancel: threading.Event) -> tuple[str, bytes]:
         hexd = _hex(digest)
         with self._guard:
             lock = self._digest_locks.setdefault(hexd, threading.Lock())
         with lock:
-            return self._manifest_locked(client, repository, digest, hexd, media_type)
+            return self._manifest_locked(client, repository, digest, hexd, media_type, cancel)
 
     def _manifest_locked(self, client: RegistryClient, repository: str, digest: str, hexd: str,
-                         media_type: str | None) -> tuple[str, bytes]:
+                         media_type: str | None, cancel: threading.Event) -> tuple[str, bytes]:
         row = self.store.get("blobs", hexd)
         if self.cas.has(hexd) and row is not None and row["media_type"]:
             return row["media_type"], self.cas.blob_path(hexd).read_bytes()
+        _check(cancel)
         fetched_type, body = client.fetch_manifest(repository, digest)
         media_type = fetched_type or media_type or ""
+        _check(cancel)
         self._store_manifest(hexd, media_type, body, row)
         return media_type, body
 
@@ -290,11 +311,15 @@ class ContainerResolver:
         slow = settings.slow_retry_seconds
         log.error("content tree failed", content_tree=ct.uuid, error=desc)
         self.on_failure(key)
-        retry = "not retried in --once mode" if once else f"retried in {slow:.0f}s"
         self.store.update("content_trees", (ct.uuid,), state=S.ERROR, attempts=attempt,
                           next_retry=time.time() + slow, error=error(
                               desc, ObjectKind.CONTENT_TREE, ct.uuid, ct.display_name,
-                              retry=f"{hint}; {retry}" if hint else retry))
+                              retry=slow_retry(attempt, slow, once, hint)))
+
+
+def _check(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise Cancelled()
 
 
 def _combined(failures: list[tuple[Datastore, PermanentError | TransientError]]) -> PermanentError | TransientError:

@@ -7,6 +7,7 @@ from typing import Any
 
 from edgevol.api import messages as m
 from edgevol.device.report.info import wire_state
+from edgevol.device.errors import utc_time
 from edgevol.device.state import StateStore
 from edgevol.device.volumes.files import volume_format
 
@@ -27,6 +28,12 @@ def _error(err: dict[str, Any] | None) -> dict[str, Any] | None:
             "retry_condition": err["retry_condition"], "time": err["time"]}
 
 
+def _retries(row: dict[str, Any]) -> dict[str, Any]:
+    """Failed attempts of the current round and when the next starts (none while nothing waits)."""
+    waiting = bool(row.get("next_retry")) and (row["error"] is not None or row["attempts"] > 0)
+    return {"attempts": row["attempts"], "next_attempt": utc_time(row["next_retry"]) if waiting else None}
+
+
 def status_document(store: StateStore) -> dict[str, Any]:
     volumes = [{
         "uuid": r["uuid"], "generation_count": r["generation"], "display_name": r["display_name"],
@@ -45,11 +52,11 @@ def status_document(store: StateStore) -> dict[str, Any]:
         "format": (r["spec"] or {}).get("format"), **_states(r), "progress": r["progress"],
         "cur_size_bytes": r["cur_size"],
         "component_sha_list": r["component_shas"] or [], "ref_count": r["ref_count"],
-        "error": _error(r["error"]),
+        "error": _error(r["error"]), **_retries(r),
     } for r in store.all("content_trees")]
     blobs = [{
         "sha256": r["sha256"], **_states(r), "progress": r["progress"],
-        "size": r["size"], "ref_count": r["ref_count"], "error": _error(r["error"]),
+        "size": r["size"], "ref_count": r["ref_count"], "error": _error(r["error"]), **_retries(r),
         "volume_users": users.get(r["sha256"], []),
     } for r in store.all("blobs")]
     apps = [{
