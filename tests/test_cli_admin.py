@@ -249,3 +249,18 @@ def test_the_cli_creates_each_cloud_datastore_type_and_the_device_config_carries
     assert (sent["DsAzureBlob"].apiKey, sent["DsAzureBlob"].dpath) == ("acct", "images")
     assert sent["DsGoogleStorage"].password == key_file.read_text().rstrip("\n")  # the file's content, verbatim
     assert (sent["DsSFTP"].fqdn, sent["DsSFTP"].apiKey) == ("files.example.net:2222", "reader")
+
+
+def test_a_reported_error_shows_when_the_device_tries_again():
+    """The reported table's error text: a warning says so, and the retry condition (attempts so far and
+    the time of the next one, as the device writes it) follows the description."""
+    from edgevol.cli.admin import _error_text
+
+    waiting = {"error": {"description": "HTTP 503", "severity": 2,
+                         "retry_condition": "attempt 1 of 5 failed; attempt 2 at 2026-11-29T21:03:04Z, 3.1s after "
+                                            "this failure"}}
+    assert _error_text(waiting) == ("warning: HTTP 503 (retry: attempt 1 of 5 failed; attempt 2 at "
+                                    "2026-11-29T21:03:04Z, 3.1s after this failure)")
+    assert _error_text({"error": {"description": "gone", "severity": 3, "retry_condition": ""}}, "error: ") == \
+        "error: gone"
+    assert _error_text({"error": None}) == ""

@@ -268,17 +268,20 @@ def test_console_headers_phone_width_and_pending(controller_factory, browser):  
 
 
 def test_console_size_parsing(controller_factory, browser):  # noqa: F811
-    """The form's size parser: binary units, exact, as the admin CLI reads sizes."""
+    """The form's size parser: binary units, exact, as the admin CLI reads sizes; and error cells' text."""
     ctrl = controller_factory(None)
     w = watched_page(browser)
     try:
         w.page.goto(ctrl.url + "/")
         cases = ["1 GiB", "500 MiB", "1.5GiB", "4096", "1G", "64m", "2 TiB", "0.5 KiB", "lots", "1.3 B", "", "2 PiB"]
         got = w.page.evaluate("""async (cases) => {
-            const { parseSize, formatBytes } = await import("/console/units.js");
+            const { parseSize, formatBytes, errorText } = await import("/console/units.js");
             const out = {};
             for (const c of cases) { try { out[c] = parseSize(c); } catch (e) { out[c] = "error: " + e.message; } }
             out.formatted = [0, 1023, 64 * 2 ** 20, 1.5 * 2 ** 30, 2 ** 40].map(formatBytes);
+            out.errors = [null, { description: "HTTP 503", retry_condition: "" },
+                          { description: "HTTP 503", retry_condition: "attempt 1 of 5 failed; attempt 2 at X" }]
+                .map(errorText);
             return out;
         }""", cases)
         assert got["1 GiB"] == 1 << 30 and got["500 MiB"] == 500 << 20 and got["1.5GiB"] == 3 << 29
@@ -288,6 +291,8 @@ def test_console_size_parsing(controller_factory, browser):  # noqa: F811
         assert got["1.3 B"] == 'error: "1.3 B" is not a whole number of bytes'
         assert got[""].startswith("error:") and got["2 PiB"] == 'error: "2 PiB" is larger than 1 PiB'
         assert got["formatted"] == ["0 B", "1023 B", "64 MiB", "1.5 GiB", "1 TiB"]
+        # a reported error cell: what failed, then when the device tries again
+        assert got["errors"] == ["", "HTTP 503", "HTTP 503 · retry: attempt 1 of 5 failed; attempt 2 at X"]
         assert_clean(w, ctrl.token)
         # the CSP holds, and the watch on it works: an inline style attribute is refused and recorded
         w.page.evaluate("document.body.setAttribute('style', 'color: red')")
