@@ -29,9 +29,10 @@ def next_attempt(attempt: int, max_attempts: int, delay: float) -> str:
             f"{utc_time(time.time() + delay)}, {delay:.1f}s after this failure")
 
 
-def slow_retry(attempts: int, slow: float, once: bool, hint: str = "") -> str:
-    """The retryCondition of an object that gave up for now: what to fix, and when it is tried again."""
-    tried = f"{attempts} attempt{'s' if attempts != 1 else ''} failed; "
+def slow_retry(attempts: int | None, slow: float, once: bool, hint: str = "") -> str:
+    """The retryCondition of an object that gave up for now: what to fix, how many attempts failed (when
+    counted), and when it is tried again."""
+    tried = "" if attempts is None else f"{attempts} attempt{'s' if attempts != 1 else ''} failed; "
     when = "not retried in --once mode" if once else \
         f"retried at {utc_time(time.time() + slow)}, {slow:.0f}s after this failure"
     return f"{hint}; {tried}{when}" if hint else f"{tried}{when}"

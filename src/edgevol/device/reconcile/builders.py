@@ -125,7 +125,7 @@ class VolumeBuilder:
             self.on_failure(key)
             self.store.update("volumes", ident, state=S.ERROR, next_retry=time.time() + slow,
                               error=error(f"creating volume: {desc}", ObjectKind.VOLUME, v.uuid, v.display_name,
-                                          retry=slow_retry(1, slow, once, "free disk space" if nospace else "")))
+                                          retry=slow_retry(None, slow, once, "free disk space" if nospace else "")))
             return
         crash_point("volume.committed")
         self.record_created(ident, path, volume_spec(v))
