@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
+import pytest
+
 from edgevol.api import messages as m
 from edgevol.device.crashpoints import CRASH_AT_ENV
+from edgevol.device.datastores.ranged import ObjectChanged, RangedStore
 from edgevol.device.state import StateStore
 from edgevol.tools.faultproxy import FaultProxy, Seen
 from tests.configs import ConfigBuilder, sha256_file
-from tests.conftest import EDGEVOL, by_name, device_status, open_guest
+from tests.conftest import EDGEVOL, by_name, device_status, open_guest, start_agent
 
 LOG_TAIL = 3000  # characters of a log quoted in a failure: the end, where the reason is
 
@@ -90,6 +93,52 @@ def assert_resumed(stderr: str, at_least: int, first_get: Mapping[str, str] | No
         assert ranged.startswith("bytes=") and int(ranged[6:].split("-")[0]) >= at_least, lower
     started = resumed_from(stderr)
     assert started and started[0] >= at_least, started  # from the partial, not from 0
+
+
+def replaced_between_attempts(
+        tmp_path: Path, b: ConfigBuilder, sha256: str, at_least: int, *, ready: Callable[[], object],
+        replace: Callable[[], None],
+        rerun: Callable[[Path, Path], tuple[subprocess.CompletedProcess[str], list[Seen]]],
+) -> tuple[Path, subprocess.CompletedProcess[str], list[Seen]]:
+    """Start the agent on ``b``'s config, kill it once its partial of blob ``sha256`` holds ``at_least`` bytes of
+    the object the server has first (``ready``: the fault holding it there fired), ``replace`` that object with
+    the content the config names, and ``rerun(data, cfg)`` the agent (a ``run_once``, or ``rerun_through`` a
+    proxy). Returns the data directory, the rerun and the GETs it made."""
+    data, cfg, log = tmp_path / "dev", tmp_path / "config.pb", tmp_path / "agent.log"
+    b.save(cfg)
+    kill_at_partial(start_agent(data, cfg, log), data, sha256, at_least, ready=ready, log=log)
+    assert (data / "cas" / "ingest" / f"{sha256}.validator").is_file(), "no validator kept beside the partial"
+    replace()
+    proc, gets = rerun(data, cfg)
+    assert proc.returncode == 0, proc.stderr[-LOG_TAIL:]
+    return data, proc, gets
+
+
+def assert_started_over(stderr: str, at_least: int, first_get: Mapping[str, str] | None = None) -> None:
+    """The restarted agent began with its partial (``at_least`` bytes or more), saw that the object had changed
+    since those bytes came, threw them away and read the new object from byte 0 (``first_get``: the headers of
+    its first GET, when the store is read over HTTP), with no digest mismatch on the way."""
+    started = resumed_from(stderr)
+    assert started and started[0] >= at_least, started
+    assert "the object changed since the partial was written" in stderr, stderr[-LOG_TAIL:]
+    assert "digest mismatch" not in stderr.lower(), stderr[-LOG_TAIL:]
+    if first_get is not None:
+        lower = {k.lower(): v for k, v in first_get.items()}
+        assert (lower.get("x-ms-range") or lower.get("range", "")).startswith("bytes=0-"), lower
+
+
+def assert_a_replaced_object_fails_the_read(store: RangedStore, suffix: str, replace: Callable[[], None]) -> None:
+    """An object replaced after ``stat`` (during an attempt) fails a read of the version stat saw with
+    ObjectChanged, rather than handing out the new version's bytes as the old one's; a read of the new
+    version works."""
+    seen = store.stat(suffix)
+    assert seen.validator
+    replace()
+    with pytest.raises(ObjectChanged, match="changed during the download"):
+        list(store.read(suffix, 0, seen.size, seen.validator))
+    now = store.stat(suffix)
+    assert now.validator != seen.validator
+    assert sum(len(c) for c in store.read(suffix, 0, now.size, now.validator)) == now.size
 
 
 def assert_volume_is(data: Path, name: str, image: Path) -> dict:

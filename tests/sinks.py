@@ -12,6 +12,7 @@ class FileSink:
         self._f = open(path, "wb")
         self.offset = 0
         self.resets = 0
+        self.validator: str | None = None
 
     def write(self, data: bytes) -> None:
         self._f.write(data)
@@ -22,6 +23,10 @@ class FileSink:
         self._f.truncate()
         self.offset = 0
         self.resets += 1
+        self.validator = None
+
+    def set_validator(self, validator: str | None) -> None:
+        self.validator = validator
 
     def content(self) -> bytes:
         self._f.flush()

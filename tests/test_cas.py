@@ -454,9 +454,73 @@ def test_discard_ingest(store: ContentStore) -> None:
     d = sha(b"z")
     with store.ingest(d) as ing:
         ing.write(b"zz")
+        ing.set_validator('src "etag"')
     store.discard_ingest(d)
     assert store.ingest_offset(d) == 0
+    assert files_under(store.ingest_dir) == []  # the validator went with its partial
     store.discard_ingest(d)  # nothing there is fine
+
+
+# -- validators --------------------------------------------------------------------
+
+
+def test_a_validator_lives_beside_its_partial_across_reopens(store: ContentStore) -> None:
+    data = b"0123456789"
+    d = sha(data)
+    with store.ingest(d) as ing:
+        assert ing.validator is None
+        ing.set_validator('http:abc "v1"')
+        ing.write(data[:4])
+    assert files_under(store.ingest_dir) == [f"{d}.partial", f"{d}.validator"]
+    assert (store.ingest_dir / f"{d}.validator").read_text() == 'http:abc "v1"'
+    with store.ingest(d) as ing:  # a restarted agent sees what the bytes came from
+        assert ing.offset == 4 and ing.validator == 'http:abc "v1"'
+        ing.set_validator('http:abc "v1"')  # unchanged: nothing is rewritten
+        ing.reset()  # the bytes go, and so does what described them
+        assert ing.validator is None and files_under(store.ingest_dir) == [f"{d}.lock", f"{d}.partial"]
+        ing.set_validator('http:abc "v2"')
+        ing.write(data)
+        ing.commit()
+    assert files_under(store.ingest_dir) == []  # committed: no partial, no validator, no lock
+
+
+def test_validators_go_with_discarded_and_failed_partials(store: ContentStore) -> None:
+    d = sha(b"right")
+    with store.ingest(d) as ing:
+        ing.set_validator("v")
+        ing.write(b"wrong")
+        with pytest.raises(DigestMismatch):
+            ing.commit()
+    assert files_under(store.ingest_dir) == []
+    with store.ingest(d) as ing:
+        ing.set_validator("v")
+        ing.set_validator(None)
+        assert ing.validator is None and not (store.ingest_dir / f"{d}.validator").exists()
+        ing.set_validator("w")
+        ing.discard()
+    assert files_under(store.ingest_dir) == []
+
+
+def test_a_validator_without_its_partial_is_never_believed(store: ContentStore) -> None:
+    d = sha(b"x")
+    (store.ingest_dir / f"{d}.validator").write_text("left by a crash")  # its partial was already removed
+    with store.ingest(d) as ing:
+        assert ing.offset == 0 and ing.validator is None
+    assert files_under(store.ingest_dir) == [f"{d}.partial"]
+
+
+def test_clean_ingests_keeps_validators_only_beside_kept_partials(store: ContentStore) -> None:
+    keep_d, drop_d, orphan_d = sha(b"keep"), sha(b"drop"), sha(b"orphan")
+    for d in (keep_d, drop_d):
+        with store.ingest(d) as ing:
+            ing.set_validator(f"src {d[:8]}")
+            ing.write(b"partial")
+    (store.ingest_dir / f"{orphan_d}.validator").write_text("src x")  # kept digest, but no partial
+    removed = store.clean_ingests(keep={keep_d, orphan_d})
+    assert removed == [drop_d]
+    assert files_under(store.ingest_dir) == [f"{keep_d}.partial", f"{keep_d}.validator"]
+    with store.ingest(keep_d) as ing:
+        assert ing.offset == len(b"partial") and ing.validator == f"src {keep_d[:8]}"
 
 
 # -- memory ------------------------------------------------------------------------

@@ -22,7 +22,16 @@ from tests.tls_certs import private_ca
 from tests.azure_fixture import ACCOUNT, ACCOUNT_KEY, RunningAzurite, azurite  # noqa: F401  (fixture)
 from tests.configs import ConfigBuilder, new_id, sha256_file
 from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
-from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
+from tests.datastore_cases import (
+    assert_a_replaced_object_fails_the_read,
+    assert_resumed,
+    assert_started_over,
+    assert_volume_is,
+    kill_at_partial,
+    replaced_between_attempts,
+    rerun_through,
+    run_once,
+)
 
 MiB = 1 << 20
 WRONG_KEY = "d3Jvbmcta2V5LWZvci1lZGdldm9sdGVzdC1hY2NvdW50"  # valid base64, so the server itself refuses it
@@ -117,14 +126,14 @@ def test_the_datastore_reads_ranges_and_classifies_failures_without_leaking_cred
                             ca_pems=[private_ca(tmp_path)[0]])  # not used over http, but written and removed
     ca_file = Path(ds._ca_file)
     try:
-        assert ca_file.exists() and ds.size("a.bin") == len(blob)
-        assert b"".join(ds.read("a.bin", MiB + 5, 2 * MiB + 9)) == blob[MiB + 5:2 * MiB + 9]
+        assert ca_file.exists() and ds.stat("a.bin").size == len(blob)
+        assert b"".join(ds.read("a.bin", MiB + 5, 2 * MiB + 9, None)) == blob[MiB + 5:2 * MiB + 9]
         sink = BytesSink()
         sink.write(blob[:1000])
         ds.fetch("a.bin", sink)  # resumes from the sink's offset
         assert sink.getvalue() == blob
         with pytest.raises(NotFoundError, match="azure://plain/pre/fix/b.bin at http://127.0.0.1:.*BlobNotFound"):
-            ds.size("b.bin")
+            ds.stat("b.bin")
     finally:
         ds.close()
     assert not ca_file.exists()  # the CA bundle lives as long as the client
@@ -136,12 +145,12 @@ def test_the_datastore_reads_ranges_and_classifies_failures_without_leaking_cred
         ds = AzureBlobDatastore(f"http://127.0.0.1:{proxy.port}/{ACCOUNT}", "plain/pre/fix", password=sas)
         try:
             with pytest.raises(TransientError, match="503"):
-                ds.size("a.bin")
+                ds.stat("a.bin")
             with pytest.raises(TransientError) as throttled:
-                ds.size("a.bin")
+                ds.stat("a.bin")
             assert throttled.value.retry_after == 7
             assert len(proxy.requests_for("a.bin")) == 2  # the SDK retried neither: the downloader does
-            assert ds.size("a.bin") == len(blob)  # the SAS token is a credential of its own
+            assert ds.stat("a.bin").size == len(blob)  # the SAS token is a credential of its own
             big = os.urandom(PARALLEL_THRESHOLD + 3 * MiB + 5)
             azurite.put("plain", "pre/fix/big.bin", big)
             sink = BytesSink()
@@ -157,7 +166,7 @@ def test_the_datastore_reads_ranges_and_classifies_failures_without_leaking_cred
                                 connect_timeout=2)
     try:
         with pytest.raises(TransientError) as refused:
-            list(closed.read("a.bin", 0, 10))
+            list(closed.read("a.bin", 0, 10, None))
         assert sig_of(sas) not in str(refused.value) and refused.value.__cause__ is None
     finally:
         closed.close()
@@ -169,4 +178,38 @@ def test_the_datastore_reads_ranges_and_classifies_failures_without_leaking_cred
         AzureBlobDatastore(f"https://acct.blob.core.windows.net/?{sas}", "c")
     assert sig_of(sas) not in str(in_url.value)
     with pytest.raises(PermanentError, match="cannot sign"):
-        AzureBlobDatastore(azurite.account_url, "plain", api_key=ACCOUNT, password="not base64!").size("x")
+        AzureBlobDatastore(azurite.account_url, "plain", api_key=ACCOUNT, password="not base64!").stat("x")
+
+
+def test_an_azure_blob_replaced_between_attempts_ends_verified(tmp_path, azurite: RunningAzurite) -> None:  # noqa: F811
+    """Killed mid-download of the blob's old version; the container then gets the version the config names: the
+    ETag kept beside the partial no longer matches the blob's, so the partial goes and the new blob comes whole."""
+    old = make_raw_image(tmp_path / "old.raw", 8, seed=66)
+    new = make_raw_image(tmp_path / "new.raw", 8, seed=67)
+    azurite.put("images", "vm/swap.raw", old)
+    with FaultProxy(f"127.0.0.1:{azurite.port}", seed=12) as proxy:
+        # the SDK reads 4 MiB per GET: the second stalls before its first byte, with 4 MiB in the partial
+        stall = proxy.add(Rule("stall", path="swap.raw", methods=frozenset({"GET"}), phase="body", at=0, every=2,
+                               times=1, seconds=60))
+        b = ConfigBuilder().fast_retries(3)
+        ds = azure_datastore(b, f"http://127.0.0.1:{proxy.port}/{ACCOUNT}")
+        b.download_volume(b.content_tree(ds, "swap.raw", sha256_file(new), "raw", name="swap"), 8 * MiB,
+                          name="swap")
+        data, proc, gets = replaced_between_attempts(
+            tmp_path, b, sha256_file(new), 4 * MiB, ready=lambda: stall.injected,
+            replace=lambda: azurite.put("images", "vm/swap.raw", new),
+            rerun=lambda data, cfg: rerun_through(proxy, "swap.raw", data, b, cfg))
+    assert_started_over(proc.stderr, 4 * MiB, first_get=gets[0].headers)
+    assert all("if-match" in {k.lower() for k in g.headers} for g in gets)  # every GET is of one version
+    assert_volume_is(data, "swap", new)
+
+
+def test_an_azure_blob_replaced_during_a_read_fails_it(azurite: RunningAzurite) -> None:  # noqa: F811
+    """Ranged GETs carry If-Match with the blob's ETag: Azurite answers 412 ConditionNotMet for a replaced blob."""
+    azurite.put("plain", "moving.bin", b"first version " * 1000)
+    ds = AzureBlobDatastore(azurite.account_url, "plain", api_key=ACCOUNT, password=ACCOUNT_KEY)
+    try:
+        assert_a_replaced_object_fails_the_read(
+            ds, "moving.bin", lambda: azurite.put("plain", "moving.bin", b"second version " * 1000))
+    finally:
+        ds.close()

@@ -25,7 +25,16 @@ from edgevol.device.datastores.ranged import PARALLEL_THRESHOLD, PART_SIZE
 from edgevol.tools.faultproxy import FaultProxy, Rule
 from tests.configs import ConfigBuilder, new_id, sha256_file
 from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
-from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
+from tests.datastore_cases import (
+    assert_a_replaced_object_fails_the_read,
+    assert_resumed,
+    assert_started_over,
+    assert_volume_is,
+    kill_at_partial,
+    replaced_between_attempts,
+    rerun_through,
+    run_once,
+)
 from tests.tls_certs import private_ca
 from tests.gcs_fixture import RunningGcs, gcs_server, start_gcs  # noqa: F401  (fixture)
 
@@ -269,7 +278,7 @@ def test_a_ranged_read_answered_from_byte_zero_still_yields_the_range(gcs_server
         ignored = proxy.add(Rule("ignore_range", path="/download/", methods=frozenset({"GET"})))
         ds = GcsDatastore(f"http://127.0.0.1:{proxy.port}", "images/vm")
         try:
-            assert b"".join(ds.read("whole.bin", 1024 * 1024 + 3, len(blob))) == blob[1024 * 1024 + 3:]
+            assert b"".join(ds.read("whole.bin", 1024 * 1024 + 3, len(blob), None)) == blob[1024 * 1024 + 3:]
             sink = BytesSink()
             sink.write(blob[:2 * 1024 * 1024])
             ds.fetch("whole.bin", sink)
@@ -277,3 +286,42 @@ def test_a_ranged_read_answered_from_byte_zero_still_yields_the_range(gcs_server
         finally:
             ds.close()
     assert ignored.injected == 2
+
+
+def test_a_gcs_object_replaced_between_attempts_ends_verified(tmp_path, gcs_server: RunningGcs) -> None:  # noqa: F811
+    """Killed mid-download of the object's old generation; the bucket then gets the version the config names:
+    the generation kept beside the partial is not the object's any more, so the partial goes and the new
+    object comes whole."""
+    old = make_raw_image(tmp_path / "old.raw", 8, seed=86)
+    new = make_raw_image(tmp_path / "new.raw", 8, seed=87)
+    gcs_server.put("images", "vm/swap.raw", old)
+    media = MEDIA + r"swap\.raw"
+    with FaultProxy(f"127.0.0.1:{gcs_server.port}", seed=13) as proxy:
+        stall = proxy.add(Rule("stall", path=media, phase="body", at=4 * MiB, seconds=60, times=1))
+        b = ConfigBuilder().fast_retries(3)
+        ds = gcs_datastore(b, f"http://127.0.0.1:{proxy.port}")
+        b.download_volume(b.content_tree(ds, "swap.raw", sha256_file(new), "raw", name="swap"), 8 * MiB,
+                          name="swap")
+        data, proc, gets = replaced_between_attempts(
+            tmp_path, b, sha256_file(new), 4 * MiB, ready=lambda: stall.injected,
+            replace=lambda: gcs_server.put("images", "vm/swap.raw", new),
+            rerun=lambda data, cfg: rerun_through(proxy, media, data, b, cfg))
+    assert_started_over(proc.stderr, 4 * MiB, first_get=gets[0].headers)
+    assert_volume_is(data, "swap", new)
+
+
+def test_a_gcs_object_replaced_during_a_read_fails_it(gcs_server: RunningGcs) -> None:  # noqa: F811
+    """Media GETs ask for the generation metadata named (``ifGenerationMatch``, which real GCS answers with 412
+    when it no longer matches). fake-gcs-server ignores that parameter on downloads, so the answer's own
+    ``x-goog-generation`` is checked as well: either way the read fails instead of returning the new bytes."""
+    gcs_server.put("images", "vm/moving.bin", b"first version " * 1000)
+    with FaultProxy(f"127.0.0.1:{gcs_server.port}", seed=14) as proxy:
+        ds = GcsDatastore(f"http://127.0.0.1:{proxy.port}", "images/vm")
+        try:
+            generation = ds.stat("moving.bin").validator
+            assert_a_replaced_object_fails_the_read(
+                ds, "moving.bin", lambda: gcs_server.put("images", "vm/moving.bin", b"second version " * 1000))
+        finally:
+            ds.close()
+        media = proxy.requests_for(MEDIA + r"moving\.bin", "GET")
+    assert f"ifGenerationMatch={generation}" in media[0].path and media[0].status == 206

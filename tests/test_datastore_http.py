@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.client
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgevol.device.datastores import (
@@ -20,7 +24,16 @@ from edgevol.device.datastores import (
     PermanentError,
     TransientError,
 )
+from edgevol.device.datastores.factory import BlobSource, DatastoreClients
+from edgevol.device.datastores.http import response_validator
+from edgevol.device.datastores.provenance import CONTENT_ADDRESSED, source_key
+from edgevol.model.desired import Datastore as DatastoreSpec
+from edgevol.model.desired import DatastoreKind
+from edgevol.tools.faultproxy import FaultProxy, Rule
 from edgevol.tools.httpserve import RangeHTTPServer, serve
+from tests.configs import ConfigBuilder, sha256_file
+from tests.conftest import make_raw_image, start_agent
+from tests.datastore_cases import assert_volume_is, kill_at_partial, rerun_through, resumed_from, run_once
 from tests.sinks import FileSink
 
 MiB = 1 << 20
@@ -68,6 +81,20 @@ def fetch(ds: HttpDatastore, suffix: str, sink: FileSink, **kw: object) -> None:
     ds.fetch(suffix, sink, **opts)  # type: ignore[arg-type]
 
 
+def if_range(srv: RangeHTTPServer, index: int) -> str | None:
+    """The If-Range header of the ``index``-th request the server saw."""
+    return {k.lower(): v for k, v in srv.request_headers[index].items()}.get("if-range")
+
+
+def replace(path: Path, data: bytes, mtime: float | None = None) -> None:
+    """Replace a served file as a deploy does: a new file renamed over the old one (a new inode)."""
+    new = path.with_name(path.name + ".new")
+    new.write_bytes(data)
+    if mtime is not None:
+        os.utime(new, (mtime, mtime))
+    os.replace(new, path)
+
+
 def test_full_download_matches_bytes_and_reports_progress(server, blob, sink):
     seen: list[tuple[int, int | None]] = []
     with datastore(server) as ds:
@@ -90,6 +117,9 @@ def test_resume_after_drop_fetches_only_the_remainder(server, blob, sink):
     assert sha(sink.content()) == sha(blob)
     assert sink.resets == 0
     assert server.requests[-1][2] == f"bytes={held}-"
+    # the resume was conditional on the strong ETag of the answer the partial came from, and it held
+    assert sink.validator is not None and sink.validator.startswith('"')
+    assert if_range(server, -1) == sink.validator and server.statuses == [200, 206]
     assert server.wait_idle()
     assert server.bytes_served == server.drop_after + (len(blob) - held)
 
@@ -105,23 +135,172 @@ def test_server_ignoring_range_resets_and_takes_full_body(server, blob, sink):
 
 
 def test_already_complete_answers_416_and_keeps_bytes(server, blob, sink):
-    sink.write(blob)
     with datastore(server) as ds:
         fetch(ds, "disk.img", sink)
+        fetch(ds, "disk.img", sink)  # a complete partial resumed (the agent died before its commit)
     assert sink.resets == 0
     assert sha(sink.content()) == sha(blob)
+    assert server.requests[1][2] == f"bytes={len(blob)}-" and if_range(server, 1) == sink.validator
+    assert server.statuses == [200, 416]
     assert server.wait_idle()
-    assert server.bytes_served == 0
+    assert server.bytes_served == len(blob)
 
 
-def test_offset_beyond_file_resets_and_is_transient(server, blob, sink):
-    sink.write(blob + b"extra")
+# -- conditional resume ----------------------------------------------------------
+
+
+def test_a_file_replaced_between_attempts_comes_whole_in_the_same_attempt(root, server, blob, sink):
+    server.drop_after = 2 * MiB
     with datastore(server) as ds:
         with pytest.raises(TransientError):
             fetch(ds, "disk.img", sink)
-        assert sink.offset == 0 and sink.resets == 1
+        old, held = sink.validator, sink.offset
+        new = os.urandom(len(blob))  # the same size: only the validator can tell
+        replace(root / "images" / "disk.img", new)
         fetch(ds, "disk.img", sink)
+    assert sink.content() == new and sink.resets == 1
+    assert sink.validator not in (None, old)  # the new file's, for the next resume
+    assert server.requests[1][2] == f"bytes={held}-" and if_range(server, 1) == old
+    assert server.statuses == [200, 200]  # If-Range did not hold: the whole new file, in one request
+    assert server.wait_idle()
+    assert server.bytes_served == server.drop_after + len(new)
+
+
+def test_last_modified_is_the_validator_when_there_is_no_etag(root, server, blob, sink):
+    server.etag = "none"
+    path = root / "images" / "disk.img"
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    server.drop_after = MiB
+    with datastore(server) as ds:
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        assert sink.validator == email.utils.formatdate(an_hour_ago, usegmt=True)
+        fetch(ds, "disk.img", sink)  # unchanged: the rest only
+        assert sink.content() == blob and sink.resets == 0
+        assert if_range(server, 1) == sink.validator and server.statuses == [200, 206]
+        sink.reset()
+        server.drops_remaining = 1
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        new = os.urandom(len(blob))
+        replace(path, new, mtime=an_hour_ago + 60)
+        fetch(ds, "disk.img", sink)
+    assert sink.content() == new and if_range(server, 3) == email.utils.formatdate(an_hour_ago, usegmt=True)
+    assert server.statuses[2:] == [200, 200]
+
+
+def test_a_weak_etag_is_never_sent_in_if_range(root, server, blob, sink):
+    server.etag = "weak"
+    path = root / "images" / "disk.img"
+    a_minute_ahead = time.time() + 60  # a Last-Modified no earlier than the answer's Date is no strong validator
+    os.utime(path, (a_minute_ahead, a_minute_ahead))
+    server.drop_after = MiB
+    with datastore(server) as ds:
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        assert sink.validator is None
+        held = sink.offset
+        fetch(ds, "disk.img", sink)  # a plain Range, as without validators; the digest check still holds
+        assert sink.content() == blob and server.requests[1][2] == f"bytes={held}-"
+        assert if_range(server, 1) is None
+        an_hour_ago = time.time() - 3600
+        os.utime(path, (an_hour_ago, an_hour_ago))
+        sink.reset()
+        server.drops_remaining = 1
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        fetch(ds, "disk.img", sink)
+    assert sink.content() == blob
+    assert if_range(server, 3) == email.utils.formatdate(an_hour_ago, usegmt=True)  # Last-Modified, not W/"..."
+
+
+def test_response_validator_follows_rfc_9110():
+    def answer(**headers: str) -> httpx.Response:
+        return httpx.Response(200, headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+    old, now = "Tue, 01 Sep 2026 10:00:00 GMT", "Tue, 01 Sep 2026 10:00:01 GMT"
+    assert response_validator(answer(etag='"abc"', last_modified=old, date=now)) == '"abc"'
+    assert response_validator(answer(etag='W/"abc"', last_modified=old, date=now)) == old
+    assert response_validator(answer(etag='W/"abc"', last_modified=now, date=now)) is None  # same second
+    assert response_validator(answer(last_modified=old)) is None  # no Date to tell
+    assert response_validator(answer(etag="unquoted")) is None
+    assert response_validator(answer()) is None
+
+
+def test_a_server_ignoring_if_range_sends_206_for_a_changed_file_and_the_partial_goes(root, server, blob, sink):
+    server.ignore_if_range = True
+    server.drop_after = 2 * MiB
+    with datastore(server) as ds:
+        with pytest.raises(TransientError):
+            fetch(ds, "disk.img", sink)
+        held = sink.offset
+        new = os.urandom(len(blob) + 1000)
+        replace(root / "images" / "disk.img", new)
+        fetch(ds, "disk.img", sink)  # the 206 names another ETag: the partial goes, and the file comes whole
+    assert sink.content() == new and sink.resets == 1
+    assert [r[2] for r in server.requests] == [None, f"bytes={held}-", None]
+    assert server.statuses == [200, 206, 200]
+
+
+def test_a_validator_is_only_ever_shown_to_the_source_that_gave_it(tmp_path, root, server, blob, sink):
+    """Through DatastoreClients, as the downloader fetches: the validator kept beside a partial names its source,
+    and only that source is ever sent it (provenance.py)."""
+    other_root = tmp_path / "mirror"
+    (other_root / "images").mkdir(parents=True)
+    (other_root / "images" / "disk.img").write_bytes(blob)
+    mirror = serve(other_root)
+    clients = DatastoreClients()
+    try:
+        primary = DatastoreSpec(uuid="a", kind=DatastoreKind.HTTP, fqdn=server.url, dpath="images")
+        fallback = DatastoreSpec(uuid="b", kind=DatastoreKind.HTTP, fqdn=mirror.url, dpath="images")
+        source = BlobSource(primary, "disk.img", alternates=(BlobSource(fallback, "disk.img"),))
+        digest = sha(blob)
+
+        def fetch_blob(src: BlobSource) -> None:
+            clients.fetch_blob(src, digest, sink, progress=None, cancel=None)
+
+        # the primary drops after 2 MiB: the mirror continues its partial with a plain range, never shown the
+        # primary's ETag (the digest check at commit vouches for those bytes), and records its own
+        server.drop_after = 2 * MiB
+        fetch_blob(source)
+        held = int(str(mirror.requests[0][2]).removeprefix("bytes=").rstrip("-"))
+        assert sink.content() == blob and sink.resets == 0 and 0 < held <= 2 * MiB
+        assert if_range(mirror, 0) is None
+        key_b = source_key(fallback, "disk.img")
+        assert sink.validator is not None and sink.validator.startswith(key_b + ' "')
+        # a partial of the primary's resumes there, with the primary's own ETag (not the stored record)
+        sink.reset()
+        server.drops_remaining = 1
+        alone = BlobSource(primary, "disk.img")
+        with pytest.raises(TransientError):
+            fetch_blob(alone)
+        key_a, record = source_key(primary, "disk.img"), sink.validator
+        assert record is not None and record.startswith(key_a + ' "')
+        fetch_blob(alone)
+        assert sink.content() == blob and if_range(server, -1) == record.split(" ", 1)[1]
+        # bytes the mirror (or a registry, content-addressed) wrote last go on at the primary with a plain range:
+        # the primary is never sent the mirror's ETag
+        for other in (f'{key_b} "the-mirror-etag"', CONTENT_ADDRESSED):
+            sink.reset()
+            sink.write(blob[:MiB])
+            sink.set_validator(other)
+            fetch_blob(alone)
+            assert sink.content() == blob and server.statuses[-1] == 206
+            assert server.requests[-1][2] == f"bytes={MiB}-" and if_range(server, -1) is None
+            assert sink.validator is not None and sink.validator.startswith(key_a + ' "')
+    finally:
+        clients.close()
+        mirror.shutdown()
+
+
+def test_offset_beyond_file_starts_over_in_the_same_attempt(server, blob, sink):
+    sink.write(blob + b"extra")
+    with datastore(server) as ds:
+        fetch(ds, "disk.img", sink)  # 416: the partial cannot be this file's; a second request from byte 0
+    assert sink.resets == 1
     assert sha(sink.content()) == sha(blob)
+    assert [r[2] for r in server.requests] == [f"bytes={len(blob) + 5}-", None]
 
 
 def test_not_found_is_permanent(server, blob, sink):
@@ -302,6 +481,61 @@ def test_server_ranges_and_head(server, blob):
     assert resp.read() == b""
     assert int(resp.headers["Content-Length"]) == len(blob)
     conn.close()
+
+
+# -- the agent, end to end: the CLI against the server --------------------------
+
+
+def one_volume(url: str, digest: str) -> ConfigBuilder:
+    b = ConfigBuilder().fast_retries(3)
+    ds = b.datastore(url, "images")
+    b.download_volume(b.content_tree(ds, "os.raw", digest, "raw", name="os"), 8 * MiB, name="os")
+    return b
+
+
+def test_a_file_replaced_between_attempts_ends_verified_with_the_new_bytes(tmp_path, root, server):
+    """The agent is killed mid-download of last release's file, then the server gets the file the config names:
+    the restarted agent's resume carries If-Range with the old file's ETag (kept beside the partial through the
+    kill), the server answers 200 with the new file, and the blob ends LOADED with no digest mismatch on the way."""
+    path = root / "images" / "os.raw"
+    make_raw_image(path, 8, seed=22)  # what the server has at first
+    right = make_raw_image(tmp_path / "right.raw", 8, seed=21)
+    digest = sha256_file(right)
+    data, cfg, log = tmp_path / "dev", tmp_path / "config.pb", tmp_path / "agent.log"
+    ingest = data / "cas" / "ingest"
+    with FaultProxy(f"127.0.0.1:{server.server_address[1]}") as proxy:
+        stall = proxy.add(Rule("stall", path="os.raw", phase="body", at=4 * MiB, seconds=60, times=1))
+        b = one_volume(proxy.url, digest)
+        b.save(cfg)
+        kill_at_partial(start_agent(data, cfg, log), data, digest, 4 * MiB, ready=lambda: stall.injected, log=log)
+        held = (ingest / f"{digest}.partial").stat().st_size
+        _key, etag = (ingest / f"{digest}.validator").read_text().split(" ", 1)
+        replace(path, right.read_bytes())
+        proc, gets = rerun_through(proxy, "os.raw", data, b, cfg)
+    first = {k.lower(): v for k, v in gets[0].headers.items()}
+    assert first["range"] == f"bytes={held}-" and first["if-range"] == etag and etag.startswith('"')
+    assert [g.status for g in gets] == [200]  # the whole new file, in the resumed request itself
+    assert resumed_from(proc.stderr) == [held]
+    assert "digest mismatch" not in proc.stderr.lower()
+    assert_volume_is(data, "os", right)
+    assert sha256_file(data / "cas" / "blobs" / "sha256" / digest) == digest
+    assert list(ingest.iterdir()) == []  # no partial, no validator
+
+
+def test_a_complete_partial_left_by_a_crash_is_committed_after_a_416(tmp_path, root, server):
+    image = make_raw_image(root / "images" / "os.raw", 4, seed=23)
+    digest, size = sha256_file(image), image.stat().st_size
+    b = one_volume(server.url, digest)
+    data, cfg = tmp_path / "dev", tmp_path / "config.pb"
+    killed = run_once(data, b, cfg, crash_at="blob.fetched")  # every byte in, not yet verified
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (data / "cas" / "ingest" / f"{digest}.validator").exists()
+    proc = run_once(data, b, cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert server.requests[-1][2] == f"bytes={size}-" and if_range(server, -1) is not None
+    assert server.statuses == [200, 416]
+    assert_volume_is(data, "os", image)
+    assert server.wait_idle() and server.bytes_served == size  # no byte fetched twice
 
 
 # -- HTTPS --------------------------------------------------------------------

@@ -10,10 +10,20 @@ import hashlib
 import json
 
 from edgevol.api import messages as m
+from edgevol.device.datastores.s3 import S3Datastore
 from edgevol.tools.faultproxy import FaultProxy, Rule
 from tests.configs import ConfigBuilder, new_id, sha256_file
 from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
-from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, rerun_through, run_once
+from tests.datastore_cases import (
+    assert_a_replaced_object_fails_the_read,
+    assert_resumed,
+    assert_started_over,
+    assert_volume_is,
+    kill_at_partial,
+    replaced_between_attempts,
+    rerun_through,
+    run_once,
+)
 from tests.s3_fixture import ACCESS_KEY, REGION, SECRET_KEY, RunningS3, s3_server  # noqa: F401  (fixture)
 
 MiB = 1 << 20
@@ -127,3 +137,34 @@ def test_a_big_s3_object_comes_in_parallel_ranges_and_a_failed_part_resumes_ther
     starts = [start for start, _, _, _ in spans]
     assert starts.count(cut) == 2 and all(start % PART_SIZE == 0 for start in starts), (cut, starts)
     assert all(starts.count(start) == 1 for start in starts if start < cut), (cut, starts)
+
+
+def test_an_s3_object_replaced_between_attempts_ends_verified(tmp_path, s3_server: RunningS3) -> None:  # noqa: F811
+    """Killed mid-download of the object's old version; the bucket then gets the version the config names: the
+    ETag kept beside the partial no longer matches HEAD's, so the partial goes and the new object comes whole."""
+    old = make_raw_image(tmp_path / "old.raw", 8, seed=96)
+    new = make_raw_image(tmp_path / "new.raw", 8, seed=97)
+    s3_server.put("images", "vm/swap.raw", old)
+    with FaultProxy(f"127.0.0.1:{s3_server.port}", seed=9) as proxy:
+        stall = proxy.add(Rule("stall", path="swap.raw", phase="body", at=4 * MiB, seconds=60, times=1))
+        b = ConfigBuilder().fast_retries(3)
+        ds = s3_datastore(b, f"http://127.0.0.1:{proxy.port}")
+        b.download_volume(b.content_tree(ds, "swap.raw", sha256_file(new), "raw", name="swap"), 8 * MiB,
+                          name="swap")
+        data, proc, gets = replaced_between_attempts(
+            tmp_path, b, sha256_file(new), 4 * MiB, ready=lambda: stall.injected,
+            replace=lambda: s3_server.put("images", "vm/swap.raw", new),
+            rerun=lambda data, cfg: rerun_through(proxy, "swap.raw", data, b, cfg))
+    assert_started_over(proc.stderr, 4 * MiB, first_get=gets[0].headers)
+    assert_volume_is(data, "swap", new)
+
+
+def test_an_s3_object_replaced_during_a_read_fails_it(s3_server: RunningS3) -> None:  # noqa: F811
+    """Ranged GETs carry If-Match with HEAD's ETag: SeaweedFS answers 412 for a replaced object."""
+    s3_server.put("images", "vm/moving.bin", b"first version " * 1000)
+    ds = S3Datastore(s3_server.endpoint, "images/vm", api_key=ACCESS_KEY, password=SECRET_KEY, region=REGION)
+    try:
+        assert_a_replaced_object_fails_the_read(
+            ds, "moving.bin", lambda: s3_server.put("images", "vm/moving.bin", b"second version " * 1000))
+    finally:
+        ds.close()

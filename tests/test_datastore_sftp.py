@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from edgevol.api import messages as m
 from edgevol.device.datastores.base import BytesSink, ConfigError, TransientError
+from edgevol.device.datastores.ranged import ObjectChanged
 from edgevol.device.datastores.sftp import SftpDatastore
 from edgevol.tools.tcpfaultproxy import TcpFaultProxy
 from tests.configs import ConfigBuilder, new_id, sha256_file
 from tests.conftest import by_name, device_status, make_raw_image, open_guest, start_agent
-from tests.datastore_cases import assert_resumed, assert_volume_is, kill_at_partial, run_once
+from tests.datastore_cases import (
+    assert_a_replaced_object_fails_the_read,
+    assert_resumed,
+    assert_started_over,
+    assert_volume_is,
+    kill_at_partial,
+    replaced_between_attempts,
+    run_once,
+)
 from tests.sftp_fixture import RunningSftp, sftp_server  # noqa: F401  (fixture)
 
 MiB = 1 << 20
@@ -164,3 +176,52 @@ def test_sftp_refuses_climbing_paths_and_unusable_addresses() -> None:
         assert "secret" not in str(err.value)
     with pytest.raises(ConfigError, match="apiKey"):
         SftpDatastore("127.0.0.1:2222", "", api_key="", password="pw")
+
+
+def put_dated(server: RunningSftp, path: str, data: bytes | Path, mtime: float) -> None:
+    """Write the file in place (same inode, as an upload over SFTP does), with a known modification time."""
+    target = server.put(path, data)
+    os.utime(target, (mtime, mtime))
+
+
+def test_an_sftp_file_replaced_between_attempts_ends_verified(tmp_path, sftp_server: RunningSftp) -> None:  # noqa: F811
+    """Killed mid-download of the file's old version; the server then gets the version the config names (same
+    size, rewritten in place): its modification time is not the one kept beside the partial, so the partial
+    goes and the new file comes whole."""
+    old = make_raw_image(tmp_path / "old.raw", 8, seed=93)
+    new = make_raw_image(tmp_path / "new.raw", 8, seed=94)
+    put_dated(sftp_server, "images/swap.raw", old, time.time() - 3600)
+    with TcpFaultProxy(f"127.0.0.1:{sftp_server.port}", seed=8) as proxy:
+        # the SSH stream stalls a little after 5 MiB, so the partial holds 4 MiB (whole MiB chunks) when killed
+        stall = proxy.add("stall", 5 * MiB + 256 * 1024, seconds=60)
+        b = ConfigBuilder().fast_retries(3)
+        ds = sftp_datastore(b, sftp_server, fqdn=f"127.0.0.1:{proxy.port}")
+        b.download_volume(b.content_tree(ds, "swap.raw", sha256_file(new), "raw", name="swap"), 8 * MiB,
+                          name="swap")
+        data, proc, _ = replaced_between_attempts(
+            tmp_path, b, sha256_file(new), 4 * MiB, ready=lambda: stall.injected,
+            replace=lambda: put_dated(sftp_server, "images/swap.raw", new, time.time()),
+            rerun=lambda data, cfg: (run_once(data, b, cfg), []))
+    assert_started_over(proc.stderr, 4 * MiB)  # SFTP has no GET to look at: the log says it
+    assert_volume_is(data, "swap", new)
+
+
+def test_an_sftp_file_rewritten_during_a_read_fails_it(sftp_server: RunningSftp) -> None:  # noqa: F811
+    """SFTP has no conditional read: the open file's modification time and size are compared with stat's before
+    and after the read."""
+    put_dated(sftp_server, "images/moving.bin", b"first version " * 1000, time.time() - 60)
+    ds = SftpDatastore(sftp_server.fqdn, "images", api_key=sftp_server.user, password=sftp_server.password)
+    try:
+        assert_a_replaced_object_fails_the_read(
+            ds, "moving.bin", lambda: put_dated(sftp_server, "images/moving.bin", b"second version " * 1000,
+                                                time.time()))
+        # rewritten in place while the read is under way: the check after the read catches it
+        put_dated(sftp_server, "images/moving.bin", os.urandom(3 * MiB), time.time() - 60)
+        seen = ds.stat("moving.bin")
+        chunks = ds.read("moving.bin", 0, seen.size, seen.validator)
+        next(chunks)
+        put_dated(sftp_server, "images/moving.bin", os.urandom(3 * MiB), time.time())
+        with pytest.raises(ObjectChanged):
+            list(chunks)
+    finally:
+        ds.close()

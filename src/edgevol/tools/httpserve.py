@@ -3,9 +3,12 @@
 Python's ``http.server`` has no Range support, which is exactly what resumable
 downloads need, so this adds single-range GET/HEAD, refuses paths outside the
 root and copies with ``sendfile`` in 1 MiB steps (fast enough for 1 GiB
-benchmarks). Tests flip attributes on the server object to inject faults:
-dropped connections, ignored ranges, wrong lengths, error statuses, redirects,
-required basic auth and a throttled (slow) link.
+benchmarks). Like a real server it sends validators (a strong ``ETag`` made of
+the file's inode, modification time and size, as nginx makes one, and
+``Last-Modified``) and honours ``If-Range``: a range whose validator no longer
+matches gets the whole file. Tests flip attributes on the server object to inject
+faults: dropped connections, ignored ranges or If-Range, weak or no ETags, wrong
+lengths, error statuses, redirects, required basic auth and a throttled (slow) link.
 
     python -m edgevol.tools.httpserve ROOT [--host H] [--port N] [--certfile C --keyfile K]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import email.utils
 import hmac
 import os
 import re
@@ -70,8 +74,12 @@ class RangeHTTPServer(ThreadingHTTPServer):
         self.redirects: dict[str, str] = {}  # URL path -> Location (302)
         self.auth: tuple[str, str] | None = None
         self.rate_limit_bytes_per_sec: int | None = None  # throttle each body (slow-link tests)
+        self.etag = "strong"  # "weak": W/"..." (never usable in If-Range); "none": Last-Modified only
+        self.ignore_if_range = False  # serve the range even when If-Range names another version
         # Observations.
         self.requests: list[tuple[str, str, str | None]] = []
+        self.request_headers: list[dict[str, str]] = []  # each request's headers, in the order of requests
+        self.statuses: list[int] = []  # each answer's status, in the order answered
         self.bytes_served = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -120,10 +128,15 @@ class RangeHTTPServer(ThreadingHTTPServer):
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
-    def begin(self, method: str, path: str, range_header: str | None) -> None:
+    def begin(self, method: str, path: str, range_header: str | None, headers: dict[str, str]) -> None:
         with self._lock:
             self._active += 1
             self.requests.append((method, path, range_header))
+            self.request_headers.append(headers)
+
+    def answered(self, status: int) -> None:
+        with self._lock:
+            self.statuses.append(status)
 
     def end(self) -> None:
         with self._idle:
@@ -169,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def _serve(self, send_body: bool) -> None:
-        self.server.begin(self.command, self.path, self.headers.get("Range"))
+        self.server.begin(self.command, self.path, self.headers.get("Range"), dict(self.headers.items()))
         try:
             self._respond(send_body)
         finally:
@@ -203,16 +216,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, f: BinaryIO, range_header: str | None, send_body: bool) -> None:
         srv = self.server
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        size = st.st_size
+        validators = _validators(st, srv.etag)
+        if_range = self.headers.get("If-Range")
+        if range_header and if_range and not srv.ignore_if_range and not _if_range_holds(if_range, validators):
+            range_header = None  # the client holds another version: it gets all of this one
         rng = None if srv.ignore_range else _parse_range(range_header, size)
         if rng == _UNSATISFIABLE:
-            self._simple(416, {"Content-Range": f"bytes */{size}"})
+            self._simple(416, {"Content-Range": f"bytes */{size}", **validators})
             return
         start, end = (0, size) if rng is None else rng
         length = end - start
         self.send_response(200 if rng is None else 206)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
+        for name, value in validators.items():
+            self.send_header(name, value)
         if rng is not None:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         if srv.omit_content_length:
@@ -248,6 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ssl.SSLError, TimeoutError):
             self.close_connection = True
         return sent
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.server.answered(code)
+        super().send_response(code, message)
 
     def _simple(self, status: int, headers: dict[str, str] | None = None) -> None:
         body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
@@ -286,6 +310,25 @@ class _Handler(BaseHTTPRequestHandler):
         if not real.is_file():
             return 404  # includes directories: no listings
         return real
+
+
+def _validators(st: os.stat_result, etag: str) -> dict[str, str]:
+    """``ETag`` (unless ``etag`` is "none") and ``Last-Modified`` for a file: a new inode, modification time or
+    size is a new version, as nginx sees it (a file replaced by a rename gets a new inode)."""
+    out = {"Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True)}
+    if etag != "none":
+        tag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+        out["ETag"] = f"W/{tag}" if etag == "weak" else tag
+    return out
+
+
+def _if_range_holds(if_range: str, validators: dict[str, str]) -> bool:
+    """RFC 9110 §13.1.5: an entity tag matches only strongly (a weak one never does), a date only exactly."""
+    value = if_range.strip()
+    if value.startswith(('"', "W/")):
+        etag = validators.get("ETag", "")
+        return not value.startswith("W/") and not etag.startswith("W/") and value == etag
+    return value == validators["Last-Modified"]
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:

@@ -4,7 +4,10 @@ A blob enters the store only through an :class:`Ingest`: bytes stream into
 ``ingest/<hex>.partial`` while sha256 is updated incrementally, and only a
 commit whose size and digest match renames the file into ``blobs/sha256``.
 A closed-but-uncommitted partial stays on disk so a download can resume
-(HTTP ``Range``) from :attr:`Ingest.offset`.
+(HTTP ``Range``) from :attr:`Ingest.offset`. Beside it, ``ingest/<hex>.validator``
+holds what the source said identifies the version those bytes came from (an
+ETag, say), so a resume after a restart can still ask whether they are current;
+it lives and dies with the partial.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from edgevol.fsutil import fsync_dir, start_writeback
+from edgevol.fsutil import atomic_write_bytes, fsync_dir, start_writeback
 
 from .digests import hash_stream
 from .errors import CasError, DigestMismatch, SizeLimitExceeded, SizeMismatch
 from .locks import DigestLock
 
 BLOB_MODE = 0o444
+PARTIAL_SUFFIX = ".partial"
+VALIDATOR_SUFFIX = ".validator"
 WRITE_BEHIND = 8 << 20  # start writeback of every 8 MiB written, so commit's fsync finds little left
 
 
@@ -46,7 +51,9 @@ class Ingest:
         self.expected_size = expected_size
         self.max_size = max_size
         self.partial_path = partial
+        self.validator_path = partial.with_suffix(VALIDATOR_SUFFIX)
         self.blob_path = blob
+        self._validator: str | None = None
         self._lock = lock
         self._limit = _min_limit(expected_size, max_size)
         self._hasher = hashlib.sha256()
@@ -64,6 +71,9 @@ class Ingest:
         self._file = io.FileIO(self.partial_path, "a+")
         if created:
             fsync_dir(self.partial_path.parent)
+            self._drop_validator()  # left by a removal cut short: it described bytes that are gone
+        else:
+            self._validator = _read_validator(self.validator_path)
         self._file.seek(0)
         self._hasher, self.offset = hash_stream(self._file)
         self._written_back = self.offset
@@ -121,12 +131,32 @@ class Ingest:
             self._written_back = self.offset
 
     def reset(self) -> None:
-        """Start over from byte zero (e.g. the server ignored our Range request)."""
+        """Start over from byte zero (e.g. the server ignored our Range request); the validator goes too."""
         f = self._require_open()
         f.truncate(0)
         f.seek(0)
         self._hasher = hashlib.sha256()
         self.offset = self._written_back = 0
+        self._drop_validator()  # after emptying the partial: its old bytes are never left without their validator
+
+    @property
+    def validator(self) -> str | None:
+        """The source's word for the version the partial's bytes belong to (opaque here), or None."""
+        return self._validator
+
+    def set_validator(self, validator: str | None) -> None:
+        """Record ``validator`` for the partial, durably (temp file, fsync, rename); None removes it."""
+        f = self._require_open()
+        if validator == self._validator:
+            return
+        # The partial's current length (after a reset: empty) reaches the disk before the new validator
+        # claims it, so a power cut cannot pair the new validator with the old bytes.
+        os.fsync(f.fileno())
+        if validator is None:
+            self._drop_validator()
+            return
+        atomic_write_bytes(self.validator_path, validator.encode())
+        self._validator = validator
 
     # -- finishing -------------------------------------------------------
 
@@ -170,6 +200,7 @@ class Ingest:
         self._close_file()
         os.replace(self.partial_path, self.blob_path)
         fsync_dir(self.blob_path.parent)
+        self._drop_validator(sync=False)
         fsync_dir(self.partial_path.parent)
 
     def discard(self) -> None:
@@ -183,7 +214,19 @@ class Ingest:
     def _remove_partial(self) -> None:
         self._close_file()
         self.partial_path.unlink(missing_ok=True)
+        self._drop_validator(sync=False)
         fsync_dir(self.partial_path.parent)
+
+    def _drop_validator(self, *, sync: bool = True) -> None:
+        """Remove the sidecar. Always after the partial goes or is emptied, so no partial is ever left
+        without the validator its bytes had (a sidecar without a partial is dropped when one is opened)."""
+        self._validator = None
+        try:
+            self.validator_path.unlink()
+        except FileNotFoundError:
+            return
+        if sync:
+            fsync_dir(self.validator_path.parent)
 
     def close(self) -> None:
         """Close without committing; the partial stays for a later resume."""
@@ -201,6 +244,15 @@ class Ingest:
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.release()
+
+
+def _read_validator(path: Path) -> str | None:
+    """The validator in ``path``; None when there is none or it is unreadable (the digest check still holds)."""
+    try:
+        text = path.read_bytes().decode()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text or None
 
 
 def _min_limit(expected_size: int | None, max_size: int | None) -> int | None:

@@ -14,7 +14,7 @@ from edgevol.fsutil import atomic_write_bytes, fsync_dir, remove_temps
 
 from .digests import check_digest, hash_stream, is_digest
 from .errors import IngestBusy, SizeLimitExceeded
-from .ingest import Ingest
+from .ingest import PARTIAL_SUFFIX, VALIDATOR_SUFFIX, Ingest
 from .layout import (
     INDEX_FILE,
     LAYOUT_FILE,
@@ -26,7 +26,6 @@ from .layout import (
 )
 from .locks import DigestLock
 
-PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 
 
@@ -124,36 +123,43 @@ class ContentStore:
             return 0
 
     def discard_ingest(self, digest: str) -> None:
-        """Delete the partial of ``digest``; IngestBusy if someone is writing it."""
+        """Delete the partial of ``digest`` and its validator; IngestBusy if someone is writing it."""
         lock = self._lock(digest)
         try:
-            self._partial_path(digest).unlink(missing_ok=True)
+            self._remove_partial(digest)
             fsync_dir(self.ingest_dir)
         finally:
             lock.release()
 
-    def clean_ingests(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Remove partials not in ``keep`` plus leftover temp files.
+    def _remove_partial(self, digest: str) -> bool:
+        """Unlink the partial, then its validator (never the other way round); whether there was a partial."""
+        partial = self._partial_path(digest)
+        existed = partial.exists()
+        partial.unlink(missing_ok=True)
+        partial.with_suffix(VALIDATOR_SUFFIX).unlink(missing_ok=True)
+        return existed
 
-        Partials that are open right now (locked) are skipped. Returns the
-        digests whose partials were removed, sorted. Meant for start-up or
-        idle time; temp files of a concurrent atomic write would be removed.
+    def clean_ingests(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Remove partials not in ``keep`` (with their validators) plus leftover temp files.
+
+        Partials that are open right now (locked) are skipped; a validator stays
+        only beside a kept partial. Returns the digests whose partials were
+        removed, sorted. Meant for start-up or idle time; temp files of a
+        concurrent atomic write would be removed.
         """
         removed: list[str] = []
         for p in sorted(self.ingest_dir.iterdir()):
             digest, suffix = p.name[:64], p.name[64:]
-            if not is_digest(digest) or suffix not in (PARTIAL_SUFFIX, LOCK_SUFFIX):
+            if not is_digest(digest) or suffix not in (PARTIAL_SUFFIX, LOCK_SUFFIX, VALIDATOR_SUFFIX):
                 continue
-            if digest in keep and suffix == PARTIAL_SUFFIX:
+            if digest in keep and suffix != LOCK_SUFFIX and self._partial_path(digest).exists():
                 continue
             try:
                 lock = self._lock(digest)  # releasing also removes a stale lock file
             except IngestBusy:
                 continue
             try:
-                partial = self._partial_path(digest)
-                if suffix == PARTIAL_SUFFIX and partial.exists():
-                    partial.unlink()
+                if suffix != LOCK_SUFFIX and self._remove_partial(digest):
                     removed.append(digest)
             finally:
                 lock.release()

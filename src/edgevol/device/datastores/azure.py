@@ -7,9 +7,10 @@ empty), ``dpath`` the container (a blob-name prefix may follow its first ``/``),
 account name, ``password`` the account key or a SAS token, and the content tree's URL the blob
 name under that prefix.
 
-A fetch attempt is ``ranged.fetch_ranged`` over a HEAD and ranged GETs; this module classifies
-failures as transient (network, 5xx, throttling) or permanent (no such container or blob, refused
-credentials). The SDK's retry policy is off: the downloader's backoff owns retries. (Its blob
+A fetch attempt is ``ranged.fetch_ranged`` over a HEAD (size and ETag) and ranged GETs made
+conditional on that ETag (a replaced blob answers 412 ConditionNotMet: ObjectChanged); this module
+classifies failures as transient (network, 5xx, throttling) or permanent (no such container or blob,
+refused credentials). The SDK's retry policy is off: the downloader's backoff owns retries. (Its blob
 downloader still re-reads a chunk whose body broke off, up to three times, inside one ``read``; no
 setting turns that off.)
 """
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import ConfigError, NotFoundError, PermanentError, TransientError
-from .ranged import BucketStore
+from .ranged import BucketStore, ObjectChanged, ObjectStat
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 CHUNK_SIZE = 4 << 20
@@ -34,8 +35,7 @@ _DENIED = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermiss
            "AuthorizationResourceTypeMismatch", "AuthorizationServiceMismatch", "AuthorizationSourceIPMismatch",
            "AuthorizationProtocolMismatch", "InvalidAuthenticationInfo", "InsufficientAccountPermissions",
            "AccountIsDisabled", "KeyBasedAuthenticationNotPermitted", "NoAuthenticationInformation"}
-_TRANSIENT = {"ServerBusy", "OperationTimedOut", "InternalError", "ConditionNotMet", "TargetConditionNotMet",
-              "BlobOverwritten"}
+_TRANSIENT = {"ServerBusy", "OperationTimedOut", "InternalError", "TargetConditionNotMet", "BlobOverwritten"}
 _WRAPPED = re.compile(r"^Operation returned an invalid status '(.*)'$")  # a HEAD's answer has no body
 _SIG = re.compile(r"(?i)\bsig=[^&\s'\"]*")
 
@@ -88,17 +88,23 @@ class AzureBlobDatastore(BucketStore):
     def describe(self, suffix: str) -> str:
         return f"azure://{self.container}/{self.key_for(suffix)} at {self.account_url}"
 
-    def size(self, suffix: str) -> int:
+    def stat(self, suffix: str) -> ObjectStat:
         with self._errors(suffix):
-            return int(self._blob(suffix).get_blob_properties().size)
+            props = self._blob(suffix).get_blob_properties()
+        return ObjectStat(int(props.size), props.etag or None)
 
-    def read(self, suffix: str, start: int, end: int) -> Iterator[bytes]:
-        """The SDK fetches the range as CHUNK_SIZE GETs, one at a time; each is handed on as it arrives."""
+    def read(self, suffix: str, start: int, end: int, version: str | None) -> Iterator[bytes]:
+        """The SDK fetches the range as CHUNK_SIZE GETs, one at a time, each If-Match ``version``; each is handed
+        on as it arrives."""
         if start >= end:
             return
+        from azure.core import MatchConditions
+
+        conditions = {"etag": version, "match_condition": MatchConditions.IfNotModified} if version else {}
         with self._errors(suffix):
             try:
-                stream = self._blob(suffix).download_blob(offset=start, length=end - start, max_concurrency=1)
+                stream = self._blob(suffix).download_blob(offset=start, length=end - start, max_concurrency=1,
+                                                          **conditions)
             except ValueError as exc:  # an answer without Content-Range: something in between ignored the range
                 raise PermanentError(f"{self.describe(suffix)}: the datastore did not answer a ranged read with "
                                      f"a range ({self._scrub(str(exc))})") from exc
@@ -198,6 +204,8 @@ def _classify(exc: Exception, name: str, scrub: Callable[[str], str]) -> Excepti
         return TransientError(f"{name}: {message}")
     if isinstance(exc, HttpResponseError) and not status:  # a body cut short (after the SDK's own re-reads)
         return TransientError(f"{name}: {message}")
-    if code in _TRANSIENT or status >= 500 or status in (408, 412, 429):
+    if code == "ConditionNotMet" or status == 412:  # only our If-Match asks for it: the blob was replaced
+        return ObjectChanged(f"{name}: the blob changed during the download ({what})")
+    if code in _TRANSIENT or status >= 500 or status in (408, 429):
         return TransientError(f"{name}: {what}", retry_after=_retry_after(exc))
     return PermanentError(f"{name}: {what}")

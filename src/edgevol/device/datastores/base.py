@@ -85,14 +85,27 @@ class Cancelled(Exception):
 
 @runtime_checkable
 class Sink(Protocol):
-    """Receives fetched bytes in order; ``offset`` is how many it already holds."""
+    """Receives fetched bytes in order; ``offset`` is how many it already holds.
+
+    ``validator`` names the version of the content those bytes came from, as the
+    store said it (an ETag, a Last-Modified date, an object generation); it is
+    opaque to the sink and kept with the bytes, so a resume can ask the store
+    whether they still belong to what it serves now.
+    """
 
     offset: int
+
+    @property
+    def validator(self) -> str | None: ...
 
     def write(self, data: bytes) -> None: ...
 
     def reset(self) -> None:
-        """Discard everything received so far (offset becomes 0)."""
+        """Discard everything received so far and its validator (offset becomes 0)."""
+        ...
+
+    def set_validator(self, validator: str | None) -> None:
+        """Record the version the bytes held, and those still to come, belong to (None: unknown)."""
         ...
 
 
@@ -101,6 +114,7 @@ class BytesSink:
 
     def __init__(self) -> None:
         self.offset = 0
+        self.validator: str | None = None
         self._parts: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -110,6 +124,10 @@ class BytesSink:
     def reset(self) -> None:
         self._parts.clear()
         self.offset = 0
+        self.validator = None
+
+    def set_validator(self, validator: str | None) -> None:
+        self.validator = validator
 
     def getvalue(self) -> bytes:
         return b"".join(self._parts)

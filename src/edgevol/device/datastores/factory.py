@@ -24,6 +24,7 @@ from edgevol.device.datastores.base import (
     TransientError,
 )
 from edgevol.device.datastores.oci_refs import split_registry_address
+from edgevol.device.datastores.provenance import SourceSink, source_key
 from edgevol.log import get_logger
 from edgevol.model.desired import Datastore as DatastoreSpec
 from edgevol.model.desired import DatastoreKind
@@ -93,7 +94,8 @@ class DatastoreClients:
         """One attempt to deliver the blob's bytes from ``sink.offset`` on, from ``source`` or, when that
         fails, from each of its alternates in turn (EVE's downloader walks a content tree's datastore list
         the same way, keeping every error: pkg/pillar/cmd/downloader/downloader.go:512-540). A failure of
-        them all is transient if any one was, and names every datastore's error."""
+        them all is transient if any one was, and names every datastore's error. Each source sees the
+        partial through a ``SourceSink``, so it is only ever shown its own validator."""
         sources = source.all()
         errors: list[DatastoreError] = []
         for n, one in enumerate(sources, start=1):
@@ -117,6 +119,7 @@ class DatastoreClients:
         client = self._client(source.datastore)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
+        sink = SourceSink(sink, source_key(source.datastore, source.locator))
         if _is_registry(client):
             client.fetch_blob(source.locator, f"sha256:{sha256}", sink, max_size=source.max_size,
                               progress=progress, cancel=cancel, expected_size=source.expected_size)

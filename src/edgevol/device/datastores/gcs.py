@@ -6,12 +6,15 @@ Field mapping, as EVE's downloader uses them (lf-edge/eve pkg/pillar/cmd/downloa
 ``password`` the service-account JSON key (empty: anonymous access to a public
 bucket), and the content tree's URL the object name under that prefix.
 
-A fetch attempt is ``ranged.fetch_ranged`` over the object's metadata (its size)
-and ranged media GETs. Metadata goes through google-cloud-storage; the bytes go
-through the same authorized ``requests`` session directly, because that is the
-one way to stream a range without buffering it and without the transparent gzip
-decoding that would hand us other bytes than the ones stored. The libraries' own
-retries are off: the downloader's backoff owns them.
+A fetch attempt is ``ranged.fetch_ranged`` over the object's metadata (its size
+and generation) and ranged media GETs of that generation (``ifGenerationMatch``,
+and the answer's ``x-goog-generation`` checked too, for servers that ignore the
+parameter): a replaced object fails the read with ObjectChanged. Metadata goes
+through google-cloud-storage; the bytes go through the same authorized
+``requests`` session directly, because that is the one way to stream a range
+without buffering it and without the transparent gzip decoding that would hand
+us other bytes than the ones stored. The libraries' own retries are off: the
+downloader's backoff owns them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .base import (
     TransientError,
 )
 from .http import ssl_context
-from .ranged import BucketStore, skip_bytes
+from .ranged import BucketStore, ObjectChanged, ObjectStat, skip_bytes
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 __all__ = ["GOOGLE_ENDPOINT", "GcsDatastore"]
@@ -101,27 +104,36 @@ class GcsDatastore(BucketStore):
     def describe(self, suffix: str) -> str:
         return f"gs://{self.bucket}/{self.key_for(suffix)}{self.at}"
 
-    def size(self, suffix: str) -> int:
-        """The stored size from the object's metadata (a reload, so GCS says which of bucket or object is missing)."""
+    def stat(self, suffix: str) -> ObjectStat:
+        """Stored size and generation from the object's metadata (a reload, so GCS says which of bucket or object
+        is missing)."""
         name = self._object_name(suffix)
         blob = self._bucket.blob(name)
         with self._errors(suffix):
             blob.reload(projection="noAcl", timeout=self._timeout, retry=None)
         if blob.size is None:
             raise TransientError(f"{self.describe(suffix)}: the datastore's metadata has no size")
-        return int(blob.size)
+        return ObjectStat(int(blob.size), str(blob.generation) if blob.generation else None)
 
-    def read(self, suffix: str, start: int, end: int) -> Iterator[bytes]:
-        """The stored bytes ``start..end``, streamed: ``Accept-Encoding: gzip`` stops GCS from decompressing a
-        gzip-encoded object (which would also ignore the range), and the raw stream is read without decoding."""
+    def read(self, suffix: str, start: int, end: int, version: str | None) -> Iterator[bytes]:
+        """The stored bytes ``start..end`` of generation ``version``, streamed: ``Accept-Encoding: gzip`` stops GCS
+        from decompressing a gzip-encoded object (which would also ignore the range), and the raw stream is read
+        without decoding."""
         if start >= end:
             return
         name = self._object_name(suffix)
         url = f"{self._base}/download/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(name, safe='')}?alt=media"
+        if version:
+            url += f"&ifGenerationMatch={quote(version, safe='')}"
         with self._errors(suffix):
             resp = self._session.get(url, headers={"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "gzip"},
                                      stream=True, timeout=self._timeout)
             try:
+                served = resp.headers.get("x-goog-generation")
+                if resp.status_code == 412 or (version and served and resp.status_code in (200, 206)
+                                               and served != version):
+                    raise ObjectChanged(f"{self.describe(suffix)}: the object changed during the download "
+                                        f"(generation {version} is now {served or 'another'})")
                 if resp.status_code not in (200, 206):
                     raise _status_error(resp.status_code, _message(resp), self.describe(suffix), self.anonymous,
                                         _retry_after(resp.headers.get("Retry-After")))

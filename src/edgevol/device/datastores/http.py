@@ -1,9 +1,12 @@
 """HTTP(S) datastore: plain files behind a URL, fetched with resumable Range requests.
 
 One ``fetch`` is one attempt. It resumes from ``sink.offset`` with a Range
-request, falls back to a full download when the server cannot resume, enforces
-``maxSizeBytes`` before and while reading, and classifies every failure as
-transient (wait and retry) or permanent (needs a config or server change).
+request made conditional by ``If-Range`` (the validator the sink kept from the
+answer its bytes came from), so a file replaced on the server comes whole
+instead of being spliced onto the old one's bytes; it falls back to a full
+download when the server cannot resume, enforces ``maxSizeBytes`` before and
+while reading, and classifies every failure as transient (wait and retry) or
+permanent (needs a config or server change).
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from urllib.parse import quote, unquote
 
 import httpx
 
+from edgevol.log import get_logger
+
 from .base import Cancelled, ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
 
 __all__ = [
     "CHUNK_SIZE",
     "FetchAttempt",
     "HttpDatastore",
+    "RestartFromZero",
     "USER_AGENT",
     "refuse_downgrade",
+    "response_validator",
     "retry_after_seconds",
     "ssl_context",
 ]
@@ -43,6 +50,17 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRANSIENT_STATUS = frozenset({408, 425, 429})
+
+log = get_logger("edgevol.datastores")
+
+
+class RestartFromZero(TransientError):
+    """The attempt threw the partial away (the file changed, or the server cannot continue it).
+
+    A TransientError, so a caller that does not handle it retries later; the
+    HTTP datastore and the registry fetch again from byte 0 in the same attempt,
+    as they do after a 200 to a ranged request.
+    """
 
 
 class HttpDatastore:
@@ -114,11 +132,18 @@ class HttpDatastore:
     ) -> None:
         """One attempt to deliver ``suffix`` from byte ``sink.offset`` to the end."""
         url = self.url_for(suffix)
-        attempt = FetchAttempt(url, sink, max_size, progress, cancel, self._has_credentials)
-        attempt.check_cancel()
-        headers = {"Range": f"bytes={attempt.start}-"} if attempt.start > 0 else {}
         try:
-            with self._client.stream("GET", url, headers=headers) as response:
+            self._get(url, sink, max_size, progress, cancel)
+        except RestartFromZero as exc:
+            log.info("starting over", reason=str(exc))
+            self._get(url, sink, max_size, progress, cancel)  # from byte 0 now, so it cannot restart again
+
+    def _get(self, url: str, sink: Sink, max_size: int | None, progress: ProgressFn | None,
+             cancel: threading.Event | None) -> None:
+        attempt = FetchAttempt(url, sink, max_size, progress, cancel, self._has_credentials, conditional=True)
+        attempt.check_cancel()
+        try:
+            with self._client.stream("GET", url, headers=attempt.request_headers()) as response:
                 attempt.receive(response)
         except httpx.InvalidURL as exc:
             raise PermanentError(f"{url}: invalid URL ({exc})") from exc
@@ -146,9 +171,13 @@ class FetchAttempt:
     # The content's own size when it is known independently (a registry descriptor): an answer
     # announcing another size is the server's fault, worth another attempt, not a size-limit breach.
     expected_size: int | None = None
+    # Whether the content can change under its URL, so a resume must be conditional (If-Range) and each
+    # answer's validator is kept with the bytes; not for a registry blob, which its URL's digest pins.
+    conditional: bool = False
     received: int = 0
     total: int | None = None
     start: int = field(init=False, default=0)
+    sent_validator: str | None = field(init=False, default=None)  # the If-Range this attempt sent
     _last_progress: float = 0.0
 
     def __post_init__(self) -> None:
@@ -157,6 +186,17 @@ class FetchAttempt:
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled(f"{self.url}: download cancelled")
+
+    def request_headers(self) -> dict[str, str]:
+        """``Range`` from the sink's offset and, when it kept a validator, ``If-Range``: a server whose file
+        changed since then answers 200 with the whole new file instead of a piece of it."""
+        if self.start == 0:
+            return {}
+        headers = {"Range": f"bytes={self.start}-"}
+        if self.conditional and self.sink.validator:
+            self.sent_validator = self.sink.validator
+            headers["If-Range"] = self.sent_validator
+        return headers
 
     def receive(self, response: httpx.Response) -> None:
         status = response.status_code
@@ -175,9 +215,10 @@ class FetchAttempt:
         length = _content_length(response)
         self._check_announced(length)
         if self.sink.offset > 0:
-            # The server ignored our Range header: start over with this body.
+            # The server ignored our Range header, or If-Range said the file changed: start over with this body.
             self.sink.reset()
         self.total = length
+        self._record(response_validator(response))
 
     def _accept_partial(self, response: httpx.Response) -> None:
         cr = _parse_content_range(response.headers.get("content-range"))
@@ -185,30 +226,53 @@ class FetchAttempt:
             got = "no valid Content-Range" if cr is None else f"a range starting at {cr.start}"
             if self.start > 0:
                 self.sink.reset()
-                raise TransientError(
+                raise RestartFromZero(
                     f"{self.url}: asked for bytes from {self.start}, server sent {got}; "
                     "restarting from the beginning"
                 )
             raise PermanentError(f"{self.url}: unexpected partial response with {got}")
         assert cr.end is not None
+        self._check_unchanged(response)
         self.total = cr.total
         self._check_announced(cr.total if cr.total is not None else cr.end + 1)
+        current = response_validator(response)
+        self._record(current if current is not None else self.sent_validator)
 
     def _range_not_satisfiable(self, response: httpx.Response) -> None:
         cr = _parse_content_range(response.headers.get("content-range"))
         total = cr.total if cr is not None else None
         if self.start == 0:
             raise PermanentError(f"{self.url}: HTTP 416 for a request without a range")
+        self._check_unchanged(response)
         if total is not None and total == self.start:
             self.total = total
-            self._report(force=True)  # we already hold every byte
+            self._report(force=True)  # we already hold every byte; the commit's digest check has the last word
             return
         self.sink.reset()
         size = "unknown size" if total is None else f"size {total}"
-        raise TransientError(
+        raise RestartFromZero(
             f"{self.url}: server cannot resume from byte {self.start} ({size}); "
             "restarting from the beginning"
         )
+
+    def _check_unchanged(self, response: httpx.Response) -> None:
+        """A ranged answer naming another version than our If-Range did comes from a server that ignored
+        If-Range for a file that changed: the bytes held are the old file's, so they go."""
+        if self.sent_validator is None:
+            return
+        now = _validator_like(self.sent_validator, response)
+        if now is None or _same_version(self.sent_validator, now):
+            return  # unchanged, or the server does not say: the digest check at commit still holds
+        self.sink.reset()
+        raise RestartFromZero(
+            f"{self.url}: the file changed on the server after byte {self.start} was received "
+            f"({self.sent_validator} is now {now}) and the server ignored If-Range; restarting from the beginning"
+        )
+
+    def _record(self, validator: str | None) -> None:
+        """Keep the validator of the answer the sink's bytes now come from (None: it gave none usable)."""
+        if self.conditional:
+            self.sink.set_validator(validator)
 
     def _check_announced(self, announced: int | None) -> None:
         if self.expected_size is not None and announced is not None and announced != self.expected_size:
@@ -385,16 +449,53 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def response_validator(response: httpx.Response) -> str | None:
+    """What a later If-Range may carry for this answer's content (RFC 9110 §13.1.5): its ETag unless weak;
+    else its Last-Modified when that date is a strong validator, i.e. the answer's Date is at least a second
+    later (§8.8.2.2: the file cannot have changed twice within that second unseen); else None."""
+    etag = response.headers.get("etag", "").strip()
+    if len(etag) >= 2 and etag[0] == etag[-1] == '"':
+        return etag
+    modified = response.headers.get("last-modified", "").strip()
+    when, date = _http_date(modified), _http_date(response.headers.get("date"))
+    if when is not None and date is not None and (date - when).total_seconds() >= 1:
+        return modified
+    return None
+
+
+def _validator_like(sent: str, response: httpx.Response) -> str | None:
+    """The answer's validator of the same kind as ``sent`` (an entity tag or a date), if it has one."""
+    name = "etag" if _is_entity_tag(sent) else "last-modified"
+    value = response.headers.get(name, "").strip()
+    return value or None
+
+
+def _same_version(sent: str, now: str) -> bool:
+    if _is_entity_tag(sent):
+        return sent.removeprefix("W/") == now.removeprefix("W/")  # the opaque tags
+    a, b = _http_date(sent), _http_date(now)
+    return a == b if a is not None and b is not None else sent == now
+
+
+def _is_entity_tag(value: str) -> bool:
+    return value.startswith(('"', "W/"))
+
+
+def _http_date(value: str | None) -> datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(value or "")
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     if not value:
         return None
     if value.isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    when = _http_date(value)
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

@@ -38,7 +38,15 @@ from .base import (
     Sink,
     TransientError,
 )
-from .http import CHUNK_SIZE, USER_AGENT, FetchAttempt, refuse_downgrade, retry_after_seconds, ssl_context
+from .http import (
+    CHUNK_SIZE,
+    USER_AGENT,
+    FetchAttempt,
+    RestartFromZero,
+    refuse_downgrade,
+    retry_after_seconds,
+    ssl_context,
+)
 from .oci_manifest import (
     MANIFEST_MEDIA_TYPES,
     MEDIA_DOCKER_MANIFEST,
@@ -233,9 +241,18 @@ class RegistryClient:
         validate_repository(repository)
         validate_digest(digest)
         url = self._url(repository, "blobs", digest)
+        try:
+            self._get_blob(url, repository, digest, sink, max_size, progress, cancel, expected_size)
+        except RestartFromZero:  # the server could not continue the partial, which is gone now
+            self._get_blob(url, repository, digest, sink, max_size, progress, cancel, expected_size)
+
+    def _get_blob(self, url: str, repository: str, digest: str, sink: Sink, max_size: int | None,
+                  progress: ProgressFn | None, cancel: threading.Event | None, expected_size: int | None) -> None:
+        # Not conditional: the digest in the URL pins the content, and an If-Range would follow a redirect
+        # to the registry's storage, whose own ETag would never match it.
         attempt = FetchAttempt(url, sink, max_size, progress, cancel, self._basic is not None, expected_size)
         attempt.check_cancel()
-        headers = {"Range": f"bytes={attempt.start}-"} if attempt.start > 0 else {}
+        headers = attempt.request_headers()
         try:
             with self._open("GET", url, _scope(repository, push=False), headers) as resp:
                 if resp.status_code not in (200, 206, 416):

@@ -6,9 +6,11 @@ Field mapping, as EVE's downloader uses them (lf-edge/eve pkg/pillar/cmd/downloa
 access key, ``password`` the secret key, ``region`` the region, and the
 content tree's URL the object key under that prefix.
 
-A fetch attempt is ``ranged.fetch_ranged`` over a HEAD and ranged GETs; this
-module classifies failures as transient (network, 5xx, throttling) or permanent
-(no such bucket or key, refused credentials). boto3's own retries are off: the
+A fetch attempt is ``ranged.fetch_ranged`` over a HEAD (size and ETag) and ranged
+GETs made conditional on that ETag (``If-Match``: a replaced object answers 412,
+ObjectChanged, instead of another version's bytes); this module classifies
+failures as transient (network, 5xx, throttling) or permanent (no such bucket or
+key, refused credentials). boto3's own retries are off: the
 downloader's backoff owns them.
 """
 
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .base import ConfigError, NotFoundError, PermanentError, TransientError
-from .ranged import BucketStore, skip_bytes
+from .ranged import BucketStore, ObjectChanged, ObjectStat, skip_bytes
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
 CHUNK_SIZE = 1 << 20
@@ -60,13 +62,16 @@ class S3Datastore(BucketStore):
     def describe(self, suffix: str) -> str:
         return f"{self.where}/{self.key_for(suffix)}"
 
-    def size(self, suffix: str) -> int:
+    def stat(self, suffix: str) -> ObjectStat:
         with self._errors(suffix):
-            return int(self._client.head_object(Bucket=self.bucket, Key=self.key_for(suffix))["ContentLength"])
+            head = self._client.head_object(Bucket=self.bucket, Key=self.key_for(suffix))
+        return ObjectStat(int(head["ContentLength"]), head.get("ETag") or None)
 
-    def read(self, suffix: str, start: int, end: int) -> Iterator[bytes]:
+    def read(self, suffix: str, start: int, end: int, version: str | None) -> Iterator[bytes]:
+        conditions = {"IfMatch": version} if version else {}
         with self._errors(suffix):
-            resp = self._client.get_object(Bucket=self.bucket, Key=self.key_for(suffix), Range=f"bytes={start}-{end - 1}")
+            resp = self._client.get_object(Bucket=self.bucket, Key=self.key_for(suffix),
+                                           Range=f"bytes={start}-{end - 1}", **conditions)
             skip = start if not resp.get("ContentRange") else 0  # a store that ignored the range sent it all
             body = resp["Body"]
             try:
@@ -100,6 +105,8 @@ def _classify(exc: Any, name: str) -> Exception:
     code = _code(exc)
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+    if code == "PreconditionFailed" or status == 412:  # only our If-Match asks for it: the object was replaced
+        return ObjectChanged(f"{name}: the object changed during the download ({code}: {message})")
     if code in _NOT_FOUND or status == 404:
         return NotFoundError(f"{name}: not found on the datastore ({code}: {message})")
     if code in _DENIED or status in (401, 403):

@@ -17,13 +17,16 @@ once at info level, and a warning if a reconnect brings a different key, so an o
 Like EVE, it tries password authentication and, if the server only allows keyboard-interactive, answers
 every prompt with the password.
 
-A fetch attempt is ``ranged.fetch_ranged``: ``stat`` for the size, then one pipelined read from the
-resume offset. Pipelining keeps a fixed window of READ requests in flight, which hides the round trip
-without buffering the file. paramiko's ``prefetch``/``readv`` would also hide it, but their helper
-thread cannot be stopped, and a slow consumer can make them fall back to holding the rest of the file
-in memory. There is one SSH connection per datastore, opened lazily and dropped after a connection-level
-failure so the next attempt starts fresh. Each read uses its own SFTP channel on that connection, so
-concurrent downloads of different blobs never share one. Passwords appear in no message or log.
+A fetch attempt is ``ranged.fetch_ranged``: ``stat`` for the size and version (SFTP has no ETag, so the
+modification time and size stand in for one), then one pipelined read from the resume offset; the open
+file's attributes are compared with that version before and after the read, so a file rewritten in
+between fails the read with ObjectChanged. Pipelining keeps a fixed window of READ requests in flight,
+which hides the round trip without buffering the file. paramiko's ``prefetch``/``readv`` would also hide
+it, but their helper thread cannot be stopped, and a slow consumer can make them fall back to holding
+the rest of the file in memory. There is one SSH connection per datastore, opened lazily and dropped
+after a connection-level failure so the next attempt starts fresh. Each read uses its own SFTP channel
+on that connection, so concurrent downloads of different blobs never share one. Passwords appear in no
+message or log.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 from edgevol.log import get_logger
 
 from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, TransientError
-from .ranged import BucketStore
+from .ranged import BucketStore, ObjectChanged, ObjectStat
 
 __all__ = ["SftpDatastore"]
 
@@ -96,7 +99,7 @@ class SftpDatastore(BucketStore):
         path = self.remote_path(suffix)
         return f"{self.where}{path if path.startswith('/') else '/~/' + path}"
 
-    def size(self, suffix: str) -> int:
+    def stat(self, suffix: str) -> ObjectStat:
         path = self.remote_path(suffix)
         with self._channel(suffix) as sftp:
             attrs = sftp.stat(path)
@@ -104,16 +107,26 @@ class SftpDatastore(BucketStore):
             raise PermanentError(f"{self.describe(suffix)} is a directory, not a file")
         if attrs.st_size is None:
             raise PermanentError(f"{self.describe(suffix)}: the server does not say how big it is")
-        return int(attrs.st_size)
+        return ObjectStat(int(attrs.st_size), _version(attrs))
 
-    def read(self, suffix: str, start: int, end: int) -> Iterator[bytes]:
+    def read(self, suffix: str, start: int, end: int, version: str | None) -> Iterator[bytes]:
         path = self.remote_path(suffix)
         if start >= end:
             return
         with self._channel(suffix) as sftp:
             f = sftp.open(path, "rb")
+            self._same_version(suffix, f, version)  # the file opened is the one stat saw
             yield from _pipelined_read(sftp, f.handle, start, end)
+            self._same_version(suffix, f, version)  # and nobody rewrote it while it was read
             f.close()  # nothing is in flight any more, so the channel can serve the next read
+
+    def _same_version(self, suffix: str, f: Any, version: str | None) -> None:
+        if version is None:
+            return
+        now = _version(f.stat())
+        if now is not None and now != version:
+            raise ObjectChanged(f"{self.describe(suffix)}: the file changed during the download "
+                                f"(modified time:size {version} is now {now})")
 
     def close(self) -> None:
         with self._lock:
@@ -243,6 +256,13 @@ class SftpDatastore(BucketStore):
             log.warning("sftp host key changed since the last connection", datastore=self.where,
                         key_type=key.get_name(), fingerprint=fingerprint, previous=self._host_key)
         self._host_key = fingerprint
+
+
+def _version(attrs: Any) -> str | None:
+    """A file's version as SFTP can tell it: modification time and size (None when the server omits them)."""
+    if attrs.st_mtime is None or attrs.st_size is None:
+        return None
+    return f"{int(attrs.st_mtime)}:{int(attrs.st_size)}"
 
 
 class _Replies:

@@ -18,6 +18,7 @@ from typing import Callable
 from edgevol.api import messages as m
 from edgevol.device.cas import CasError, ContentStore, DigestMismatch, IngestBusy, SizeLimitExceeded, SizeMismatch
 from edgevol.device.cas.ingest import Ingest
+from edgevol.device.crashpoints import crash_point
 from edgevol.device.datastores.base import Cancelled, PermanentError, TransientError
 from edgevol.device.datastores.credentials import CredentialsError
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
@@ -30,6 +31,7 @@ from edgevol.model.desired import Settings
 log = get_logger("edgevol.download")
 S = m.ZSwState
 PROGRESS_INTERVAL = 0.5
+VALIDATOR_ROOM = 4096  # the validator beside a partial is a small file: one block
 
 
 class _SparingSink:
@@ -51,6 +53,15 @@ class _SparingSink:
 
     def reset(self) -> None:
         self._ingest.reset()
+
+    @property
+    def validator(self) -> str | None:
+        return self._ingest.validator
+
+    def set_validator(self, validator: str | None) -> None:
+        if validator is not None and not self._store.leaves_room(VALIDATOR_ROOM):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._ingest.set_validator(validator)
 
 
 class BlobDownloader:
@@ -129,6 +140,7 @@ class BlobDownloader:
                     stop_reporting()
                 if cancel.is_set():
                     raise Cancelled()
+                crash_point("blob.fetched")  # every byte in the partial, not yet verified or committed
                 self.store.update("blobs", (sha,), state=S.VERIFYING, progress=99)
                 path = ingest.commit()
         except Cancelled:
