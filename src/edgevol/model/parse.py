@@ -15,6 +15,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from edgevol.api.formats import BLOB_TREE
+from edgevol.device.datastores import proxy as proxy_rules
 from edgevol.device.datastores.base import ConfigError
 from edgevol.device.datastores.oci_refs import parse_image_ref, split_registry_address
 from edgevol.model.desired import (
@@ -28,6 +29,7 @@ from edgevol.model.desired import (
     ImageFormat,
     ObjectError,
     ObjectKind,
+    ProxySettings,
     Settings,
     Volume,
     VolumeClone,
@@ -170,8 +172,12 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         "edgevol.disk.reserve.bytes": ("disk_reserve_bytes", int, 0, 1 << 50),
         "edgevol.disk.scan.interval.seconds": ("disk_scan_interval_seconds", float, 0.0, 3600),
     }
+    proxy_items: dict[str, str] = {}
     for item in cfg.configItems:
         key, raw = item.key, item.value
+        if key in _PROXY_ITEMS:
+            proxy_items[key] = raw
+            continue
         if key in _EVE_INT_ITEMS or key in _EVE_BOOL_ITEMS:
             parsed = _parse_eve_item(key, raw, errors)
             if parsed is not None:
@@ -207,7 +213,34 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
             continue
         values[attr] = val
+    proxy = _parse_proxy_items(proxy_items, errors)
+    if proxy is not None:
+        values["proxy"] = proxy
     return Settings(**{**eve_values, **values})
+
+
+# edgevol.download.proxy.* -> ProxySettings field, and the parser of its value.
+_PROXY_ITEMS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "edgevol.download.proxy.http": ("http_proxy", proxy_rules.parse_proxy_url),
+    "edgevol.download.proxy.https": ("https_proxy", proxy_rules.parse_proxy_url),
+    "edgevol.download.proxy.exceptions": ("no_proxy", proxy_rules.parse_no_proxy),
+    "edgevol.download.proxy.ca.pem": ("ca_pems", proxy_rules.parse_ca_pems),
+}
+
+
+def _parse_proxy_items(items: dict[str, str], errors: list[ObjectError]) -> ProxySettings | None:
+    """The download proxy from its config items; None when none is set or one is malformed (each such item is
+    an error: a half-applied proxy setting could send traffic where the operator did not mean it to go)."""
+    values: dict[str, Any] = {}
+    for key, raw in items.items():
+        attr, parse = _PROXY_ITEMS[key]
+        try:
+            values[attr] = parse(raw, key) if raw.strip() else ("" if attr.endswith("proxy") else ())
+        except proxy_rules.ProxyConfigError as exc:
+            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{exc}; no download proxy applies"))
+    if len(values) < len(items):
+        return None
+    return ProxySettings(**values) if values else None
 
 
 def _cipher_contexts(cfg: Any) -> dict[str, bytes]:
