@@ -27,14 +27,16 @@ LOG_TAIL = 3000  # characters of a log quoted in a failure: the end, where the r
 
 
 def run_once(data: Path, b: ConfigBuilder, cfg: Path, timeout: float = 180,
-             crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+             crash_at: str | None = None, env_extra: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Save ``b`` to ``cfg`` and run one reconcile pass (``device run --once``): the way a test sees what a
     config turns into, with the agent's log in the result's stderr. ``crash_at`` names a crash point
-    (``device/crashpoints.py``) where the agent kills itself with SIGKILL."""
+    (``device/crashpoints.py``) where the agent kills itself with SIGKILL; ``env_extra`` adds to the agent's
+    environment (say, HTTPS_PROXY)."""
     b.save(cfg)
     env = {k: v for k, v in os.environ.items() if k != CRASH_AT_ENV}
     if crash_at:
         env[CRASH_AT_ENV] = crash_at
+    env.update(env_extra or {})
     return subprocess.run([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg), "--once"],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
