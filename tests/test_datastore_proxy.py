@@ -309,6 +309,20 @@ def test_an_https_proxy_is_trusted_only_with_its_ca_in_the_proxy_ca_item(tmp_pat
         relay.stop()
 
 
+def test_a_networks_enterprise_proxy_applies_when_no_item_is_set(tmp_path, servers: Servers,
+                                                                  tinyproxy: RunningTinyproxy) -> None:  # noqa: F811
+    """EVE's controller sends the proxy as EdgeDevConfig.networks[].entProxy (read as EVE's zedagent does:
+    pkg/pillar/cmd/zedagent/parseconfig.go:2428-2454): it is the download proxy when no item is set."""
+    b = ConfigBuilder().fast_retries(2)
+    b.network_proxy(http=f"127.0.0.1:{tinyproxy.port}", https=f"127.0.0.1:{dead_port()}")
+    servers.add(b, "http")
+    mark = tinyproxy.mark()
+    proc = run_once(tmp_path / "dev", b, tmp_path / "config.pb")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_loaded(tmp_path / "dev", servers, ("http",))
+    assert tinyproxy.saw(mark, servers.targets()["http"])
+
+
 # -- the rules, without servers -----------------------------------------------------------------------------
 
 
@@ -409,3 +423,27 @@ def test_environment_variables_and_what_wins() -> None:
     named = ProxySettings("http://c:5", "", (), ())
     assert proxies.effective(named, settings) == named
     assert os.environ.get("HTTP_PROXY") is None  # conftest keeps the host's proxies away from every agent
+
+
+def test_ent_proxy_is_read_as_eve_reads_it_and_items_win(tmp_path) -> None:
+    """PROXY_HTTP for http:// targets, PROXY_HTTPS for https:// ones, each at server:port with http://
+    prepended (pkg/pillar/controllerconn/proxy.go:408-435 and 119-135; types/dpc.go:942-957); the first
+    network with a proxy counts; SOCKS and PAC are reported, not used; an edgevol.download.proxy.* item wins."""
+    ca_pem, _cert, _key = private_ca(tmp_path)
+    b = ConfigBuilder()
+    b.cfg.networks.add(id="no-proxy-here")
+    net = b.network_proxy(http="proxy.corp:3128", https="secure.corp:8443", exceptions=".corp", certs=(ca_pem,))
+    b.cfg.networks[-1].entProxy.proxies.add(proto=m.proxyProto.PROXY_SOCKS, server="socks.corp", port=1080)
+    b.cfg.networks[-1].entProxy.pacfile = "ZnVuY3Rpb24="
+    b.network_proxy(http="second.corp:1")
+    state = parse_config(b.cfg)
+    assert state.settings.proxy == ProxySettings("http://proxy.corp:3128", "http://secure.corp:8443", (".corp",),
+                                                 (ca_pem.strip() + b"\n",))
+    assert sorted(("PAC" in e.message, "type 2 is not supported" in e.message, e.object_id) for e in state.errors) == [
+        (False, True, net), (True, False, net)]
+    b.item(PROXY_HTTPS, "http://item.corp:1")
+    assert parse_config(b.cfg).settings.proxy == ProxySettings("", "http://item.corp:1")
+    bad = ConfigBuilder()
+    bad.network_proxy(http="proxy.corp:3128", exceptions="not a host")
+    bad_state = parse_config(bad.cfg)
+    assert bad_state.settings.proxy == ProxySettings() and "no download proxy applies" in bad_state.errors[0].message

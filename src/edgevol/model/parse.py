@@ -213,7 +213,8 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
             continue
         values[attr] = val
-    proxy = _parse_proxy_items(proxy_items, errors)
+    # the config items win; a network's entProxy counts only when none is set (even a malformed one)
+    proxy = _parse_proxy_items(proxy_items, errors) if proxy_items else _ent_proxy(cfg, errors)
     if proxy is not None:
         values["proxy"] = proxy
     return Settings(**{**eve_values, **values})
@@ -241,6 +242,44 @@ def _parse_proxy_items(items: dict[str, str], errors: list[ObjectError]) -> Prox
     if len(values) < len(items):
         return None
     return ProxySettings(**values) if values else None
+
+
+_PROXY_HTTP, _PROXY_HTTPS = 0, 1  # org.lfedge.eve.common.proxyProto
+
+
+def _ent_proxy(cfg: Any, errors: list[ObjectError]) -> ProxySettings | None:
+    """The enterprise proxy of the first network whose ``entProxy`` names a proxy or a proxy CA.
+
+    EVE keeps one per uplink port; edgevol has no ports, so one for all. As EVE reads it: a PROXY_HTTP
+    server is for http:// targets and a PROXY_HTTPS one for https:// ones, each dialled at ``server:port``
+    (http:// unless ``server`` names a scheme); ``exceptions`` is the no-proxy list and ``proxyCertPEM``
+    the CAs of a TLS-intercepting proxy. SOCKS, FTP, PAC files and WPAD are not supported (an error says so).
+    """
+    for net in cfg.networks:
+        if not net.HasField("entProxy"):
+            continue
+        ent, where = net.entProxy, f"network {net.id or '(no id)'} entProxy"
+        try:
+            urls = {_PROXY_HTTP: "", _PROXY_HTTPS: ""}
+            for server in ent.proxies:
+                if server.proto not in urls:
+                    errors.append(ObjectError(ObjectKind.CONFIG, net.id, f"{where}: proxy type {server.proto} "
+                                              "is not supported (only PROXY_HTTP and PROXY_HTTPS); it is ignored"))
+                    continue
+                address = f"{server.server}:{server.port}" if server.port else server.server
+                urls[server.proto] = proxy_rules.parse_proxy_url(address, f"{where} proxy server")
+            if ent.pacfile or ent.networkProxyEnable:
+                errors.append(ObjectError(ObjectKind.CONFIG, net.id, f"{where}: PAC files and WPAD are not "
+                                          "supported; only its explicit proxies apply"))
+            pems = tuple(c for pem in ent.proxyCertPEM for c in proxy_rules.parse_ca_pems(pem, f"{where} proxyCertPEM"))
+            if not (urls[_PROXY_HTTP] or urls[_PROXY_HTTPS] or pems):
+                continue
+            no_proxy = proxy_rules.parse_no_proxy(ent.exceptions, f"{where} exceptions")
+        except proxy_rules.ProxyConfigError as exc:
+            errors.append(ObjectError(ObjectKind.CONFIG, net.id, f"{exc}; no download proxy applies"))
+            return None
+        return ProxySettings(urls[_PROXY_HTTP], urls[_PROXY_HTTPS], no_proxy, pems)
+    return None
 
 
 def _cipher_contexts(cfg: Any) -> dict[str, bytes]:
