@@ -94,13 +94,13 @@ def assert_resumed(stderr: str, at_least: int, first_get: Mapping[str, str] | No
     assert started and started[0] >= at_least, started  # from the partial, not from 0
 
 
-def assert_volume_is(data: Path, name: str, image: Path) -> dict:
+def assert_volume_is(data: Path, name: str, image: Path, status: dict | None = None) -> dict:
     """Volume ``name`` is created and starts with exactly ``image``'s bytes, and the blob it came from is
     LOADED in the state store: the download finished and was verified, not merely stopped. Returns the
-    volume's status."""
+    volume's status; ``status`` is a ``device status`` already taken (each costs a CLI run)."""
     sha = sha256_file(image)
     size = image.stat().st_size
-    vol = by_name(device_status(data)["volumes"], name)
+    vol = by_name((status or device_status(data))["volumes"], name)
     assert vol["state"] == "CREATED_VOLUME", vol
     guest = open_guest(vol["path"]).getvalue()
     assert hashlib.sha256(guest[:size]).hexdigest() == sha and len(guest) >= size

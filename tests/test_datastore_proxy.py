@@ -130,10 +130,10 @@ def _all_types(servers: Servers, b: ConfigBuilder) -> ConfigBuilder:
     return b
 
 
-def _assert_loaded(data: Path, servers: Servers, kinds: tuple[str, ...]) -> None:
+def _assert_loaded(data: Path, servers: Servers, kinds: tuple[str, ...], st: dict | None = None) -> None:
     """Each tree LOADED with the image's sha256 (the registry's: the pushed manifest's digest), each volume
-    made of the right bytes."""
-    st = device_status(data)
+    made of the right bytes. ``st``: a ``device status`` already taken."""
+    st = st or device_status(data)
     for kind in kinds:
         tree = by_name(st["content_trees"], kind)
         assert tree["state"] == "LOADED", tree
@@ -142,11 +142,13 @@ def _assert_loaded(data: Path, servers: Servers, kinds: tuple[str, ...]) -> None
             assert by_name(st["volumes"], kind)["state"] == "CREATED_VOLUME"
         else:
             assert tree["sha256"] == sha256_file(servers.images[kind]), tree
-            assert_volume_is(data, kind, servers.images[kind])
+            assert_volume_is(data, kind, servers.images[kind], st)
 
 
-def _error(data: Path, name: str) -> str:
-    return str(by_name(device_status(data)["content_trees"], name)["error"]["description"])
+def _errors(data: Path, st: dict | None = None) -> dict[str, str]:
+    """Each failed content tree's error, by name (from one ``device status``, or ``st`` already taken)."""
+    return {t["display_name"]: str(t["error"]["description"]) for t in (st or device_status(data))["content_trees"]
+            if t.get("error")}
 
 
 def test_every_datastore_type_downloads_through_the_proxy(tmp_path, servers: Servers,
@@ -170,10 +172,11 @@ def test_a_dead_proxy_fails_every_type_with_an_error_naming_the_proxy(tmp_path, 
     b = _all_types(servers, ConfigBuilder().fast_retries(2).item(PROXY_HTTP, dead).item(PROXY_HTTPS, dead))
     proc = run_once(tmp_path / "dev", b, tmp_path / "config.pb")
     assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = _errors(tmp_path / "dev")
     for kind in (*FILE_TYPES, "registry"):
-        err = _error(tmp_path / "dev", kind)
+        err = errors[kind]
         assert f"through proxy {dead}" in err and "cannot reach the proxy" in err, (kind, err)
-    assert "gave up after 2 attempts" in _error(tmp_path / "dev", "http")  # transient: it was retried
+    assert "gave up after 2 attempts" in errors["http"]  # transient: it was retried
 
 
 def test_the_no_proxy_list_sends_a_server_direct(tmp_path, servers: Servers,
@@ -223,7 +226,7 @@ def test_proxies_from_the_environment_and_the_config_item_wins(tmp_path, servers
     servers.add(b3, "http")
     proc = run_once(tmp_path / "dev3", b3, tmp_path / "config3.pb", env_extra={"ALL_PROXY": dead})
     assert proc.returncode == 1
-    assert f"through proxy {dead}" in _error(tmp_path / "dev3", "http")
+    assert f"through proxy {dead}" in _errors(tmp_path / "dev3")["http"]
 
 
 def test_a_malformed_proxy_item_is_a_config_error_and_no_proxy_applies(tmp_path, servers: Servers,
@@ -261,16 +264,17 @@ def test_proxy_credentials_work_are_checked_and_never_shown(tmp_path, servers: S
                 servers.add(b, kind)
             mark = proxy.mark()
             proc = run_once(tmp_path / run, b, tmp_path / f"{run}.pb")
-            shown += proc.stderr + proc.stdout + json.dumps(device_status(tmp_path / run))
+            st = device_status(tmp_path / run)
+            shown += proc.stderr + proc.stdout + json.dumps(st)
             if run == "good":
                 assert proc.returncode == 0, proc.stderr[-3000:]
-                _assert_loaded(tmp_path / run, servers, kinds)
+                _assert_loaded(tmp_path / run, servers, kinds, st)
                 assert all(proxy.saw(mark, servers.targets()[k]) for k in kinds)
                 continue
             assert proc.returncode == 1
-            status = 407 if run == "none" else 401
+            status, errors = (407 if run == "none" else 401), _errors(tmp_path / run, st)
             for kind in kinds:
-                err = _error(tmp_path / run, kind)
+                err = errors[kind]
                 assert f"through proxy http://127.0.0.1:{proxy.port}: the proxy answered HTTP {status}" in err, err
                 assert "check the user:password in the proxy URL" in err and "attempts" not in err, err
     finally:
@@ -294,8 +298,9 @@ def test_an_https_proxy_is_trusted_only_with_its_ca_in_the_proxy_ca_item(tmp_pat
             servers.add(b, kind)
         proc = run_once(tmp_path / "dev", b, tmp_path / "config.pb")
         assert proc.returncode == 1
+        errors = _errors(tmp_path / "dev")
         for kind in kinds:
-            err = _error(tmp_path / "dev", kind)
+            err = errors[kind]
             assert f"through proxy {relay.url}: TLS certificate verification failed" in err, (kind, err)
             assert "edgevol.download.proxy.ca.pem" in err, err
 
@@ -447,3 +452,17 @@ def test_ent_proxy_is_read_as_eve_reads_it_and_items_win(tmp_path) -> None:
     bad.network_proxy(http="proxy.corp:3128", exceptions="not a host")
     bad_state = parse_config(bad.cfg)
     assert bad_state.settings.proxy == ProxySettings() and "no download proxy applies" in bad_state.errors[0].message
+
+
+@pytest.mark.parametrize("status, reason, retryable, words", [
+    (None, "Connection refused", True, "cannot reach the proxy: Connection refused"),
+    (407, "", False, "HTTP 407 (proxy authentication)"),
+    (403, "", False, "its access rules"),
+    (502, "", True, "could not reach the server"),
+    (405, "", False, "refused the request (HTTP 405)"),
+])
+def test_proxy_failures_are_classified_and_never_show_credentials(status: int | None, reason: str, retryable: bool,
+                                                                  words: str) -> None:
+    err = proxies.proxy_failure("http://me:pa55word@proxy.corp:3128", "https://x/y", status=status, reason=reason)
+    assert err.retryable is retryable and words in str(err), str(err)
+    assert str(err).startswith("https://x/y: through proxy http://proxy.corp:3128: ") and "pa55word" not in str(err)
