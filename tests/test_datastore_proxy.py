@@ -28,7 +28,7 @@ from tests.azure_fixture import ACCOUNT, ACCOUNT_KEY, RunningAzurite, azurite  #
 from tests.configs import ConfigBuilder, new_id, sha256_file
 from tests.conftest import by_name, device_status, make_raw_image
 from tests.datastore_cases import assert_volume_is, run_once
-from tests.gcs_fixture import RunningGcs, gcs_server  # noqa: F401  (fixture)
+from tests.gcs_fixture import RunningGcs, gcs_server, start_gcs  # noqa: F401  (fixture)
 from tests.proxy_fixture import RunningTinyproxy, TlsRelay, dead_port, start_tinyproxy, tinyproxy  # noqa: F401
 from tests.registry_fixture import TEST_PASSWORD, TEST_USER, TokenAuthRegistry, token_auth_registry  # noqa: F401
 from tests.s3_fixture import ACCESS_KEY, REGION, SECRET_KEY, RunningS3, s3_server  # noqa: F401  (fixture)
@@ -38,7 +38,8 @@ from tests.tls_certs import private_ca
 MiB = 1 << 20
 PROXY_HTTP, PROXY_HTTPS = "edgevol.download.proxy.http", "edgevol.download.proxy.https"
 EXCEPTIONS, PROXY_CA = "edgevol.download.proxy.exceptions", "edgevol.download.proxy.ca.pem"
-FILE_TYPES = ("http", "https", "s3", "azure", "gcs", "sftp")
+# gcs-https: GCS over TLS, so requests opens a CONNECT tunnel instead of forwarding a plain-HTTP request
+FILE_TYPES = ("http", "https", "s3", "azure", "gcs", "gcs-https", "sftp")
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Servers:
     s3: RunningS3
     azure: RunningAzurite
     gcs: RunningGcs
+    gcs_https: RunningGcs
     sftp: RunningSftp
 
     def targets(self) -> dict[str, str]:
@@ -63,7 +65,8 @@ class Servers:
                 "registry": self.registry.registry.host,
                 "registry-token": _hostport(self.registry.token_server.realm),
                 "s3": f"127.0.0.1:{self.s3.port}", "azure": f"127.0.0.1:{self.azure.port}",
-                "gcs": f"127.0.0.1:{self.gcs.port}", "sftp": self.sftp.fqdn}
+                "gcs": f"127.0.0.1:{self.gcs.port}", "gcs-https": f"127.0.0.1:{self.gcs_https.port}",
+                "sftp": self.sftp.fqdn}
 
     def add(self, b: ConfigBuilder, kind: str) -> str:
         """A datastore of ``kind`` with its content tree and volume (named ``kind``); returns the tree's id."""
@@ -90,8 +93,10 @@ def _cloud_fields(s: Servers, kind: str) -> dict[str, object]:
     if kind == "azure":
         return dict(dType=m.DsType.DsAzureBlob, fqdn=s.azure.account_url, dpath="images/vm", apiKey=ACCOUNT,
                     password=ACCOUNT_KEY)
-    if kind == "gcs":
-        return dict(dType=m.DsType.DsGoogleStorage, fqdn=s.gcs.endpoint, dpath="images/vm")
+    if kind in ("gcs", "gcs-https"):
+        tls = kind == "gcs-https"
+        return dict(dType=m.DsType.DsGoogleStorage, fqdn=(s.gcs_https if tls else s.gcs).endpoint, dpath="images/vm",
+                    dsCertPEM=[s.https_ca] if tls else [])
     assert kind == "sftp"
     return dict(dType=m.DsType.DsSFTP, fqdn=s.sftp.fqdn, dpath="images", apiKey=s.sftp.user,
                 password=s.sftp.password)
@@ -107,8 +112,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory, token_auth_registry: Token
             sftp_server: RunningSftp) -> Iterator[Servers]:  # noqa: F811
     root = tmp_path_factory.mktemp("proxy-datastore")
     images = {kind: make_raw_image(root / f"{kind}.raw", 2, seed=71 + n) for n, kind in enumerate(FILE_TYPES)}
-    ca_pem, cert, key = private_ca(tmp_path_factory.mktemp("proxy-https-ca"))
+    ca_dir = tmp_path_factory.mktemp("proxy-https-ca")
+    ca_pem, cert, key = private_ca(ca_dir)
     http, https = serve(root), serve(root, certfile=cert, keyfile=key)
+    gcs_https = start_gcs(tmp_path_factory.mktemp("proxy-gcs-https"), cert=cert, key=key, ca_file=ca_dir / "ca.pem")
+    gcs_https.put("images", "vm/gcs-https.raw", images["gcs-https"], verify=str(ca_dir / "ca.pem"))
     os_name, arch, variant = host_platform()
     layer = Layer.from_files({"etc/": ("dir",), "etc/motd": b"through the proxy\n"})
     container = build_image([layer], {"Cmd": ["/bin/true"]}, os=os_name, arch=arch, variant=variant)
@@ -119,9 +127,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory, token_auth_registry: Token
     gcs_server.put("images", "vm/gcs.raw", images["gcs"])
     sftp_server.put("images/sftp.raw", images["sftp"])
     yield Servers(images, http, https, ca_pem, token_auth_registry, container.digest, s3_server, azurite,
-                  gcs_server, sftp_server)
+                  gcs_server, gcs_https, sftp_server)
     http.shutdown()
     https.shutdown()
+    gcs_https.stop()
 
 
 def _all_types(servers: Servers, b: ConfigBuilder) -> ConfigBuilder:
@@ -154,7 +163,8 @@ def _errors(data: Path, st: dict | None = None) -> dict[str, str]:
 def test_every_datastore_type_downloads_through_the_proxy(tmp_path, servers: Servers,
                                                           tinyproxy: RunningTinyproxy) -> None:  # noqa: F811
     """HTTP, HTTPS (a CONNECT tunnel), the registry with its token realm on another port, S3, Azure Blob,
-    GCS and SFTP (a CONNECT tunnel opened with python-socks): every connection in the proxy's log."""
+    GCS over HTTP and HTTPS (CONNECT), and SFTP (a CONNECT tunnel opened with python-socks): every connection
+    in the proxy's log."""
     b = _all_types(servers, ConfigBuilder().fast_retries(2).item(PROXY_HTTP, tinyproxy.url)
                    .item(PROXY_HTTPS, tinyproxy.url))
     mark = tinyproxy.mark()
@@ -256,7 +266,8 @@ def test_proxy_credentials_work_are_checked_and_never_shown(tmp_path, servers: S
     shown = ""
     try:
         runs = {"good": (f"http://{user}:{password}@127.0.0.1:{proxy.port}", ("http", "https", "sftp", "gcs")),
-                "none": (f"http://127.0.0.1:{proxy.port}", ("http", "s3", "azure", "registry", "https", "sftp")),
+                "none": (f"http://127.0.0.1:{proxy.port}",
+                         ("http", "s3", "azure", "registry", "https", "gcs-https", "sftp")),
                 "wrong": (f"http://{user}:{wrong}@127.0.0.1:{proxy.port}", ("https", "sftp"))}
         for run, (url, kinds) in runs.items():
             b = ConfigBuilder().fast_retries(2).item(PROXY_HTTP, url).item(PROXY_HTTPS, url)
@@ -291,7 +302,7 @@ def test_an_https_proxy_is_trusted_only_with_its_ca_in_the_proxy_ca_item(tmp_pat
     (tmp_path / "relay-ca").mkdir()
     ca_pem, cert, key = private_ca(tmp_path / "relay-ca")
     relay = TlsRelay(("127.0.0.1", tinyproxy.port), cert, key)
-    kinds = ("http", "https", "azure", "gcs", "sftp")
+    kinds = ("http", "https", "azure", "gcs", "gcs-https", "sftp")
     try:
         b = ConfigBuilder().fast_retries(1).item(PROXY_HTTP, relay.url).item(PROXY_HTTPS, relay.url)
         for kind in kinds:
