@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from edgevol.model.desired import ProxySettings
 from edgevol.netaddr import is_loopback_host
 
 from .base import (
@@ -33,8 +34,6 @@ from .base import (
     PermanentError,
     TransientError,
 )
-from edgevol.model.desired import ProxySettings
-
 from .http import ssl_context
 from .proxy import requests_adapter
 from .ranged import BucketStore, skip_bytes

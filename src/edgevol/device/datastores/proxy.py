@@ -29,8 +29,9 @@ from edgevol.model.desired import ProxySettings
 from .base import DatastoreError, PermanentError, TransientError
 
 __all__ = [
-    "ProxyConfigError", "choose", "choose_for_url", "effective", "from_environment", "parse_ca_pems",
-    "parse_no_proxy", "parse_proxy_url", "proxy_failure", "redact", "requests_adapter", "tunnel",
+    "ProxyConfigError", "botocore_proxies", "cert_failure", "choose", "choose_for_url", "effective",
+    "failure_reason", "from_environment", "parse_ca_pems", "parse_no_proxy", "parse_proxy_url", "proxy_failure",
+    "redact", "requests_adapter", "ssl_context", "tunnel", "tunnel_status", "where",
 ]
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "sftp": 22}

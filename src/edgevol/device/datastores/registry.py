@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from edgevol.model.desired import ProxySettings
+
 from .base import (
     BytesSink,
     ConfigError,
@@ -38,8 +40,6 @@ from .base import (
     Sink,
     TransientError,
 )
-from edgevol.model.desired import ProxySettings
-
 from .http import CHUNK_SIZE, USER_AGENT, FetchAttempt, ProxyRoutingTransport, refuse_downgrade, retry_after_seconds
 from .oci_manifest import (
     MANIFEST_MEDIA_TYPES,

@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from edgevol.log import get_logger
-
 from edgevol.model.desired import ProxySettings
 
 from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, TransientError
