@@ -9,6 +9,7 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the registry token-auth tests sign with it
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)  # the download proxy tests run a real HTTP proxy
 # The controller's tests start a throwaway PostgreSQL cluster with initdb/pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

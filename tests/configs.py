@@ -127,6 +127,18 @@ class ConfigBuilder:
             a.drives.add().CopyFrom(d)
         return app_id
 
+    def network_proxy(self, http: str = "", https: str = "", exceptions: str = "", certs: tuple[bytes, ...] = (),
+                      net_id: str | None = None) -> str:
+        """A network whose ``entProxy`` has these proxies (``host:port``), as an EVE controller sends them."""
+        net = self.cfg.networks.add(id=net_id or new_id())
+        for proto, address in ((m.proxyProto.PROXY_HTTP, http), (m.proxyProto.PROXY_HTTPS, https)):
+            if address:
+                server, _, port = address.rpartition(":")
+                net.entProxy.proxies.add(proto=proto, server=server, port=int(port))
+        net.entProxy.exceptions = exceptions
+        net.entProxy.proxyCertPEM.extend(certs)
+        return str(net.id)
+
     def save(self, path: Path) -> Path:
         save_edge_dev_config(path, self.cfg)
         return path

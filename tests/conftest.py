@@ -17,6 +17,12 @@ from edgevol.tools.httpserve import RangeHTTPServer, serve
 
 EDGEVOL = [sys.executable, "-m", "edgevol.cli"]
 
+# The device agent honours the proxy variables of its environment: a developer's or CI's would send every
+# test's loopback downloads to their proxy. The tests that are about them set them for one agent.
+for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.lower(), None)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _require_qemu_img() -> None:

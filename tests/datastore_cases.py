@@ -30,14 +30,16 @@ LOG_TAIL = 3000  # characters of a log quoted in a failure: the end, where the r
 
 
 def run_once(data: Path, b: ConfigBuilder, cfg: Path, timeout: float = 180,
-             crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+             crash_at: str | None = None, env_extra: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Save ``b`` to ``cfg`` and run one reconcile pass (``device run --once``): the way a test sees what a
     config turns into, with the agent's log in the result's stderr. ``crash_at`` names a crash point
-    (``device/crashpoints.py``) where the agent kills itself with SIGKILL."""
+    (``device/crashpoints.py``) where the agent kills itself with SIGKILL; ``env_extra`` adds to the agent's
+    environment (say, HTTPS_PROXY)."""
     b.save(cfg)
     env = {k: v for k, v in os.environ.items() if k != CRASH_AT_ENV}
     if crash_at:
         env[CRASH_AT_ENV] = crash_at
+    env.update(env_extra or {})
     return subprocess.run([*EDGEVOL, "device", "run", "--data-dir", str(data), "--config", str(cfg), "--once"],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -141,13 +143,13 @@ def assert_a_replaced_object_fails_the_read(store: RangedStore, suffix: str, rep
     assert sum(len(c) for c in store.read(suffix, 0, now.size, now.validator)) == now.size
 
 
-def assert_volume_is(data: Path, name: str, image: Path) -> dict:
+def assert_volume_is(data: Path, name: str, image: Path, status: dict | None = None) -> dict:
     """Volume ``name`` is created and starts with exactly ``image``'s bytes, and the blob it came from is
     LOADED in the state store: the download finished and was verified, not merely stopped. Returns the
-    volume's status."""
+    volume's status; ``status`` is a ``device status`` already taken (each costs a CLI run)."""
     sha = sha256_file(image)
     size = image.stat().st_size
-    vol = by_name(device_status(data)["volumes"], name)
+    vol = by_name((status or device_status(data))["volumes"], name)
     assert vol["state"] == "CREATED_VOLUME", vol
     guest = open_guest(vol["path"]).getvalue()
     assert hashlib.sha256(guest[:size]).hexdigest() == sha and len(guest) >= size

@@ -318,8 +318,14 @@ MESSAGES: dict[str, str] = {
     "org.lfedge.eve.config.EdgeDevConfig": (
         "UUIDandVersion id=1; repeated AppInstanceConfig apps=4; "
         "repeated DatastoreConfig datastores=6; repeated ConfigItem configItems=11; "
-        "repeated ContentTree contentInfo=20; repeated Volume volumes=21"
+        "repeated ContentTree contentInfo=20; repeated Volume volumes=21; repeated NetworkConfig networks=5"
     ),
+    "org.lfedge.eve.config.NetworkConfig": "string id=1; org.lfedge.eve.common.ProxyConfig entProxy=8",
+    "org.lfedge.eve.common.ProxyConfig": (
+        "bool networkProxyEnable=1; repeated ProxyServer proxies=2; string exceptions=3; string pacfile=4; "
+        "string networkProxyURL=5; repeated bytes proxyCertPEM=6"
+    ),
+    "org.lfedge.eve.common.ProxyServer": "proxyProto proto=1; string server=2; uint32 port=3",
     "org.lfedge.eve.config.ConfigRequest": "string configHash=1; bytes integrity_token=2",
     "org.lfedge.eve.config.ConfigResponse": "EdgeDevConfig config=1; string configHash=2",
     "org.lfedge.eve.info.DeviceEntity": "Entity entity=1; string entity_id=2; string entity_name=3",
@@ -417,6 +423,7 @@ ENUMS: dict[str, str] = {
         "ENTITY_ATTESTATION=4 ENTITY_APP_INSTANCE=5 ENTITY_PORT=6 ENTITY_NETWORK=7 "
         "ENTITY_NETWORK_INSTANCE=8 ENTITY_CONTENT_TREE=9 ENTITY_CONTENT_BLOB=10 ENTITY_VOLUME=11"
     ),
+    "org.lfedge.eve.common.proxyProto": "PROXY_HTTP=0 PROXY_HTTPS=1 PROXY_SOCKS=2 PROXY_FTP=3 PROXY_OTHER=255",
     "org.lfedge.eve.common.HashAlgorithm": (
         "HASH_ALGORITHM_INVALID=0 HASH_ALGORITHM_SHA256_16BYTES=1 HASH_ALGORITHM_SHA256_32BYTES=2"
     ),
@@ -553,8 +560,8 @@ def test_fields_edgevol_does_not_model_survive_a_round_trip() -> None:
     # carrying "fixedresources" (3) and "interfaces" (6) we do not describe.
     vol_unknown = vint(99, 7) + ld(50, b"\x00\x01opaque")
     app_unknown = ld(3, vint(1, 2048) + vint(2, 2)) + ld(6, ld(1, "eth0"))
-    # EdgeDevConfig "networks" (5) and "baseos" (26) submessages.
-    cfg_unknown = ld(5, ld(1, "net-1") + vint(5, 4)) + ld(26, ld(1, ld(1, "baseos-uuid")))
+    # EdgeDevConfig "reboot" (9) and "baseos" (26) submessages.
+    cfg_unknown = ld(9, ld(1, "reboot-uuid") + vint(2, 4)) + ld(26, ld(1, ld(1, "baseos-uuid")))
 
     # Build the wire form the way a serializer would order it: known fields
     # in number order, unknown fields after the known ones of each message.
@@ -752,7 +759,7 @@ def test_save_writes_atomically_in_the_suffix_format(tmp_path: Path) -> None:
 
 
 def test_unknown_fields_survive_binary_save_and_load(tmp_path: Path) -> None:
-    wire = realistic_config().SerializeToString() + ld(5, ld(1, "net-1"))
+    wire = realistic_config().SerializeToString() + ld(26, ld(1, ld(1, "baseos-uuid")))  # baseos: unknown
     cfg = decode_edge_dev_config(wire, "binary")
     path = tmp_path / "config.pb"
     save_edge_dev_config(path, cfg)

@@ -19,7 +19,7 @@ from tests.configs import ConfigBuilder
 NOT_AT_STARTUP = (
     # third-party and standard-library packages
     "httpx", "cryptography", "rich", "structlog", "asyncio", "google.protobuf.json_format", "boto3", "azure",
-    "google.cloud", "paramiko", "tarfile", "xml", "zstandard", "ctypes",
+    "google.cloud", "paramiko", "python_socks", "tarfile", "xml", "zstandard", "ctypes",
     # edgevol: other commands, the uplink, datastore clients, manifest parsing, the OVA and image unpackers
     "edgevol.cli.admin", "edgevol.cli.output", "edgevol.cli.progress", "edgevol.controller", "edgevol.trust",
     "edgevol.device.uplink.client", "edgevol.device.uplink.online", "edgevol.device.datastores.http",

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from edgevol.api.eve.auth import auth_pb2
 from edgevol.api.eve.certs import certs_pb2
-from edgevol.api.eve.common import acipherinfo_pb2, evecommon_pb2
+from edgevol.api.eve.common import acipherinfo_pb2, evecommon_pb2, netcmn_pb2
 from edgevol.api.eve.config import (
     appconfig_pb2,
     datastore_pb2,
     devcommon_pb2,
     devconfig_pb2,
+    netconfig_pb2,
     storage_pb2,
 )
 from edgevol.api.eve.info import info_pb2
@@ -34,6 +35,8 @@ __all__ = [
     "evecommon_pb2",
     "info_pb2",
     "metrics_pb2",
+    "netcmn_pb2",
+    "netconfig_pb2",
     "register_pb2",
     "storage_pb2",
 ]

@@ -10,7 +10,7 @@ Format is chosen by suffix: ``.pb``/``.binpb`` binary, ``.json`` JSON; any
 other suffix is sniffed (JSON if the text starts with ``{``, else binary, and
 the other one is tried if the first fails).
 
-Binary input keeps fields edgevol does not describe (networks, baseos, ...)
+Binary input keeps fields edgevol does not describe (baseos, reboot, ...)
 as unknown fields, so re-serialising reproduces them. JSON has no such
 escape hatch: an unknown JSON key is an error by default, since in a
 hand-written file it is almost always a typo that would otherwise be ignored

@@ -38,6 +38,7 @@ from edgevol.api.eve.common.acipherinfo_pb2 import (
     KeyExchangeScheme,
 )
 from edgevol.api.eve.common.evecommon_pb2 import HashAlgorithm
+from edgevol.api.eve.common.netcmn_pb2 import ProxyConfig, ProxyServer, proxyProto
 from edgevol.api.eve.config.appconfig_pb2 import (
     AppInstanceConfig,
     InstanceOpsCmd,
@@ -50,6 +51,7 @@ from edgevol.api.eve.config.devconfig_pb2 import (
     ConfigResponse,
     EdgeDevConfig,
 )
+from edgevol.api.eve.config.netconfig_pb2 import NetworkConfig
 from edgevol.api.eve.config.storage_pb2 import (
     ContentTree,
     Drive,
@@ -99,6 +101,9 @@ __all__ = [
     "Format",
     "Image",
     "InstanceOpsCmd",
+    "NetworkConfig",
+    "ProxyConfig",
+    "ProxyServer",
     "SignatureInfo",
     "Target",
     "UUIDandVersion",
@@ -107,6 +112,7 @@ __all__ = [
     "VolumeContentOrigin",
     "VolumeContentOriginType",
     "VolumeRef",
+    "proxyProto",
     # info
     "ContentResources",
     "DeviceEntity",

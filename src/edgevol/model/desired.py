@@ -172,6 +172,25 @@ class ObjectError:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """HTTP(S) proxies for downloads (edgevol.download.proxy.*, a network's entProxy, or the environment).
+
+    The proxy URLs are normalized (``scheme://[user:password@]host:port``) and may hold credentials, so
+    they are left out of ``repr``; ``no_proxy`` entries are validated and lower-case; ``ca_pems`` are the
+    certificates trusted for TLS to an https proxy and through a TLS-intercepting one.
+    """
+
+    http_proxy: str = field(default="", repr=False)
+    https_proxy: str = field(default="", repr=False)
+    no_proxy: tuple[str, ...] = ()
+    ca_pems: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def names_a_proxy(self) -> bool:
+        return bool(self.http_proxy or self.https_proxy)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Device settings carried as config items (``edgevol.*`` keys and some of EVE's global items)."""
 
@@ -199,6 +218,9 @@ class Settings:
     disk_scan_interval_seconds: float = 10.0
     # edgevol.content.signature.required: a content tree without siginfo is refused.
     require_signatures: bool = False
+    # edgevol.download.proxy.* (or a network's entProxy): what the config says; the agent layers it over
+    # the proxies of its environment (edgevol.device.datastores.proxy.effective).
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
     def datastore_parallel(self, uuid: str) -> int:
         """How many downloads may run at once from datastore ``uuid`` (0: no limit of its own)."""

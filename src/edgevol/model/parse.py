@@ -15,6 +15,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from edgevol.api.formats import BLOB_TREE
+from edgevol.device.datastores import proxy as proxy_rules
 from edgevol.device.datastores.base import ConfigError
 from edgevol.device.datastores.oci_refs import parse_image_ref, split_registry_address
 from edgevol.model.desired import (
@@ -28,6 +29,7 @@ from edgevol.model.desired import (
     ImageFormat,
     ObjectError,
     ObjectKind,
+    ProxySettings,
     Settings,
     Volume,
     VolumeClone,
@@ -172,8 +174,12 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         "edgevol.download.datastore.parallel": ("parallel_per_datastore", int, 0, 64),
     }
     per_store: dict[str, dict[str, Any]] = {}  # Settings field -> {datastore uuid: value}
+    proxy_items: dict[str, str] = {}
     for item in cfg.configItems:
         key, raw = item.key, item.value
+        if key in _PROXY_ITEMS:
+            proxy_items[key] = raw
+            continue
         one = _PER_DATASTORE.match(key)
         if one is not None and one.group(2) in _PER_DATASTORE_ITEMS:
             uuid, (attr, typ, lo, hi) = one.group(1).lower(), _PER_DATASTORE_ITEMS[one.group(2)]
@@ -212,6 +218,10 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             values[attr] = val
     for attr, by_uuid in per_store.items():
         values[attr] = tuple(sorted(by_uuid.items()))
+    # the config items win; a network's entProxy counts only when none is set (even a malformed one)
+    proxy = _parse_proxy_items(proxy_items, errors) if proxy_items else _ent_proxy(cfg, errors)
+    if proxy is not None:
+        values["proxy"] = proxy
     return Settings(**{**eve_values, **values})
 
 
@@ -235,6 +245,68 @@ def _bounded(key: str, raw: str, typ: type, lo: float, hi: float, errors: list[O
         errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
         return None
     return val
+
+
+# edgevol.download.proxy.* -> ProxySettings field, and the parser of its value.
+_PROXY_ITEMS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "edgevol.download.proxy.http": ("http_proxy", proxy_rules.parse_proxy_url),
+    "edgevol.download.proxy.https": ("https_proxy", proxy_rules.parse_proxy_url),
+    "edgevol.download.proxy.exceptions": ("no_proxy", proxy_rules.parse_no_proxy),
+    "edgevol.download.proxy.ca.pem": ("ca_pems", proxy_rules.parse_ca_pems),
+}
+
+
+def _parse_proxy_items(items: dict[str, str], errors: list[ObjectError]) -> ProxySettings | None:
+    """The download proxy from its config items; None when none is set or one is malformed (each such item is
+    an error: a half-applied proxy setting could send traffic where the operator did not mean it to go)."""
+    values: dict[str, Any] = {}
+    for key, raw in items.items():
+        attr, parse = _PROXY_ITEMS[key]
+        try:
+            values[attr] = parse(raw, key) if raw.strip() else ("" if attr.endswith("proxy") else ())
+        except proxy_rules.ProxyConfigError as exc:
+            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{exc}; no download proxy applies"))
+    if len(values) < len(items):
+        return None
+    return ProxySettings(**values) if values else None
+
+
+_PROXY_HTTP, _PROXY_HTTPS = 0, 1  # org.lfedge.eve.common.proxyProto
+
+
+def _ent_proxy(cfg: Any, errors: list[ObjectError]) -> ProxySettings | None:
+    """The enterprise proxy of the first network whose ``entProxy`` names a proxy or a proxy CA.
+
+    EVE keeps one per uplink port; edgevol has no ports, so one for all. As EVE reads it: a PROXY_HTTP
+    server is for http:// targets and a PROXY_HTTPS one for https:// ones, each dialled at ``server:port``
+    (http:// unless ``server`` names a scheme); ``exceptions`` is the no-proxy list and ``proxyCertPEM``
+    the CAs of a TLS-intercepting proxy. SOCKS, FTP, PAC files and WPAD are not supported (an error says so).
+    """
+    for net in cfg.networks:
+        if not net.HasField("entProxy"):
+            continue
+        ent, where = net.entProxy, f"network {net.id or '(no id)'} entProxy"
+        try:
+            urls = {_PROXY_HTTP: "", _PROXY_HTTPS: ""}
+            for server in ent.proxies:
+                if server.proto not in urls:
+                    errors.append(ObjectError(ObjectKind.CONFIG, net.id, f"{where}: proxy type {server.proto} "
+                                              "is not supported (only PROXY_HTTP and PROXY_HTTPS); it is ignored"))
+                    continue
+                address = f"{server.server}:{server.port}" if server.port else server.server
+                urls[server.proto] = proxy_rules.parse_proxy_url(address, f"{where} proxy server")
+            if ent.pacfile or ent.networkProxyEnable:
+                errors.append(ObjectError(ObjectKind.CONFIG, net.id, f"{where}: PAC files and WPAD are not "
+                                          "supported; only its explicit proxies apply"))
+            pems = tuple(c for pem in ent.proxyCertPEM for c in proxy_rules.parse_ca_pems(pem, f"{where} proxyCertPEM"))
+            if not (urls[_PROXY_HTTP] or urls[_PROXY_HTTPS] or pems):
+                continue
+            no_proxy = proxy_rules.parse_no_proxy(ent.exceptions, f"{where} exceptions")
+        except proxy_rules.ProxyConfigError as exc:
+            errors.append(ObjectError(ObjectKind.CONFIG, net.id, f"{exc}; no download proxy applies"))
+            return None
+        return ProxySettings(urls[_PROXY_HTTP], urls[_PROXY_HTTPS], no_proxy, pems)
+    return None
 
 
 def _cipher_contexts(cfg: Any) -> dict[str, bytes]:

@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from edgevol.model.desired import ProxySettings
+
 from .base import ConfigError, NotFoundError, PermanentError, TransientError
+from .proxy import requests_adapter
 from .ranged import BucketStore, ObjectChanged, ObjectStat
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
@@ -50,7 +53,7 @@ class AzureBlobDatastore(BucketStore):
     parallel_ranges = True  # a BlobClient is thread-safe, and Blob storage serves ranges of one blob in parallel
 
     def __init__(self, fqdn: str, dpath: str, *, api_key: str = "", password: str = "", ca_pems: Sequence[bytes] = (),
-                 connect_timeout: float = 10.0, read_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float = 30.0, proxy: ProxySettings | None = None) -> None:
         # imported only when a device has an Azure datastore: the SDK is a large import
         from azure.core.credentials import AzureSasCredential
         from azure.core.pipeline.transport import RequestsTransport
@@ -72,8 +75,9 @@ class AzureBlobDatastore(BucketStore):
                 raise ConfigError("an Azure Blob datastore with an account key in password names the account in "
                                   "apiKey")
             credential = {"account_name": api_key, "account_key": password}
-        self._ca_file = ca_bundle_file(ca_pems, "azure")
-        transport = RequestsTransport(connection_timeout=connect_timeout, read_timeout=read_timeout,
+        self._ca_file = ca_bundle_file(tuple(ca_pems) + (proxy.ca_pems if proxy else ()), "azure")
+        transport = RequestsTransport(session=_session(proxy), use_env_settings=False,
+                                      connection_timeout=connect_timeout, read_timeout=read_timeout,
                                       connection_verify=self._ca_file or True)
         try:
             self._service = BlobServiceClient(
@@ -137,6 +141,22 @@ class AzureBlobDatastore(BucketStore):
     def close(self) -> None:
         self._service.close()
         self._drop_ca()
+
+
+def _session(proxy: ProxySettings | None) -> Any:
+    """The transport's requests session as azure-core would make it (no retries, its bigger read blocks), with
+    no environment settings and each request routed direct or through the download proxy (proxy.py)."""
+    import requests
+    from azure.core.pipeline.transport._bigger_block_size_http_adapters import BiggerBlockSizeHTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    session.trust_env = False
+    adapter = requests_adapter(proxy, BiggerBlockSizeHTTPAdapter,
+                               max_retries=Retry(total=False, redirect=False, raise_on_status=False))
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    return session
 
 
 def _is_sas(password: str) -> bool:

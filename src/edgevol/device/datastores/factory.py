@@ -27,7 +27,7 @@ from edgevol.device.datastores.oci_refs import split_registry_address
 from edgevol.device.datastores.provenance import SourceSink, source_key
 from edgevol.log import get_logger
 from edgevol.model.desired import Datastore as DatastoreSpec
-from edgevol.model.desired import DatastoreKind
+from edgevol.model.desired import DatastoreKind, ProxySettings
 
 if TYPE_CHECKING:  # each kind's client is imported when a datastore of that kind is first opened
     from edgevol.device.datastores.registry import RegistryClient
@@ -65,20 +65,22 @@ class DatastoreClients:
         self._lock = threading.Lock()
         # Turns a spec with cipherData into one with clear credentials, or raises a PermanentError.
         self._credentials = credentials
-        self._clients: dict[tuple[DatastoreSpec, float], Datastore | RegistryClient] = {}
+        self._clients: dict[tuple[DatastoreSpec, float, ProxySettings], Datastore | RegistryClient] = {}
         # From the config (edgevol.download.read.timeout.seconds); part of the cache key, so a
         # change takes effect with the next attempt while attempts in flight keep their client.
         self.read_timeout = read_timeout
+        # The download proxies (config over environment: proxy.effective); part of the cache key too.
+        self.proxy = ProxySettings()
         # Ranged reads at once for one big object on a store that allows it (edgevol.download.parallel).
         self.range_streams = 1
 
     def _client(self, spec: DatastoreSpec) -> Datastore | RegistryClient:
         with self._lock:
-            key = (spec, self.read_timeout)
+            key = (spec, self.read_timeout, self.proxy)
             client = self._clients.get(key)
             if client is None:
                 clear = self._credentials(spec) if self._credentials is not None else spec
-                client = self._clients[key] = _open(clear, self.read_timeout)
+                client = self._clients[key] = _open(clear, self.read_timeout, self.proxy)
             return client
 
     def registry(self, spec: DatastoreSpec) -> RegistryClient:
@@ -152,38 +154,38 @@ def _is_registry(client: object) -> bool:
     return isinstance(client, RegistryClient)
 
 
-def _open(spec: DatastoreSpec, read_timeout: float) -> Datastore | RegistryClient:
+def _open(spec: DatastoreSpec, read_timeout: float, proxy: ProxySettings) -> Datastore | RegistryClient:
     if spec.kind in (DatastoreKind.HTTP, DatastoreKind.HTTPS):
         from edgevol.device.datastores.http import HttpDatastore
 
         return HttpDatastore(spec.fqdn, spec.dpath, secure_default=spec.kind is DatastoreKind.HTTPS,
                              api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
-                             read_timeout=read_timeout)
+                             read_timeout=read_timeout, proxy=proxy)
     if spec.kind is DatastoreKind.CONTAINER_REGISTRY:
         from edgevol.device.datastores.registry import RegistryClient
 
         scheme, host, _path = split_registry_address(spec.fqdn)
         return RegistryClient(host, scheme, api_key=spec.api_key, password=spec.password, ca_pems=spec.ca_pems,
-                              read_timeout=read_timeout)
+                              read_timeout=read_timeout, proxy=proxy)
     # Each cloud store's module imports its client library only when a device has such a datastore.
     if spec.kind is DatastoreKind.S3:
         from edgevol.device.datastores.s3 import S3Datastore
 
         return S3Datastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password, region=spec.region,
-                           ca_pems=spec.ca_pems, read_timeout=read_timeout)
+                           ca_pems=spec.ca_pems, read_timeout=read_timeout, proxy=proxy)
     if spec.kind is DatastoreKind.AZURE_BLOB:
         from edgevol.device.datastores.azure import AzureBlobDatastore
 
         return AzureBlobDatastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password,
-                                  ca_pems=spec.ca_pems, read_timeout=read_timeout)
+                                  ca_pems=spec.ca_pems, read_timeout=read_timeout, proxy=proxy)
     if spec.kind is DatastoreKind.GOOGLE_STORAGE:
         from edgevol.device.datastores.gcs import GcsDatastore
 
         return GcsDatastore(spec.fqdn, spec.dpath, password=spec.password, ca_pems=spec.ca_pems,
-                            read_timeout=read_timeout)
+                            read_timeout=read_timeout, proxy=proxy)
     if spec.kind is DatastoreKind.SFTP:
         from edgevol.device.datastores.sftp import SftpDatastore
 
         return SftpDatastore(spec.fqdn, spec.dpath, api_key=spec.api_key, password=spec.password,
-                             read_timeout=read_timeout)
+                             read_timeout=read_timeout, proxy=proxy)
     raise PermanentError(f"datastore kind {spec.kind.value} is not supported by this device")

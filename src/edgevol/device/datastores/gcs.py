@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from edgevol.model.desired import ProxySettings
 from edgevol.netaddr import is_loopback_host
 
 from .base import (
@@ -37,6 +38,7 @@ from .base import (
     TransientError,
 )
 from .http import ssl_context
+from .proxy import requests_adapter
 from .ranged import BucketStore, ObjectChanged, ObjectStat, skip_bytes
 from .tls import ca_bundle_file, endpoint_url, remove_ca_bundle
 
@@ -61,7 +63,7 @@ class GcsDatastore(BucketStore):
     parallel_ranges = True
 
     def __init__(self, fqdn: str, dpath: str, *, password: str = "", ca_pems: Sequence[bytes] = (),
-                 connect_timeout: float = 10.0, read_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float = 30.0, proxy: ProxySettings | None = None) -> None:
         # imported only when a device has a GCS datastore: they are large imports
         import requests
         from google.auth.transport.requests import AuthorizedSession, Request
@@ -80,17 +82,18 @@ class GcsDatastore(BucketStore):
             raise ConfigError(f"gs://{bucket}{self.at}: {exc}") from None
         self._base = endpoint or GOOGLE_ENDPOINT
         self._timeout = (connect_timeout, read_timeout)
-        self._ca_file = ca_bundle_file(ca_pems, "gcs")
+        self._ca_file = ca_bundle_file(tuple(ca_pems) + (proxy.ca_pems if proxy else ()), "gcs")
         verify: str | bool = self._ca_file or True
         try:
             # The token exchange gets a session of its own (google-auth's default one retries and trusts the
-            # environment); both verify with the same bundle.
-            self._token_session = _session(requests, verify)
+            # environment); both verify with the same bundle and route each request by its own host (the
+            # token_uri may be elsewhere than the endpoint).
+            self._token_session = _session(requests, verify, proxy)
             self._session = AuthorizedSession(credentials, auth_request=Request(self._token_session),
                                               refresh_timeout=read_timeout,
                                               # anonymous credentials cannot refresh: a 401 is the answer
                                               refresh_status_codes=() if self.anonymous else (401,))
-            _configure(requests, self._session, verify)
+            _configure(requests, self._session, verify, proxy)
             self._client = storage.Client(project=None, credentials=credentials, _http=self._session,
                                           client_options={"api_endpoint": self._base})
         except ValueError as exc:  # e.g. a key for another universe than the endpoint's
@@ -232,18 +235,19 @@ def _credentials(password: str) -> tuple[Any, bool]:
     return creds, False
 
 
-def _session(requests: Any, verify: str | bool) -> Any:
+def _session(requests: Any, verify: str | bool, proxy: ProxySettings | None) -> Any:
     session = requests.Session()
-    _configure(requests, session, verify)
+    _configure(requests, session, verify, proxy)
     return session
 
 
-def _configure(requests: Any, session: Any, verify: str | bool) -> None:
-    """No retries, no environment (proxies, netrc, CA variables): the datastore config is the only source of truth."""
+def _configure(requests: Any, session: Any, verify: str | bool, proxy: ProxySettings | None) -> None:
+    """No retries, no environment (proxies, netrc, CA variables): the datastore config and the agent's proxy
+    settings are the only sources of truth."""
     session.trust_env = False
     session.verify = verify
     session.headers["User-Agent"] = USER_AGENT
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+    adapter = requests_adapter(proxy, pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
 

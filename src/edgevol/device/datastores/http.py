@@ -25,12 +25,16 @@ import httpx
 
 from edgevol.log import get_logger
 
+from edgevol.model.desired import ProxySettings
+
+from . import proxy as proxies
 from .base import Cancelled, ConfigError, NotFoundError, PermanentError, ProgressFn, Sink, TransientError
 
 __all__ = [
     "CHUNK_SIZE",
     "FetchAttempt",
     "HttpDatastore",
+    "ProxyRoutingTransport",
     "RestartFromZero",
     "USER_AGENT",
     "refuse_downgrade",
@@ -77,23 +81,22 @@ class HttpDatastore:
         ca_pems: Sequence[bytes] = (),
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
-        proxy: str | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         """Raise ConfigError (a ValueError) for an unusable address or CA certificate."""
         self._scheme, self._netloc, base_segments = _split_base(fqdn, secure_default)
         self._prefix = base_segments + _segments(dpath, "dpath")
         self._has_credentials = bool(api_key or password)
         self._client = httpx.Client(
-            verify=ssl_context(ca_pems),
+            transport=ProxyRoutingTransport(proxy, ca_pems),
             auth=httpx.BasicAuth(api_key, password) if self._has_credentials else None,
             follow_redirects=True,
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
             ),
-            # No netrc, no proxy or CA settings from the environment: the
-            # datastore config is the only source of truth.
+            # No netrc, no proxy or CA settings from the environment: the datastore config and
+            # the agent's proxy settings (read from its environment once) are the only sources.
             trust_env=False,
-            proxy=proxy,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             event_hooks={"response": [refuse_downgrade]},
         )
@@ -389,6 +392,55 @@ def _segments(text: str, what: str) -> list[str]:
             raise ConfigError(f"{what} must not contain backslashes or control characters")
         out.append(seg)
     return out
+
+
+class ProxyRoutingTransport(httpx.BaseTransport):
+    """Sends each request direct or through the proxy ``proxy.choose_for_url`` names for its URL.
+
+    One decision per request, so a redirect to another host or a registry's token realm elsewhere is
+    routed by its own host. Trusts the system roots, dsCertPEM and the proxy CA, for the server and for
+    TLS to an https proxy. A failure of the proxy raises the DatastoreError naming it (never its credentials).
+    """
+
+    def __init__(self, settings: ProxySettings | None, ca_pems: Sequence[bytes]) -> None:
+        self._settings = settings
+        self._verify = ssl_context(tuple(ca_pems) + (settings.ca_pems if settings else ()))
+        self._direct = httpx.HTTPTransport(verify=self._verify)
+        self._proxied: dict[str, httpx.HTTPTransport] = {}
+        self._lock = threading.Lock()
+
+    def _through(self, proxy: str) -> httpx.HTTPTransport:
+        with self._lock:
+            transport = self._proxied.get(proxy)
+            if transport is None:
+                tls = self._verify if proxy.startswith("https://") else None  # httpcore refuses it for http://
+                transport = self._proxied[proxy] = httpx.HTTPTransport(
+                    verify=self._verify, proxy=httpx.Proxy(proxy, ssl_context=tls))
+            return transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = proxies.choose_for_url(self._settings, str(request.url))
+        if proxy is None:
+            return self._direct.handle_request(request)
+        name = proxies.where(str(request.url))
+        try:
+            response = self._through(proxy).handle_request(request)
+        except httpx.ProxyError as exc:  # the proxy answered CONNECT with something other than 2xx
+            raise proxies.proxy_failure(proxy, name, status=proxies.tunnel_status(exc), reason=str(exc)) from exc
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise proxies.proxy_failure(proxy, name, reason=proxies.failure_reason(exc),
+                                        tls=_cert_verify_error(exc)) from exc
+        if response.status_code == 407:  # a plain-HTTP request the proxy answered itself
+            response.close()
+            raise proxies.proxy_failure(proxy, name, status=407)
+        return response
+
+    def close(self) -> None:
+        self._direct.close()
+        with self._lock:
+            for transport in self._proxied.values():
+                transport.close()
+            self._proxied.clear()
 
 
 def ssl_context(ca_pems: Sequence[bytes]) -> ssl.SSLContext:

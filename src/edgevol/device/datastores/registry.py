@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from edgevol.model.desired import ProxySettings
+
 from .base import (
     BytesSink,
     ConfigError,
@@ -42,6 +44,7 @@ from .http import (
     CHUNK_SIZE,
     USER_AGENT,
     FetchAttempt,
+    ProxyRoutingTransport,
     RestartFromZero,
     refuse_downgrade,
     retry_after_seconds,
@@ -122,7 +125,7 @@ class RegistryClient:
         ca_pems: Sequence[bytes] = (),
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
-        proxy: str | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         """Raise ConfigError for plain HTTP to a non-loopback host or an unusable CA."""
         if scheme not in ("https", "http"):
@@ -147,14 +150,14 @@ class RegistryClient:
         self._bearer: AuthChallenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._client = httpx.Client(
-            verify=ssl_context(ca_pems),
+            # Every request (manifests, blobs, redirects, the token realm) is routed by its own URL.
+            transport=ProxyRoutingTransport(proxy, ca_pems),
             follow_redirects=True,
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
             ),
-            # The datastore config is the only source of truth: no netrc, no env proxies/CAs.
+            # The datastore config and the agent's proxy settings are the only sources: no netrc, no env.
             trust_env=False,
-            proxy=proxy,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             event_hooks={"response": [refuse_downgrade]},
         )

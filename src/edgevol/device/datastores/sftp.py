@@ -43,8 +43,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from edgevol.log import get_logger
+from edgevol.model.desired import ProxySettings
 
 from .base import ConfigError, DatastoreError, NotFoundError, PermanentError, TransientError
+from .proxy import choose, tunnel
 from .ranged import BucketStore, ObjectChanged, ObjectStat
 
 __all__ = ["SftpDatastore"]
@@ -69,7 +71,7 @@ class SftpDatastore(BucketStore):
     parallel_ranges = False
 
     def __init__(self, fqdn: str, dpath: str, *, api_key: str = "", password: str = "",
-                 connect_timeout: float = 10.0, read_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 10.0, read_timeout: float = 30.0, proxy: ProxySettings | None = None) -> None:
         self.host, self.port = _host_port(fqdn)
         if not api_key:
             raise ConfigError("an SFTP datastore names its SSH user in apiKey")
@@ -81,6 +83,7 @@ class SftpDatastore(BucketStore):
         self.read_timeout = read_timeout
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         self.where = f"sftp://{self.user}@{netloc}:{self.port}"
+        self._proxy = proxy
         self._lock = threading.Lock()  # guards the connection and the idle channels
         self._transport: Any = None
         self._idle: list[Any] = []  # SFTP channels whose last use ended cleanly
@@ -179,11 +182,7 @@ class SftpDatastore(BucketStore):
         # Its transport logs each failed connection at ERROR, traceback and all; the failure reaches the
         # downloader (and its log) as this module's error anyway, with paramiko's reason in it.
         logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except OSError as exc:
-            reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise TransientError(f"{self.where}: cannot connect: {reason}") from exc
+        sock = self._socket()
         transport = paramiko.Transport(sock)
         transport.banner_timeout = transport.handshake_timeout = self.connect_timeout
         transport.auth_timeout = self.connect_timeout
@@ -196,6 +195,18 @@ class SftpDatastore(BucketStore):
             transport.close()
             raise
         return transport
+
+    def _socket(self) -> Any:
+        """A connection to the server: direct, or through an HTTP CONNECT tunnel of the download proxy."""
+        via = choose(self._proxy, "sftp", self.host, self.port)
+        if via is not None:
+            return tunnel(via, self.host, self.port, timeout=self.connect_timeout, name=self.where,
+                          ca_pems=self._proxy.ca_pems if self._proxy else ())
+        try:
+            return socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except OSError as exc:
+            reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise TransientError(f"{self.where}: cannot connect: {reason}") from exc
 
     def _open_channel(self, transport: Any) -> Any:
         """A new SFTP session; a server silent while it starts closes the connection after connect_timeout."""

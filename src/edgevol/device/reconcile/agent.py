@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -36,10 +37,12 @@ from edgevol.device.report.outbox import Reporter
 from edgevol.device.space import SpaceLedger, disk_full
 from edgevol.device.state import StateStore
 from edgevol.device.datastores.factory import BlobSource, DatastoreClients
+from edgevol.device.datastores.proxy import effective as effective_proxy
+from edgevol.device.datastores.proxy import from_environment as proxies_from_environment
 from edgevol.device.reconcile.trees import ContainerResolver, derive_status, layout_blobs, layout_sources, tree_spec
 from edgevol.device.volumes import FileVolumes
 from edgevol.device.volumes.directories import DirectoryVolumes
-from edgevol.model.desired import Datastore, DesiredState, ImageFormat, ObjectKind, VolumeOrigin
+from edgevol.model.desired import Datastore, DesiredState, ImageFormat, ObjectKind, ProxySettings, VolumeOrigin
 
 log = get_logger("edgevol.agent")
 S = m.ZSwState
@@ -47,6 +50,17 @@ S = m.ZSwState
 TERMINAL = {S.LOADED, S.CREATED_VOLUME, S.ERROR}
 MAX_PARALLEL_DOWNLOADS = 64  # the config item's upper bound
 CRASH_COOLDOWN_SECONDS = 10.0
+
+
+def _environment_proxy() -> ProxySettings:
+    """HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, read once at start; an unusable one is logged and ignored."""
+    settings, warnings = proxies_from_environment(os.environ)
+    for warning in warnings:
+        log.warning("proxy setting of the environment ignored", reason=warning)
+    if settings.names_a_proxy:
+        log.info("download proxies from the environment", http=bool(settings.http_proxy),
+                 https=bool(settings.https_proxy), no_proxy=",".join(settings.no_proxy))
+    return settings
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class Agent:
         self.dirvols = DirectoryVolumes(self.dirs.volumes)
         self.credentials = DatastoreCredentials(data_dir)
         self.clients = DatastoreClients(credentials=self.credentials.resolve)
+        self._env_proxy = _environment_proxy()
         self.reporter = Reporter(self.store, self.store.meta_get("device_id") or "")
         self.desired = DesiredState()
         self.wake = threading.Event()
@@ -141,6 +156,7 @@ class Agent:
         self.desired = desired
         self.clients.read_timeout = desired.settings.download_read_timeout_seconds
         self.clients.range_streams = desired.settings.parallel_downloads
+        self.clients.proxy = effective_proxy(desired.settings.proxy, self._env_proxy)
         self.record_config_status(None)
         if desired.device_id:
             self.store.meta_set("device_id", desired.device_id)

@@ -27,20 +27,21 @@ from edgevol.api.eve.common import acipherinfo_pb2 as edgevol_dot_api_dot_eve_do
 from edgevol.api.eve.config import appconfig_pb2 as edgevol_dot_api_dot_eve_dot_config_dot_appconfig__pb2
 from edgevol.api.eve.config import datastore_pb2 as edgevol_dot_api_dot_eve_dot_config_dot_datastore__pb2
 from edgevol.api.eve.config import devcommon_pb2 as edgevol_dot_api_dot_eve_dot_config_dot_devcommon__pb2
+from edgevol.api.eve.config import netconfig_pb2 as edgevol_dot_api_dot_eve_dot_config_dot_netconfig__pb2
 from edgevol.api.eve.config import storage_pb2 as edgevol_dot_api_dot_eve_dot_config_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&edgevol/api/eve/config/devconfig.proto\x12\x15org.lfedge.eve.config\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(edgevol/api/eve/common/acipherinfo.proto\x1a&edgevol/api/eve/config/appconfig.proto\x1a&edgevol/api/eve/config/datastore.proto\x1a&edgevol/api/eve/config/devcommon.proto\x1a$edgevol/api/eve/config/storage.proto\"\x88\x04\n\rEdgeDevConfig\x12\x31\n\x02id\x18\x01 \x01(\x0b\x32%.org.lfedge.eve.config.UUIDandVersion\x12\x36\n\x04\x61pps\x18\x04 \x03(\x0b\x32(.org.lfedge.eve.config.AppInstanceConfig\x12:\n\ndatastores\x18\x06 \x03(\x0b\x32&.org.lfedge.eve.config.DatastoreConfig\x12\x36\n\x0b\x63onfigItems\x18\x0b \x03(\x0b\x32!.org.lfedge.eve.config.ConfigItem\x12<\n\x0e\x63ipherContexts\x18\x13 \x03(\x0b\x32$.org.lfedge.eve.common.CipherContext\x12\x37\n\x0b\x63ontentInfo\x18\x14 \x03(\x0b\x32\".org.lfedge.eve.config.ContentTree\x12.\n\x07volumes\x18\x15 \x03(\x0b\x32\x1d.org.lfedge.eve.config.Volume\x12!\n\x19\x63ontrollercert_confighash\x18\x16 \x01(\t\x12\x18\n\x10\x63ontroller_epoch\x18\x19 \x01(\x03\x12\x34\n\x10\x63onfig_timestamp\x18( \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\rConfigRequest\x12\x12\n\nconfigHash\x18\x01 \x01(\t\x12\x17\n\x0fintegrity_token\x18\x02 \x01(\x0c\"Z\n\x0e\x43onfigResponse\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32$.org.lfedge.eve.config.EdgeDevConfig\x12\x12\n\nconfigHash\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&edgevol/api/eve/config/devconfig.proto\x12\x15org.lfedge.eve.config\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(edgevol/api/eve/common/acipherinfo.proto\x1a&edgevol/api/eve/config/appconfig.proto\x1a&edgevol/api/eve/config/datastore.proto\x1a&edgevol/api/eve/config/devcommon.proto\x1a&edgevol/api/eve/config/netconfig.proto\x1a$edgevol/api/eve/config/storage.proto\"\xc0\x04\n\rEdgeDevConfig\x12\x31\n\x02id\x18\x01 \x01(\x0b\x32%.org.lfedge.eve.config.UUIDandVersion\x12\x36\n\x04\x61pps\x18\x04 \x03(\x0b\x32(.org.lfedge.eve.config.AppInstanceConfig\x12\x36\n\x08networks\x18\x05 \x03(\x0b\x32$.org.lfedge.eve.config.NetworkConfig\x12:\n\ndatastores\x18\x06 \x03(\x0b\x32&.org.lfedge.eve.config.DatastoreConfig\x12\x36\n\x0b\x63onfigItems\x18\x0b \x03(\x0b\x32!.org.lfedge.eve.config.ConfigItem\x12<\n\x0e\x63ipherContexts\x18\x13 \x03(\x0b\x32$.org.lfedge.eve.common.CipherContext\x12\x37\n\x0b\x63ontentInfo\x18\x14 \x03(\x0b\x32\".org.lfedge.eve.config.ContentTree\x12.\n\x07volumes\x18\x15 \x03(\x0b\x32\x1d.org.lfedge.eve.config.Volume\x12!\n\x19\x63ontrollercert_confighash\x18\x16 \x01(\t\x12\x18\n\x10\x63ontroller_epoch\x18\x19 \x01(\x03\x12\x34\n\x10\x63onfig_timestamp\x18( \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\rConfigRequest\x12\x12\n\nconfigHash\x18\x01 \x01(\t\x12\x17\n\x0fintegrity_token\x18\x02 \x01(\x0c\"Z\n\x0e\x43onfigResponse\x12\x34\n\x06\x63onfig\x18\x01 \x01(\x0b\x32$.org.lfedge.eve.config.EdgeDevConfig\x12\x12\n\nconfigHash\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgevol.api.eve.config.devconfig_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EDGEDEVCONFIG']._serialized_start=299
-  _globals['_EDGEDEVCONFIG']._serialized_end=819
-  _globals['_CONFIGREQUEST']._serialized_start=821
-  _globals['_CONFIGREQUEST']._serialized_end=881
-  _globals['_CONFIGRESPONSE']._serialized_start=883
-  _globals['_CONFIGRESPONSE']._serialized_end=973
+  _globals['_EDGEDEVCONFIG']._serialized_start=339
+  _globals['_EDGEDEVCONFIG']._serialized_end=915
+  _globals['_CONFIGREQUEST']._serialized_start=917
+  _globals['_CONFIGREQUEST']._serialized_end=977
+  _globals['_CONFIGRESPONSE']._serialized_start=979
+  _globals['_CONFIGRESPONSE']._serialized_end=1069
 # @@protoc_insertion_point(module_scope)
