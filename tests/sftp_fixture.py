@@ -3,8 +3,9 @@
 Password authentication needs a system account, so the fixture (as root, which CI is) creates a
 locked-down one. It has no home and no shell, and it may log in only to this sshd (AllowUsers), only for
 internal-sftp, chrooted to a root-owned directory. The fixture removes the account afterwards if it
-created it. sshd refuses a chroot with any component that is not root-owned or is group/other-writable,
-so /tmp (mode 1777), where pytest's temporary directories live, cannot hold it. The chroot goes under
+created it; each server has its own account, so test files running servers at once on parallel workers
+never change or remove each other's. sshd refuses a chroot with any component that is not root-owned or is
+group/other-writable, so /tmp (mode 1777), where pytest's temporary directories live, cannot hold it. The chroot goes under
 /run instead (or another root-only directory).
 """
 
@@ -28,7 +29,7 @@ import pytest
 from tests.datastore_cases import stop_process, wait_until_ready
 
 SSHD = "/usr/sbin/sshd"
-USER = "edgevol-sftp-test"
+USER_PREFIX = "edgevol-sftp-"  # each server its own account (parallel test workers run their own servers)
 NOLOGIN = "/usr/sbin/nologin"
 _CHROOT_PARENTS = ("/run", "/var/lib", "/srv")
 
@@ -85,37 +86,37 @@ def _make_chroot() -> Path:
     pytest.fail(f"no root-owned, non-writable directory for sshd's ChrootDirectory among {_CHROOT_PARENTS}")
 
 
-def _ensure_user(password: str) -> bool:
-    """The test account with ``password``; True when this call created it."""
+def _ensure_user(user: str, password: str) -> bool:
+    """The test account ``user`` with ``password``; True when this call created it."""
     try:
-        existing = pwd.getpwnam(USER)
+        existing = pwd.getpwnam(user)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", NOLOGIN, "--comment", "edgevol SFTP tests (temporary)", USER],
+                        "--shell", NOLOGIN, "--comment", "edgevol SFTP tests (temporary)", user],
                        check=True, capture_output=True)
         created = True
     else:
         if existing.pw_shell != NOLOGIN:
-            pytest.fail(f"user {USER} exists with shell {existing.pw_shell}; it is not this fixture's, refusing "
+            pytest.fail(f"user {user} exists with shell {existing.pw_shell}; it is not this fixture's, refusing "
                         "to change its password")
         created = False  # left over from an interrupted run: reuse it, lock it again afterwards
-    subprocess.run(["chpasswd"], input=f"{USER}:{password}\n".encode(), check=True, capture_output=True)
+    subprocess.run(["chpasswd"], input=f"{user}:{password}\n".encode(), check=True, capture_output=True)
     return created
 
 
-def _remove_user(created: bool) -> None:
+def _remove_user(user: str, created: bool) -> None:
     if not created:
-        subprocess.run(["usermod", "--lock", USER], capture_output=True)
+        subprocess.run(["usermod", "--lock", user], capture_output=True)
         return
     deadline = time.monotonic() + 10
-    while subprocess.run(["userdel", USER], capture_output=True).returncode not in (0, 6):  # 6: no such user
+    while subprocess.run(["userdel", user], capture_output=True).returncode not in (0, 6):  # 6: no such user
         if time.monotonic() > deadline:  # a session process outlived its connection: remove the account anyway
-            subprocess.run(["userdel", "--force", USER], capture_output=True)
+            subprocess.run(["userdel", "--force", user], capture_output=True)
             return
         time.sleep(0.2)
 
 
-def _config(workdir: Path, port: int, root: Path) -> Path:
+def _config(workdir: Path, port: int, root: Path, user: str) -> Path:
     host_key = workdir / "host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgevol-sftp-test", "-f", str(host_key)],
                    check=True, capture_output=True)
@@ -125,7 +126,7 @@ ListenAddress 127.0.0.1
 Port {port}
 HostKey {host_key}
 PidFile {workdir / "sshd.pid"}
-AllowUsers {USER}
+AllowUsers {user}
 PermitRootLogin no
 PasswordAuthentication yes
 KbdInteractiveAuthentication no
@@ -135,7 +136,7 @@ UsePAM no
 LogLevel VERBOSE
 MaxStartups 100
 Subsystem sftp internal-sftp
-Match User {USER}
+Match User {user}
     ForceCommand internal-sftp
     ChrootDirectory {root}
     AllowTcpForwarding no
@@ -163,10 +164,11 @@ def start_sftp(workdir: Path) -> tuple[RunningSftp, bool]:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     password = secrets.token_urlsafe(18)
     root = _make_chroot()
-    created = _ensure_user(password)
+    user = USER_PREFIX + secrets.token_hex(4)
+    created = _ensure_user(user, password)
     try:
         port = _free_port()
-        config = _config(workdir, port, root)
+        config = _config(workdir, port, root, user)
         check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"sshd refuses its test config: {check.stderr}")
@@ -174,10 +176,10 @@ def start_sftp(workdir: Path) -> tuple[RunningSftp, bool]:
         with open(log, "wb") as out:
             proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
         wait_until_ready(proc, lambda: _answers_ssh(port), what="sshd", log=log, timeout=20, not_yet=(OSError,))
-        return RunningSftp(proc, port, USER, password, root, log), created
+        return RunningSftp(proc, port, user, password, root, log), created
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
-        _remove_user(created)
+        _remove_user(user, created)
         raise
 
 
@@ -189,4 +191,4 @@ def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSft
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
-        _remove_user(created)
+        _remove_user(server.user, created)
