@@ -19,6 +19,7 @@ import pytest
 
 from edgevol.api import messages as m
 from edgevol.device.datastores import proxy as proxies
+from edgevol.model import proxyconfig
 from edgevol.device.datastores.oci_manifest import host_platform
 from edgevol.model.desired import ProxySettings
 from edgevol.model.parse import parse_config
@@ -343,7 +344,7 @@ def test_a_networks_enterprise_proxy_applies_when_no_item_is_set(tmp_path, serve
 
 
 def _settings(no_proxy: str = "", http: str = "http://proxy:3128", https: str = "http://proxy:3128") -> ProxySettings:
-    return ProxySettings(http, https, proxies.parse_no_proxy(no_proxy, "test"))
+    return ProxySettings(http, https, proxyconfig.parse_no_proxy(no_proxy, "test"))
 
 
 def test_scheme_picks_the_proxy_and_sftp_tunnels_through_the_http_one() -> None:
@@ -395,7 +396,7 @@ def test_no_proxy_entries_match_as_eve_does(entry: str, host: str, port: int, di
     ("http://u%40x:p%3Aw@[fd00::1]:8080", "http://u%40x:p%3Aw@[fd00::1]:8080"),
 ])
 def test_proxy_urls_are_normalized(value: str, normalized: str) -> None:
-    assert proxies.parse_proxy_url(value, "item") == normalized
+    assert proxyconfig.parse_proxy_url(value, "item") == normalized
 
 
 @pytest.mark.parametrize("value, message", [
@@ -406,8 +407,8 @@ def test_proxy_urls_are_normalized(value: str, normalized: str) -> None:
     ("http://user:pa55word@bad host:1", "not repeated here"),
 ])
 def test_bad_proxy_urls_are_refused_without_their_credentials(value: str, message: str) -> None:
-    with pytest.raises(proxies.ProxyConfigError, match=message) as info:
-        proxies.parse_proxy_url(value, "item")
+    with pytest.raises(proxyconfig.ProxyConfigError, match=message) as info:
+        proxyconfig.parse_proxy_url(value, "item")
     assert "pa55word" not in str(info.value)
 
 

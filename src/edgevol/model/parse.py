@@ -15,9 +15,9 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from edgevol.api.formats import BLOB_TREE
-from edgevol.device.datastores import proxy as proxy_rules
 from edgevol.device.datastores.base import ConfigError
 from edgevol.device.datastores.oci_refs import parse_image_ref, split_registry_address
+from edgevol.model import proxyconfig as proxy_rules
 from edgevol.model.desired import (
     ContentSignature,
     AppInstance,
