@@ -124,6 +124,12 @@ _EDGEVOL_BOOL_ITEMS = {"edgevol.disk.thin.overcommit": "thin_overcommit",
 _GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
              "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
 _DIGITS = re.compile(r"^[0-9]+$")
+# Download caps (bytes per second, 0: none). Whole numbers only: the unit is in the key, and a "10M" could be
+# read as megabits (how link speeds are quoted) as well as mebibytes.
+_DEVICE_CAP = "edgevol.download.max.bytes.per.second"
+_DATASTORE_CAP = "edgevol.download.datastore.max.bytes.per.second"
+_ONE_DATASTORE_CAP = re.compile(r"^edgevol\.download\.datastore\.(.+)\.max\.bytes\.per\.second$")
+_MAX_CAP = 1 << 40
 
 
 def _parse_eve_item(key: str, raw: str, errors: list[ObjectError]) -> tuple[str, Any] | None:
@@ -195,6 +201,9 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             else:
                 errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want backing or copy"))
             continue
+        if key in (_DEVICE_CAP, _DATASTORE_CAP) or _ONE_DATASTORE_CAP.match(key):
+            _parse_cap(key, raw, values, errors)
+            continue
         if key not in spec:
             continue  # other config items belong to other parts of the device
         attr, typ, lo, hi = spec[key]
@@ -207,7 +216,30 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
             continue
         values[attr] = val
+    if "datastore_caps" in values:
+        values["datastore_caps"] = tuple(sorted(values["datastore_caps"].items()))
     return Settings(**{**eve_values, **values})
+
+
+def _parse_cap(key: str, raw: str, values: dict[str, Any], errors: list[ObjectError]) -> None:
+    """One download cap item into ``values``; ``datastore_caps`` collects as a dict (uuid -> cap) here."""
+    if not _DIGITS.match(raw) or int(raw) > _MAX_CAP:
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want a whole number of bytes "
+                                  f"per second, 0..{_MAX_CAP} (0: no cap)"))
+        return
+    if key == _DEVICE_CAP:
+        values["download_bytes_per_second"] = int(raw)
+    elif key == _DATASTORE_CAP:
+        values["datastore_bytes_per_second"] = int(raw)
+    else:
+        match = _ONE_DATASTORE_CAP.match(key)
+        assert match is not None
+        try:
+            uuid = canonical_uuid(match.group(1), "datastore id")
+        except Invalid as exc:
+            errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}: {exc}"))
+            return
+        values.setdefault("datastore_caps", {})[uuid] = int(raw)
 
 
 def _cipher_contexts(cfg: Any) -> dict[str, bytes]:
