@@ -162,7 +162,18 @@ def _table(env: Env, runs: dict[tuple[int, str], list[CapRun]], sizes: dict[int,
                    "`cap-N-off.pb`; in every repetition the three runs of a blob follow one another.")
     t.notes.append("The cap is a token bucket charged before each write to the CAS, so the agent stops reading "
                    "its socket while it waits and TCP slows the sender; the bucket holds 0.1 s of the rate.")
+    t.notes.append("Against the uncapped run of the same bytes, the capped run takes "
+                   f"{_ratios(runs, 'capped', 'uncapped')} the CPU and the slow-link run "
+                   f"{_ratios(runs, 'slow link', 'uncapped')}: a download stretched over {seconds:g} s pays what the "
+                   "agent spends per second (its reconcile passes, the socket's wake-ups) whatever slows it down.")
     env.summary.append(f"Download bandwidth cap ({', '.join(map(str, CAPS_MB))} MB/s, downloads of {seconds:g} s): "
                        f"the measured rate is within {worst:.1f} % of the cap; the capped agent's CPU is "
                        f"{min(ratios):.2f}–{max(ratios):.2f}× that of an uncapped agent on a link as slow.")
     return t
+
+
+def _ratios(runs: dict[tuple[int, str], list[CapRun]], mode: str, base: str) -> str:
+    """Median CPU of ``mode`` ÷ that of ``base``, for each cap in order."""
+    def cpu(cap: int, m: str) -> float:
+        return statistics.median(r.cpu_seconds for r in runs[cap, m])
+    return ", ".join(f"{cpu(cap, mode) / cpu(cap, base):.2f}×" for cap in CAPS_MB)

@@ -29,9 +29,10 @@ BURST_SECONDS = 0.1
 MIN_BURST = 4096
 PIECE = 64 << 10
 """Writers waiting together take turns this many bytes at a time (a bucket's burst, when that is smaller)."""
-WAKE_SECONDS = 0.05
-"""A waiter sleeps until this much of the rate has come in, so waits are few even for small writes."""
-CANCEL_CHECK_SECONDS = 0.05
+WAKE_SECONDS = 0.1
+"""A waiter sleeps until this much of the rate has come in (the bucket is full), so it wakes ten times a second
+whatever its writes' size: each sleep lets the socket buffer fill and the sender stall, which costs CPU."""
+CANCEL_CHECK_SECONDS = 0.1
 """An Event cannot wake a condition wait, so a waiter with a cancel event looks at it this often."""
 
 
@@ -91,7 +92,8 @@ class RateLimiter:
                         self._wait(me, cancel)
             finally:
                 self._turns.remove(me)
-                self._cond.notify_all()
+                if self._turns:  # the next writer's turn
+                    self._cond.notify_all()
 
     def _try_piece(self, me: object, n: int) -> int:
         """Bytes of ``n`` that pass now: one piece if it is ``me``'s turn and the bucket is not in debt."""
