@@ -158,7 +158,7 @@ def _table(env: Env, runs: dict[tuple[int, str], list[CapRun]], sizes: dict[int,
                        "—" if error is None else f"{error:+.1f} %", ", ".join(f"{r / MB:.2f}" for r in rates),
                        "—" if slow_rate is None else f"{slow_rate / MB:.2f}",
                        *(f"{cpu[mode]:.2f}" for mode in MODES), f"{ratios[-1]:.2f}×"])
-    t.notes.append(f"Commands: {display_cmd('D', 'cap-N-on.pb')}, and the same with `cap-N-slow.pb` and "
+    t.notes.append(f"Commands: `{display_cmd('D', 'cap-N-on.pb')}`, and the same with `cap-N-slow.pb` and "
                    "`cap-N-off.pb`; in every repetition the three runs of a blob follow one another.")
     t.notes.append("The cap is a token bucket charged before each write to the CAS, so the agent stops reading "
                    "its socket while it waits and TCP slows the sender; the bucket holds 0.1 s of the rate.")

@@ -141,7 +141,7 @@ def test_cap_items_set_the_settings() -> None:
 
 @pytest.mark.parametrize("key,value", [
     (DEVICE_CAP, "4MiB"), (DEVICE_CAP, "-1"), (DEVICE_CAP, "1.5"), (DEVICE_CAP, ""), (DEVICE_CAP, str(1 << 41)),
-    (DEFAULT_CAP, "fast"), (own_cap("00000000-0000-0000-0000-000000000001"), "1e6"),
+    (DEVICE_CAP, "9" * 5000), (DEFAULT_CAP, "fast"), (own_cap("00000000-0000-0000-0000-000000000001"), "1e6"),
 ])
 def test_a_malformed_cap_is_a_config_error_and_no_cap_applies(key, value) -> None:
     b = ConfigBuilder().item(key, value).item("edgevol.download.parallel", "3")

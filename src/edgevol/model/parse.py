@@ -223,7 +223,7 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
 
 def _parse_cap(key: str, raw: str, values: dict[str, Any], errors: list[ObjectError]) -> None:
     """One download cap item into ``values``; ``datastore_caps`` collects as a dict (uuid -> cap) here."""
-    if not _DIGITS.match(raw) or int(raw) > _MAX_CAP:
+    if not _DIGITS.match(raw) or len(raw) > 20 or int(raw) > _MAX_CAP:  # int() refuses 4,300 digits and more
         errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want a whole number of bytes "
                                   f"per second, 0..{_MAX_CAP} (0: no cap)"))
         return

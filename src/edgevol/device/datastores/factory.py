@@ -10,8 +10,8 @@ client, so the clear ones exist nowhere else.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from edgevol.device.datastores.bandwidth import Bandwidth
