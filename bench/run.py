@@ -3,7 +3,8 @@
     .venv/bin/python bench/run.py [--size-gib 1] [--reps 3] [--blank-gib 100] [--image-mb 300]
                                   [--scale-volumes 1000,10000] [--scale-reps 1]
                                   [--fleet-devices 10000] [--fleet-seconds 60] [--fleet-closed-seconds 30]
-                                  [--only download,blank,qcow2,pull,unpack,s3,scale,fleet|container]
+                                  [--cap-seconds 20]
+                                  [--only download,blank,qcow2,pull,unpack,s3,scale,fleet,cap|container]
                                   [--out BENCHMARKS.md] [--keep]
 
 Everything (the loopback datastore server and registry, edgevol, the baselines) runs as
@@ -25,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for the bench package and tests.configs (the shared ConfigBuilder)
 
-from bench import cases, containers, fleet, machine, s3, scale  # noqa: E402
+from bench import cap, cases, containers, fleet, machine, s3, scale  # noqa: E402
 from bench.report import render  # noqa: E402
 
 GiB = 1 << 30
@@ -35,7 +36,7 @@ OUT_DIR = REPO / "bench" / "out"
 
 BENCHMARKS = {"download": "download", "blank": "blank volumes", "qcow2": "volume from qcow2",
               "pull": "container pull", "unpack": "rootfs unpack", "s3": "S3 download",
-              "scale": "scale runs", "fleet": "fleet simulation"}  # --only name -> progress label
+              "scale": "scale runs", "fleet": "fleet simulation", "cap": "bandwidth cap"}  # --only name -> label
 ALIASES = {"container": ["pull", "unpack"]}
 
 
@@ -59,6 +60,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fleet-procs", type=int, default=1, help="simulator processes")
     p.add_argument("--fleet-sqlite-devices", type=int, default=1_000,
                    help="simulated devices of benchmark 8's SQLite comparison run")
+    p.add_argument("--cap-seconds", type=float, default=20.0,
+                   help="benchmark 9: each capped download lasts about this long (its blob is cap × seconds)")
     p.add_argument("--only", default="", metavar="NAMES",
                    help=f"comma-separated subset of {', '.join(BENCHMARKS)} ('container' = pull,unpack); "
                         "default: all. A partial report needs --out")
@@ -68,8 +71,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.reps < 1 or args.scale_reps < 1 or args.size_gib <= 0 or args.blank_gib <= 0 or args.image_mb <= 0:
         p.error("--reps, --scale-reps, --size-gib, --blank-gib and --image-mb must be positive")
     if min(args.fleet_devices, args.fleet_concurrency, args.fleet_procs, args.fleet_sqlite_devices) < 1 \
-            or min(args.fleet_seconds, args.fleet_closed_seconds) <= 0:
-        p.error("the --fleet-* options must be positive")
+            or min(args.fleet_seconds, args.fleet_closed_seconds, args.cap_seconds) <= 0:
+        p.error("the --fleet-* options and --cap-seconds must be positive")
     args.scale_volumes = _counts(p, args.scale_volumes)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     names = [x for n in names for x in (ALIASES.get(n) or [n])]
@@ -104,9 +107,11 @@ def _command(args: argparse.Namespace) -> str:
                   f"--fleet-closed-seconds {args.fleet_closed_seconds:g} --fleet-concurrency {args.fleet_concurrency} "
                   f"--fleet-procs {args.fleet_procs} --fleet-sqlite-devices {args.fleet_sqlite_devices}"
                   if "fleet" in args.only else "")
+    cap_opts = f" --cap-seconds {args.cap_seconds:g}" if "cap" in args.only else ""
     return (f"cd {REPO} && .venv/bin/python bench/run.py --size-gib {size} --reps {args.reps} "
             f"--blank-gib {args.blank_gib} --image-mb {args.image_mb} "
             f"--scale-volumes {','.join(map(str, args.scale_volumes))} --scale-reps {args.scale_reps}{fleet_opts}"
+            f"{cap_opts}"
             f"{only} --out {shown}")
 
 
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                        "unpack": lambda: containers.unpack_rootfs(env, container_image()),
                        "s3": lambda: s3.download_s3(env),
                        "scale": lambda: scale.scale_runs(env, args.scale_volumes, args.scale_reps),
-                       "fleet": lambda: fleet.fleet_runs(env, _fleet_args(args))}
+                       "fleet": lambda: fleet.fleet_runs(env, _fleet_args(args)),
+                       "cap": lambda: cap.bandwidth_cap(env, args.cap_seconds)}
             for name in args.only:
                 t0 = time.monotonic()
                 result = runners[name]()

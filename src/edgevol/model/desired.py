@@ -218,6 +218,11 @@ class Settings:
     disk_scan_interval_seconds: float = 10.0
     # edgevol.content.signature.required: a content tree without siginfo is refused.
     require_signatures: bool = False
+    # Download caps in bytes per second, 0 for none: all datastores together, each datastore by default, and
+    # datastores' own caps as sorted (uuid, cap) pairs (a tuple, so Settings stays hashable), which win.
+    download_bytes_per_second: int = 0
+    datastore_bytes_per_second: int = 0
+    datastore_caps: tuple[tuple[str, int], ...] = ()
     # edgevol.download.proxy.* (or a network's entProxy): what the config says; the agent layers it over
     # the proxies of its environment (edgevol.device.datastores.proxy.effective).
     proxy: ProxySettings = field(default_factory=ProxySettings)

@@ -126,6 +126,12 @@ _EDGEVOL_BOOL_ITEMS = {"edgevol.disk.thin.overcommit": "thin_overcommit",
 _GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
              "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
 _DIGITS = re.compile(r"^[0-9]+$")
+# Download caps (bytes per second, 0: none). Whole numbers only: the unit is in the key, and a "10M" could be
+# read as megabits (how link speeds are quoted) as well as mebibytes.
+# Download caps (bytes per second, 0: none): the device's, and each datastore's default -> Settings field.
+_CAPS = {"edgevol.download.max.bytes.per.second": "download_bytes_per_second",
+         "edgevol.download.datastore.max.bytes.per.second": "datastore_bytes_per_second"}
+_MAX_CAP = 1 << 40
 
 
 def _parse_eve_item(key: str, raw: str, errors: list[ObjectError]) -> tuple[str, Any] | None:
@@ -142,7 +148,7 @@ def _parse_eve_item(key: str, raw: str, errors: list[ObjectError]) -> tuple[str,
         errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want true or false"))
         return None
     attr, lo, hi = _EVE_INT_ITEMS[key]
-    if not _DIGITS.match(raw) or int(raw) > 0xFFFFFFFF:
+    if not _DIGITS.match(raw) or len(raw) > 20 or int(raw) > 0xFFFFFFFF:  # int() refuses 4,300 digits and more
         errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: not a whole number of seconds"))
         return None
     if not lo <= int(raw) <= hi:
@@ -180,12 +186,10 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
         if key in _PROXY_ITEMS:
             proxy_items[key] = raw
             continue
-        one = _PER_DATASTORE.match(key)
-        if one is not None and one.group(2) in _PER_DATASTORE_ITEMS:
-            uuid, (attr, typ, lo, hi) = one.group(1).lower(), _PER_DATASTORE_ITEMS[one.group(2)]
-            val = _bounded(key, raw, typ, lo, hi, errors)
-            if val is not None:
-                per_store.setdefault(attr, {})[uuid] = val
+        if _PER_DATASTORE.match(key):
+            own = _per_datastore(key, raw, errors)
+            if own is not None:
+                per_store.setdefault(own[0], {})[own[1]] = own[2]
             continue
         if key in _EVE_INT_ITEMS or key in _EVE_BOOL_ITEMS:
             parsed = _parse_eve_item(key, raw, errors)
@@ -210,6 +214,11 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
             else:
                 errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want backing or copy"))
             continue
+        if key in _CAPS:
+            value = _cap(key, raw, errors)
+            if value is not None:
+                values[_CAPS[key]] = value
+            continue
         if key not in spec:
             continue  # other config items belong to other parts of the device
         attr, typ, lo, hi = spec[key]
@@ -225,12 +234,23 @@ def _parse_settings(cfg: Any, errors: list[ObjectError]) -> Settings:
     return Settings(**{**eve_values, **values})
 
 
-# A datastore's own items: edgevol.download.datastore.<datastore uuid>.<name> -> (Settings field, type, min, max).
-_PER_DATASTORE = re.compile(r"^edgevol\.download\.datastore\.([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
-                            r"[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\.(.+)$")
-_PER_DATASTORE_ITEMS: dict[str, tuple[str, type, float, float]] = {
-    "parallel": ("parallel_by_datastore", int, 0, 64),
-}
+# A datastore's own items, edgevol.download.datastore.<datastore uuid>.<name>: name -> Settings field.
+_PER_DATASTORE = re.compile(r"^edgevol\.download\.datastore\.(.+)\.(parallel|max\.bytes\.per\.second)$")
+_PER_DATASTORE_FIELDS = {"parallel": "parallel_by_datastore", "max.bytes.per.second": "datastore_caps"}
+
+
+def _per_datastore(key: str, raw: str, errors: list[ObjectError]) -> tuple[str, str, int] | None:
+    """(Settings field, datastore uuid, value) of one datastore's own item, or None with a config error."""
+    match = _PER_DATASTORE.match(key)
+    assert match is not None
+    try:
+        uuid = canonical_uuid(match.group(1), "datastore id")
+    except Invalid as exc:
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}: {exc}"))
+        return None
+    name = match.group(2)
+    value = _bounded(key, raw, int, 0, 64, errors) if name == "parallel" else _cap(key, raw, errors)
+    return None if value is None else (_PER_DATASTORE_FIELDS[name], uuid, value)
 
 
 def _bounded(key: str, raw: str, typ: type, lo: float, hi: float, errors: list[ObjectError]) -> Any:
@@ -245,6 +265,15 @@ def _bounded(key: str, raw: str, typ: type, lo: float, hi: float, errors: list[O
         errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want {lo}..{hi}"))
         return None
     return val
+
+
+def _cap(key: str, raw: str, errors: list[ObjectError]) -> int | None:
+    """A download cap in bytes per second (0: none), or None with a config error."""
+    if not _DIGITS.match(raw) or len(raw) > 20 or int(raw) > _MAX_CAP:  # int() refuses 4,300 digits and more
+        errors.append(ObjectError(ObjectKind.CONFIG_ITEM, key, f"{key}={raw!r}: want a whole number of bytes "
+                                  f"per second, 0..{_MAX_CAP} (0: no cap)"))
+        return None
+    return int(raw)
 
 
 # edgevol.download.proxy.* -> ProxySettings field, and the parser of its value.

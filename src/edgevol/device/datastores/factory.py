@@ -10,9 +10,11 @@ client, so the clear ones exist nowhere else.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from edgevol.device.datastores.bandwidth import Bandwidth
 from edgevol.device.datastores.base import (
     BytesSink,
     Cancelled,
@@ -73,6 +75,8 @@ class DatastoreClients:
         self.proxy = ProxySettings()
         # Ranged reads at once for one big object on a store that allows it (edgevol.download.parallel).
         self.range_streams = 1
+        # Download caps (edgevol.download.*max.bytes.per.second): blob bytes only, never the controller link.
+        self.bandwidth = Bandwidth()
 
     def _client(self, spec: DatastoreSpec) -> Datastore | RegistryClient:
         with self._lock:
@@ -82,6 +86,10 @@ class DatastoreClients:
                 clear = self._credentials(spec) if self._credentials is not None else spec
                 client = self._clients[key] = _open(clear, self.read_timeout, self.proxy)
             return client
+
+    def set_caps(self, device: int, datastore_default: int, datastores: Mapping[str, int]) -> None:
+        """Download caps in bytes per second (0: none); downloads in flight follow at once."""
+        self.bandwidth.configure(device, datastore_default, datastores)
 
     def registry(self, spec: DatastoreSpec) -> RegistryClient:
         from edgevol.device.datastores.registry import RegistryClient
@@ -121,7 +129,10 @@ class DatastoreClients:
         client = self._client(source.datastore)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        sink = SourceSink(sink, source_key(source.datastore, source.locator))
+        # Charged to the datastore read from, so an alternate counts against its own cap; the validator the
+        # source keeps goes through the throttle to the partial.
+        sink = SourceSink(self.bandwidth.throttle(sink, source.datastore.uuid, cancel),
+                          source_key(source.datastore, source.locator))
         if _is_registry(client):
             client.fetch_blob(source.locator, f"sha256:{sha256}", sink, max_size=source.max_size,
                               progress=progress, cancel=cancel, expected_size=source.expected_size)

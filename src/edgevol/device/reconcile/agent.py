@@ -157,6 +157,8 @@ class Agent:
         self.clients.read_timeout = desired.settings.download_read_timeout_seconds
         self.clients.range_streams = desired.settings.parallel_downloads
         self.clients.proxy = effective_proxy(desired.settings.proxy, self._env_proxy)
+        self.clients.set_caps(desired.settings.download_bytes_per_second, desired.settings.datastore_bytes_per_second,
+                              dict(desired.settings.datastore_caps))
         self.record_config_status(None)
         if desired.device_id:
             self.store.meta_set("device_id", desired.device_id)
