@@ -646,3 +646,14 @@ def test_valid_objects_beside_invalid_ones_survive():
         ("app", app_bad), ("config_item", "edgevol.download.parallel")])
     assert state.errors_for(ObjectKind.VOLUME, on_bad_url)[0].message.startswith(
         f"content tree {ct_bad_url} is invalid: URL '../bad.qcow2' tries to leave")
+
+
+def test_an_eve_timer_item_of_thousands_of_digits_is_a_config_error():
+    """Python's int() refuses a string of more than 4,300 digits; such a value is refused as out of range,
+    not a crash of the whole config's parse."""
+    b, _ = base()
+    b.item("timer.download.retry", "9" * 5000)
+    state = parse_config(b.cfg)
+    [err] = state.errors
+    assert err.object_id == "timer.download.retry" and "not a whole number of seconds" in err.message
+    assert state.settings.slow_retry_seconds == Settings().slow_retry_seconds

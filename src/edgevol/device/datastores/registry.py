@@ -48,7 +48,6 @@ from .http import (
     RestartFromZero,
     refuse_downgrade,
     retry_after_seconds,
-    ssl_context,
 )
 from .oci_manifest import (
     MANIFEST_MEDIA_TYPES,
