@@ -109,9 +109,9 @@ class ConfigBuilder:
         v.origin.downloadContentTreeID = ct_id
         return vol_id
 
-    def app(self, volume_ids: list[str], name: str = "app", app_id: str | None = None) -> str:
+    def app(self, volume_ids: list[str], name: str = "app", app_id: str | None = None, activate: bool = False) -> str:
         app_id = app_id or new_id()
-        a = self.cfg.apps.add(displayname=name)
+        a = self.cfg.apps.add(displayname=name, activate=activate)
         a.uuidandversion.uuid = app_id
         a.uuidandversion.version = "1"
         for vid in volume_ids:

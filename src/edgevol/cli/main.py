@@ -221,6 +221,32 @@ def device_status(data_dir: Path, output: str) -> None:
         print_status_tables(console(), doc)
 
 
+@device.command("exports")
+@data_dir_option
+@output_option
+def device_exports(data_dir: Path, output: str) -> None:
+    """Show how the device serves volumes to its apps' tasks: sockets, daemon, state and I/O since boot."""
+    from edgevol.cli.output import console, print_json, print_table
+    from edgevol.device.errors import human_bytes
+    from edgevol.device.reconcile.exports import load
+
+    store = _open_store(data_dir)
+    found = load(store)
+    store.close()
+    if output == "json":
+        print_json(found)
+        return
+    rows = []
+    for e in found:
+        io = e.get("counters")
+        served = (f"read {human_bytes(io['read_bytes'])} in {io['read_ops']} ops, written "
+                  f"{human_bytes(io['write_bytes'])} in {io['write_ops']} ops") if io else "not counted"
+        rows.append([e["uuid"], str(e["generation"]), e["kind"], "ro" if e["readonly"] else "rw",
+                     e["state"] + (f" ({e['error']})" if e.get("error") and e["state"] != "running" else ""),
+                     "\n".join(f"{name}: {path}" for name, path in sorted(e["sockets"].items())), served])
+    print_table(console(), "EXPORTS", ["VOLUME", "GEN", "KIND", "MODE", "STATE", "SOCKETS", "I/O SINCE BOOT"], rows)
+
+
 @device.command("outbox")
 @data_dir_option
 @output_option

@@ -106,7 +106,7 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 _KEYS = {"blobs": ("sha256",), "content_trees": ("uuid",), "volumes": ("uuid", "generation"), "apps": ("uuid",)}
-_JSON_COLUMNS = {"error", "warning", "spec", "component_shas", "resolved", "layout", "refs", "signature_check"}
+_JSON_COLUMNS = {"error", "warning", "export_error", "spec", "component_shas", "resolved", "layout", "refs", "signature_check"}
 
 # Columns added after a table first shipped: (table, column, declaration).
 _ADDED_COLUMNS = [
@@ -125,6 +125,9 @@ _ADDED_COLUMNS = [
     ("content_trees", "signature_check", "TEXT"),
     # sha256 of the CAS blob a clone volume reads through to (edgevol.volume.clone=backing): pins the blob.
     ("volumes", "backing_blob", "TEXT"),
+    # An ErrorRecord about serving the volume to its apps' tasks (reconcile/exports.py): a crashed export
+    # daemon waiting for its restart, or an access protocol the device cannot offer for the volume.
+    ("volumes", "export_error", "TEXT"),
 ]
 
 # ZSwState numbers the store itself must know (it does not import the API's messages).

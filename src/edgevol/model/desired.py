@@ -135,6 +135,9 @@ class Volume:
     # Set only for a volume the controller allocated for an app's Drive (transition phase 2): the
     # implicit volume it takes over, data and all, if the device has one.
     adopts: str = ""
+    # How tasks attach to it (VolumeAccessProtocols): "9p" (VAP_9P, served as virtiofs); empty: the default
+    # for the volume's kind (a file: NBD and vhost-user-blk; a directory: virtiofs).
+    protocols: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
@@ -158,6 +161,8 @@ class AppInstance:
     display_name: str
     volume_refs: tuple[VolumeRef, ...]
     purge_counter: int = 0
+    # AppInstanceConfig.activate: the app should run, so the device serves its volumes (exports).
+    activate: bool = False
 
 
 @dataclass(frozen=True)

@@ -496,6 +496,9 @@ def _parse_content_tree(ct: Any, datastores: dict[str, Datastore], bad_ds: dict[
     )
 
 
+_VAP_NONE, _VAP_9P = 0, 1  # org.lfedge.eve.config.VolumeAccessProtocols
+
+
 def _parse_volume(v: Any, trees: dict[str, ContentTree], bad_trees: dict[str, str]) -> Volume:
     vol_id = canonical_uuid(v.uuid, "volume uuid")
     generation = check_size(v.generationCount, "generationCount")
@@ -514,8 +517,15 @@ def _parse_volume(v: Any, trees: dict[str, ContentTree], bad_trees: dict[str, st
             raise Invalid(f"content tree {tree_id} is not in the config")
     else:
         raise Invalid(f"origin type {v.origin.type} is neither BLANK nor DOWNLOAD")
+    protocols = []
+    for proto in v.protocols:
+        if proto == _VAP_9P:
+            protocols.append("9p")
+        elif proto != _VAP_NONE:
+            raise Invalid(f"access protocol {proto} is not one this device can offer (VAP_NONE or VAP_9P)")
     return Volume(uuid=vol_id, generation=generation, origin=origin, content_tree_id=tree_id,
-                  max_size_bytes=size, readonly=v.readonly, display_name=v.displayName)
+                  max_size_bytes=size, readonly=v.readonly, display_name=v.displayName,
+                  protocols=tuple(dict.fromkeys(protocols)))
 
 
 def _parse_app(app: Any, volumes: dict[str, Volume]) -> AppInstance:
@@ -527,7 +537,7 @@ def _parse_app(app: Any, volumes: dict[str, Volume]) -> AppInstance:
             raise Invalid(f"volumeRef {ref_id} names a volume that is not in the config or is invalid")
         refs.append(VolumeRef(ref_id, check_size(ref.generationCount, "volumeRef generationCount")))
     return AppInstance(uuid=app_id, display_name=app.displayname, volume_refs=tuple(refs),
-                       purge_counter=app.purge.counter)
+                       purge_counter=app.purge.counter, activate=app.activate)
 
 
 def _id_or_raw(value: str) -> str:

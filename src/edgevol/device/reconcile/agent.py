@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgevol.log import get_logger
 from edgevol.api import messages as m
@@ -30,6 +30,8 @@ from edgevol.device.paths import DataDir
 from edgevol.device.reconcile.adoption import adopt_implicit, settle_name
 from edgevol.device.reconcile.apps import app_references, sync_apps
 from edgevol.device.reconcile.blobs import BlobDownloader
+from edgevol.device.reconcile.exports import record as record_exports
+from edgevol.device.reconcile.exports import wanted_exports
 from edgevol.device.reconcile.gc import GarbageCollector
 from edgevol.device.reconcile.signatures import SignatureChecker, check_key, due, gate
 from edgevol.device.reconcile.builders import VolumeBuilder, volume_spec
@@ -43,6 +45,9 @@ from edgevol.device.reconcile.trees import ContainerResolver, derive_status, lay
 from edgevol.device.volumes import FileVolumes
 from edgevol.device.volumes.directories import DirectoryVolumes
 from edgevol.model.desired import Datastore, DesiredState, ImageFormat, ObjectKind, ProxySettings, VolumeOrigin
+
+if TYPE_CHECKING:  # the export daemons' module is loaded when an activated app first needs a volume served
+    from edgevol.device.exports import Exports
 
 log = get_logger("edgevol.agent")
 S = m.ZSwState
@@ -104,6 +109,7 @@ class Agent:
         self._last_usage = 0.0
         self._disk_full = False
         self._purge_first: set[tuple[str, int]] = set()  # new generations that fit only once the old ones go
+        self.exports: Exports | None = None  # made when an activated app first needs a volume served
         self.blobs = BlobDownloader(self.store, self.cas, self.clients, self._cancel, self._task_failed,
                                     keep_partial=lambda: self.desired.settings.gc_delay_seconds > 0)
         self.resolver = ContainerResolver(self.store, self.cas, self.clients, self._task_failed)
@@ -137,6 +143,8 @@ class Agent:
 
     def close(self) -> None:
         self._cancel.set()
+        if self.exports is not None:
+            self.exports.close()
         for event in list(self._cancels.values()):
             event.set()
         self._volume_pool.shutdown(wait=True, cancel_futures=True)
@@ -274,10 +282,25 @@ class Agent:
             self._purge_first = set()
             self._sync_volumes(d, now)
         sync_apps(self.store, d, now, self._purge_first)
+        if not self.options.once:  # a --once pass ends before any task could attach
+            self._serve(d)
         if self.gc.collect(d, now):
             self._space_freed()
         self.store.batch(lambda: self._sync_refcounts(d, now))
         self.reporter.sync()
+
+    def _serve(self, d: DesiredState) -> None:
+        """Start, stop and supervise the exports of the volumes activated apps use (reconcile/exports.py)."""
+        specs, refused = wanted_exports(self.store, d)
+        if self.exports is None:
+            if not specs and not refused:
+                return  # no daemon machinery until an activated app needs a volume
+            from edgevol.device.exports import Exports
+
+            self.exports = Exports(self.dirs.root / "exports")
+        self.exports.apply(specs)
+        self.exports.supervise()
+        record_exports(self.store, self.exports, refused)
 
     def _space_freed(self) -> None:
         """A deletion freed space: whatever waits for space is tried at the next pass, not on its slow retry.

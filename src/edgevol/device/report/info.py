@@ -33,8 +33,9 @@ def timestamp(seconds: float) -> Timestamp:
 
 
 def volume_error(row: dict[str, Any]) -> dict[str, Any] | None:
-    """What a volume reports in ``volumeErr``: its own error, else its warning (reconcile/sharing.py)."""
-    return row["error"] or row.get("warning")
+    """What a volume reports in ``volumeErr``: its own error, else its export's (reconcile/exports.py), else its
+    warning (reconcile/sharing.py)."""
+    return row["error"] or row.get("export_error") or row.get("warning")
 
 
 def error_info(err: ErrorRecord | dict[str, Any] | None) -> Any:

@@ -10,9 +10,11 @@ one per VolumeStatus, that is per generation, and cannot be told apart
 either (pkg/pillar/cmd/zedagent/handlemetrics.go:1731-1751).
 
 The figures are those EVE fills in (same file, getVolumeResourcesMetrics at
-:1753-1764): used, total and free bytes. readBytes, writeBytes, readCount and
-writeCount are not measured on the device yet and go out as 0; EVE leaves
-them unset in ZMetricVolume too.
+:1753-1764): used, total and free bytes; and, which EVE leaves unset,
+readBytes, writeBytes, readCount and writeCount: what the volume's export
+served to its apps' tasks since the device booted (reconcile/exports.py; 0 for
+a volume never exported, and for a directory volume, whose virtiofs daemon
+counts nothing).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from typing import Any
 
 from edgevol.api import messages as m
+from edgevol.device.reconcile import exports
 from edgevol.device.reconcile.apps import app_references
 from edgevol.device.report.info import timestamp
 from edgevol.device.state import StateStore
@@ -44,8 +47,12 @@ def volume_metrics(store: StateStore, device_id: str) -> Any:
     """total = virtual size (file) or quota (directory); used = bytes allocated on the host."""
     msg = m.ZMetricMsg(devID=device_id)
     msg.atTimeStamp.CopyFrom(timestamp(time.time()))
+    served = exports.io_counters(store)
     for row in live_generations(store):
         total, used = row["max_size"], row["cur_size"]
+        io = served.get((row["uuid"], row["generation"]), {})
         msg.vm.add(uuid=row["uuid"], displayName=row["display_name"], totalBytes=total, usedBytes=used,
-                   freeBytes=max(total - used, 0))
+                   freeBytes=max(total - used, 0), readBytes=io.get("read_bytes", 0),
+                   writeBytes=io.get("write_bytes", 0), readCount=io.get("read_ops", 0),
+                   writeCount=io.get("write_ops", 0))
     return msg

@@ -1,0 +1,206 @@
+"""Volumes served to tasks (issue 18), through the agent: which volumes are exported and when, attached to as a
+task would (``qemu-io`` over the NBD socket), and the I/O the exports count in ``ZMetricVolume``.
+
+The export daemons' own behaviour (options, counters, restarts) is tested in tests/test_exports.py; here the
+agent decides: an export exists while an activated app uses the volume, it follows the app through a purge,
+it goes when the app is deactivated, and a protocol the device cannot offer is an error on the app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgevol.device.state import StateStore
+from edgevol.device.uplink.metrics import volume_metrics
+from tests.conftest import by_name, device_status, run_cli, start_agent
+from tests.configs import ConfigBuilder
+from tests.controller_fixture import agent_factory, controller_factory, onboard  # noqa: F401
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def exports(data: Path) -> list[dict[str, Any]]:
+    return json.loads(run_cli("device", "exports", "--data-dir", str(data), "-o", "json", check=True).stdout)
+
+
+def running(data: Path, count: int) -> list[dict[str, Any]] | None:
+    found = exports(data)
+    return found if len(found) == count and all(e["state"] == "running" for e in found) else None
+
+
+def qemu_io(sock: str, *commands: str, readonly: bool = False) -> subprocess.CompletedProcess[str]:
+    """``qemu-io`` attached to an export's NBD socket, as a task's block driver would be."""
+    args = ["qemu-io", "-f", "raw", *(["-r"] if readonly else [])]
+    for c in commands:
+        args += ["-c", c]
+    return subprocess.run([*args, f"nbd+unix:///?socket={sock}"], capture_output=True, text=True, timeout=60)
+
+
+def metrics_of(data: Path) -> dict[str, Any]:
+    store = StateStore(data / "state.db")
+    try:
+        msg = volume_metrics(store, "dev")
+    finally:
+        store.close()
+    return {v.displayName: v for v in msg.vm}
+
+
+def test_an_activated_apps_volumes_are_exported_and_count_what_tasks_do(tmp_path: Path) -> None:
+    """Two blank volumes of an activated app: each gets an NBD and a vhost-user-blk socket (0600, under the data
+    dir). A task writes and reads a pattern over NBD; the read-only volume refuses writes at its export. The
+    ZMetricVolume counters equal the bytes and operations done. Deactivating the app stops the exports."""
+    b = ConfigBuilder().item("edgevol.volume.blank.format", "qcow2")
+    rw = b.blank_volume(8 * MiB, name="data")
+    ro = b.blank_volume(8 * MiB, name="golden", readonly=True)
+    b.app([rw, ro], name="vm", activate=True)
+    cfg, data, log = tmp_path / "config.pb", tmp_path / "dev", tmp_path / "agent.log"
+    b.save(cfg)
+    agent = start_agent(data, cfg, log)
+    try:
+        found = wait_for("both exports running", lambda: running(data, 2))
+        by_uuid = {e["uuid"]: e for e in found}
+        for e in found:
+            assert set(e["sockets"]) >= {"nbd", "vhost-user-blk"}, e
+            for path in e["sockets"].values():
+                st = os.stat(path)
+                assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, (path, oct(st.st_mode))
+                assert Path(path).is_relative_to(data)
+        assert by_uuid[ro]["readonly"] and not by_uuid[rw]["readonly"]
+
+        sock = by_uuid[rw]["sockets"]["nbd"]
+        wrote = qemu_io(sock, "write -P 0xab 0 64k", "write -P 0xab 64k 64k", "write -P 0xab 128k 64k")
+        assert wrote.returncode == 0 and "error" not in wrote.stdout.lower(), wrote.stdout + wrote.stderr
+        read = qemu_io(sock, *(f"read -P 0xab {n * 4}k 4k" for n in range(5)))
+        assert read.returncode == 0 and "Pattern verification failed" not in read.stdout, read.stdout + read.stderr
+        refused = qemu_io(by_uuid[ro]["sockets"]["nbd"], "write -P 0xcd 0 4k")
+        assert "write failed" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+
+        def counted() -> Any:
+            m = metrics_of(data)
+            return m if m["data"].writeCount == 3 and m["data"].readCount >= 5 else None
+
+        m = wait_for("the counters to reach the metrics", counted)
+        assert (m["data"].writeBytes, m["data"].writeCount) == (3 * 64 * KiB, 3)
+        assert (m["data"].readBytes, m["data"].readCount) == (5 * 4 * KiB, 5)
+        assert (m["golden"].writeBytes, m["golden"].writeCount) == (0, 0)
+
+        b.cfg.apps[0].activate = False
+        b.cfg.id.version = "2"
+        b.save(cfg)
+        wait_for("the exports to stop", lambda: exports(data) == [])
+        assert not any(os.path.exists(p) for e in found for p in e["sockets"].values())
+        after = metrics_of(data)  # counted since boot: an export that stopped keeps its figures
+        assert (after["data"].writeBytes, after["data"].readBytes) == (3 * 64 * KiB, 5 * 4 * KiB)
+    finally:
+        agent.terminate()
+        agent.wait(20)
+    # what the task wrote is in the volume itself
+    vol = by_name(device_status(data)["volumes"], "data")
+    check = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0xab 0 192k", vol["path"]],
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and "Pattern verification failed" not in check.stdout, check.stdout
+
+
+def test_a_purge_moves_the_export_only_with_the_app_and_a_killed_daemon_comes_back(tmp_path: Path) -> None:
+    """The volume's generation and the app's purge counter are bumped: the export moves to the new generation
+    when the app does, never before. ``kill -9`` of the export's daemon is recovered, its counts continue."""
+    b = ConfigBuilder()
+    vol = b.blank_volume(8 * MiB, name="disk")
+    b.app([vol], name="vm", activate=True)
+    cfg, data, log = tmp_path / "config.pb", tmp_path / "dev", tmp_path / "agent.log"
+    b.save(cfg)
+    agent = start_agent(data, cfg, log)
+    try:
+        [first] = wait_for("the export", lambda: running(data, 1))
+        assert first["generation"] == 0
+        assert qemu_io(first["sockets"]["nbd"], "write -P 0x11 0 4k").returncode == 0
+        os.kill(first["pid"], signal.SIGKILL)
+        back = wait_for("the daemon restarted", lambda: [e for e in exports(data) if e["state"] == "running"
+                                                         and e["pid"] != first["pid"] and e["restarts"] == 1])
+        assert qemu_io(back[0]["sockets"]["nbd"], "write -P 0x22 4k 4k").returncode == 0
+        wait_for("the counts to continue across the restart", lambda: metrics_of(data)["disk"].writeCount == 2)
+
+        b.cfg.volumes[0].generationCount = 1
+        b.cfg.apps[0].volumeRefList[0].generationCount = 1
+        b.cfg.apps[0].purge.counter = 1
+        b.cfg.id.version = "2"
+        b.save(cfg)
+        moved = wait_for("the export on generation 1", lambda: [e for e in exports(data) if e["generation"] == 1
+                                                               and e["state"] == "running"])
+        assert [e["generation"] for e in exports(data)] == [1]  # the old one went with the app
+        apps = device_status(data)["apps"]
+        assert [[r["uuid"], r["generation_count"]] for r in apps[0]["volume_refs"]] == [[vol, 1]]
+        fresh = qemu_io(moved[0]["sockets"]["nbd"], "read -P 0 0 8k")  # the new generation is a new blank disk
+        assert fresh.returncode == 0 and "Pattern verification failed" not in fresh.stdout, fresh.stdout
+    finally:
+        agent.terminate()
+        agent.wait(20)
+
+
+def test_vap_9p_on_a_disk_image_is_an_error_on_the_app(tmp_path: Path) -> None:
+    """VAP_9P is served as virtiofs, which shares a directory: asked of a qcow2 volume it is refused with an
+    error on the volume that the app's error carries too, and nothing is exported for it."""
+    b = ConfigBuilder()
+    vol = b.blank_volume(8 * MiB, name="disk")
+    b.cfg.volumes[0].protocols.append(1)  # VAP_9P
+    b.app([vol], name="vm", activate=True)
+    cfg, data, log = tmp_path / "config.pb", tmp_path / "dev", tmp_path / "agent.log"
+    b.save(cfg)
+    agent = start_agent(data, cfg, log)
+    try:
+        app = wait_for("the app's error", lambda: (lambda a: a if a["error"] else None)(
+            device_status(data)["apps"][0]) if device_status(data)["apps"] else None)
+    finally:
+        agent.terminate()
+        agent.wait(20)
+    assert "VAP_9P cannot be offered for volume disk" in app["error"]["description"], app["error"]
+    assert exports(data) == []
+    disk = by_name(device_status(data)["volumes"], "disk")
+    assert disk["state"] == "CREATED_VOLUME"  # the volume itself is fine
+
+
+def test_the_controller_keeps_the_counts_of_what_tasks_did(controller_factory, agent_factory):  # noqa: F811
+    """Through edgevol's controller (whose apps are activated by default): a task writes 2 × 64 KiB and reads
+    3 × 4 KiB over the export; the controller's stored ZMetricVolume samples carry exactly those figures."""
+    ctrl = controller_factory(None)
+    agent = agent_factory(ctrl, "dev1")
+    onboard(ctrl, agent, "dev1")
+    vol = ctrl.admin("POST", "/devices/dev1/volumes", json={"name": "x", "origin": "blank",
+                                                            "max_size_bytes": 16 * MiB})
+    ctrl.admin("POST", "/devices/dev1/apps", json={"name": "web", "volumes": ["x"]})
+    agent.start()
+    try:
+        [e] = wait_for("the export", lambda: running(agent.data_dir, 1), timeout=60)
+        sock = e["sockets"]["nbd"]
+        assert qemu_io(sock, "write -P 0x5a 0 64k", "write -P 0x5a 64k 64k").returncode == 0
+        assert qemu_io(sock, "read 0 4k", "read 4k 4k", "read 8k 4k").returncode == 0
+
+        def stored() -> Any:
+            samples = ctrl.admin("GET", f"/devices/dev1/volumes/{vol['uuid']}/metrics", params={"limit": 1})
+            return samples[0] if samples and samples[0]["write_count"] == 2 and samples[0]["read_count"] >= 3 \
+                else None
+
+        last = wait_for("the counts at the controller", stored, timeout=60)
+        assert (last["write_bytes"], last["write_count"]) == (2 * 64 * KiB, 2)
+        assert (last["read_bytes"], last["read_count"]) == (3 * 4 * KiB, 3)
+    finally:
+        agent.stop()
