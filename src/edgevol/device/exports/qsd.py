@@ -18,7 +18,9 @@ their length; discard and flush are not counted.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import threading
 from pathlib import Path
 
@@ -60,9 +62,23 @@ def argv(spec: ExportSpec, sockets: dict[str, str]) -> list[str]:
     ]
 
 
+def _unix_connect(path: Path) -> socket.socket:
+    """Connect through /proc/self/fd/DIRFD/NAME: a long data dir would overflow sun_path (108 bytes)."""
+    dirfd = os.open(path.parent, os.O_PATH)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(f"/proc/self/fd/{dirfd}/{path.name}")
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.close(dirfd)
+    return sock
+
+
 def exports_ready(qmp_path: Path, timeout: float = 2.0) -> bool:
     """Both exports registered, asked over QMP (sockets existing is not enough to be serving)."""
-    mon = QEMUMonitorProtocol(str(qmp_path))
+    mon = QEMUMonitorProtocol(_unix_connect(qmp_path))
     try:
         mon.settimeout(timeout)
         mon.connect()
