@@ -291,3 +291,23 @@ def test_directory_volume_virtiofsd(tmp_path: Path, exports: Exports) -> None:
     assert writable.returncode == 0
     exports.apply({})
     assert not sock.exists()
+
+
+def test_virtiofsd_session_end_is_not_a_crash(tmp_path: Path, exports: Exports) -> None:
+    """virtiofsd exits 0 when its client hangs up (a VM stopped): served again at once, no restart counted."""
+    import socket
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    exports.apply({KEY: ExportSpec(UUID, 1, shared, "dir", readonly=False)})
+    st = exports.status()[0]
+    assert st.pid is not None
+    dirfd = os.open(tmp_path / "exports", os.O_PATH)
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(f"/proc/self/fd/{dirfd}/{Path(st.sockets['virtiofs']).name}")
+    finally:
+        os.close(dirfd)
+    restarted(exports, st.pid)
+    st2 = exports.status()[0]
+    assert (st2.restarts, st2.error) == (0, None)
