@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# Volume exports: qemu-storage-daemon (NBD, vhost-user-blk) and virtiofsd (directory volumes).
+command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the registry token-auth tests sign with it
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
