@@ -4,7 +4,7 @@
                                   [--scale-volumes 1000,10000] [--scale-reps 1]
                                   [--fleet-devices 10000] [--fleet-seconds 60] [--fleet-closed-seconds 30]
                                   [--cap-seconds 20]
-                                  [--only download,blank,qcow2,pull,unpack,s3,scale,fleet,cap|container]
+                                  [--only download,blank,qcow2,pull,unpack,s3,scale,fleet,cap,exports|container]
                                   [--out BENCHMARKS.md] [--keep]
 
 Everything (the loopback datastore server and registry, edgevol, the baselines) runs as
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for the bench package and tests.configs (the shared ConfigBuilder)
 
-from bench import cap, cases, containers, fleet, machine, s3, scale  # noqa: E402
+from bench import cap, cases, containers, exports, fleet, machine, s3, scale  # noqa: E402
 from bench.report import render  # noqa: E402
 
 GiB = 1 << 30
@@ -36,7 +36,8 @@ OUT_DIR = REPO / "bench" / "out"
 
 BENCHMARKS = {"download": "download", "blank": "blank volumes", "qcow2": "volume from qcow2",
               "pull": "container pull", "unpack": "rootfs unpack", "s3": "S3 download",
-              "scale": "scale runs", "fleet": "fleet simulation", "cap": "bandwidth cap"}  # --only name -> label
+              "scale": "scale runs", "fleet": "fleet simulation", "cap": "bandwidth cap",
+              "exports": "volume exports"}  # --only name -> label
 ALIASES = {"container": ["pull", "unpack"]}
 
 
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                        "s3": lambda: s3.download_s3(env),
                        "scale": lambda: scale.scale_runs(env, args.scale_volumes, args.scale_reps),
                        "fleet": lambda: fleet.fleet_runs(env, _fleet_args(args)),
-                       "cap": lambda: cap.bandwidth_cap(env, args.cap_seconds)}
+                       "cap": lambda: cap.bandwidth_cap(env, args.cap_seconds),
+                       "exports": lambda: exports.export_throughput(env)}
             for name in args.only:
                 t0 = time.monotonic()
                 result = runners[name]()

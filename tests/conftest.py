@@ -107,6 +107,18 @@ def guest_write(path: Path, offset: int, data: bytes) -> None:
                         str(path)], check=True)
 
 
+def export_io(export: dict, *commands: str, readonly: bool = False) -> subprocess.CompletedProcess[str]:
+    """``qemu-io`` attached to a volume's export (``device exports``) over its NBD socket, as a task's block driver
+    would be: the export name is the volume uuid. Run beside the socket and named relatively, since a socket
+    path may pass the kernel's 108 bytes."""
+    sock = Path(export["sockets"]["nbd"])
+    args = ["qemu-io", "-f", "raw", *(["-r"] if readonly else [])]
+    for c in commands:
+        args += ["-c", c]
+    return subprocess.run([*args, f"nbd+unix:///{export['uuid']}?socket=./{sock.name}"], cwd=sock.parent,
+                          capture_output=True, text=True, timeout=60)
+
+
 def volume_sha256(path: Path) -> str:
     """sha256 of :func:`guest_bytes`."""
     import hashlib

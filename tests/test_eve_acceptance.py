@@ -31,7 +31,7 @@ from edgevol.device.uplink.wiretrace import load_exchange
 from edgevol.model.desired import Settings
 from edgevol.tools.oci_image import Layer, build_image, push
 from tests.configs import sha256_file
-from tests.conftest import guest_write, make_raw_image, open_guest
+from tests.conftest import export_io, make_raw_image, open_guest
 from tests.controller_fixture import Controller, DeviceAgent, controller_factory, onboard, wait_for  # noqa: F401
 from tests.registry_fixture import RunningRegistry, registry  # noqa: F401  (fixture)
 
@@ -322,7 +322,11 @@ def test_purge_issued_while_the_device_is_down_completes_after_it_restarts(
     wait_for(lambda: (eve.app("vm") or {}).get("state_name") == "CREATED_VOLUME", 90, "app-is-running")
     [local] = [v for v in eve.agent.status()["volumes"] if v["display_name"] == "vm-root"]
     old = Path(local["path"])
-    guest_write(old, 0, b"written by the guest before the purge")
+    # the running app's task writes through the volume's export (the daemon holds the image's write lock)
+    [export] = wait_for(lambda: [e for e in eve.agent.cli_json("exports") if e["state"] == "running"], 30,
+                        "the volume exported to the app")
+    wrote = export_io(export, "write -P 0x47 0 4k", "flush")
+    assert wrote.returncode == 0 and "wrote 4096" in wrote.stdout, wrote.stdout + wrote.stderr
 
     eve.agent.stop(signal.SIGKILL)  # device-powered-off
     eve.admin("POST", "/volumes/vm-root/purge")  # purge-issued-while-down

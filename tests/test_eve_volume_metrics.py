@@ -7,8 +7,8 @@ EVE's facts, from lf-edge/eve:
   named by uuid and displayName only. A controller cannot tell two generations' entries apart, so
   edgevol's device sends one per uuid: the generation the apps use, the one whose figures matter.
 - same file, getVolumeResourcesMetrics at :1753-1764: usedBytes, totalBytes (provisioned) and freeBytes
-  are filled in; readBytes, writeBytes, readCount and writeCount are not. edgevol's device does not
-  measure IO either (issue 18), so they go out as 0, and the controller keeps and shows them as sent.
+  are filled in; readBytes, writeBytes, readCount and writeCount are not. edgevol's device counts what its
+  exports serve (tests/test_volume_exports.py); here no task does any I/O, so they are 0, kept and shown as sent.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_one_metric_per_volume_for_the_generation_its_app_uses(controller_factor
         [s] = samples
         assert (s["display_name"], s["total_bytes"]) == ("x", 16 * MiB)  # the app's generation, not x#1's
         assert s["free_bytes"] == s["total_bytes"] - s["used_bytes"]
-        assert (s["read_bytes"], s["write_bytes"], s["read_count"], s["write_count"]) == (0, 0, 0, 0)  # not measured
+        assert (s["read_bytes"], s["write_bytes"], s["read_count"], s["write_count"]) == (0, 0, 0, 0)  # no task did I/O
     assert both_generations()  # still so after the messages checked
 
     # the CLI shows every field of the message

@@ -20,7 +20,7 @@ from typing import Any
 
 from edgevol.device.state import StateStore
 from edgevol.device.uplink.metrics import volume_metrics
-from tests.conftest import by_name, device_status, run_cli, start_agent
+from tests.conftest import by_name, device_status, export_io, run_cli, start_agent
 from tests.configs import ConfigBuilder
 from tests.controller_fixture import agent_factory, controller_factory, onboard  # noqa: F401
 
@@ -47,17 +47,6 @@ def exports(data: Path) -> list[dict[str, Any]]:
 def running(data: Path, count: int) -> list[dict[str, Any]] | None:
     found = exports(data)
     return found if len(found) == count and all(e["state"] == "running" for e in found) else None
-
-
-def qemu_io(export: dict[str, Any], *commands: str, readonly: bool = False) -> subprocess.CompletedProcess[str]:
-    """``qemu-io`` attached to an export's NBD socket (export name: the volume uuid), as a task's block driver
-    would be. Run beside the socket and named relatively: a socket path may pass the kernel's 108 bytes."""
-    sock = Path(export["sockets"]["nbd"])
-    args = ["qemu-io", "-f", "raw", *(["-r"] if readonly else [])]
-    for c in commands:
-        args += ["-c", c]
-    return subprocess.run([*args, f"nbd+unix:///{export['uuid']}?socket=./{sock.name}"], cwd=sock.parent,
-                          capture_output=True, text=True, timeout=60)
 
 
 def metrics_of(data: Path) -> dict[str, Any]:
@@ -91,11 +80,11 @@ def test_an_activated_apps_volumes_are_exported_and_count_what_tasks_do(tmp_path
                 assert Path(path).is_relative_to(data)
         assert by_uuid[ro]["readonly"] and not by_uuid[rw]["readonly"]
 
-        wrote = qemu_io(by_uuid[rw], "write -P 0xab 0 64k", "write -P 0xab 64k 64k", "write -P 0xab 128k 64k")
+        wrote = export_io(by_uuid[rw], "write -P 0xab 0 64k", "write -P 0xab 64k 64k", "write -P 0xab 128k 64k")
         assert wrote.returncode == 0 and "error" not in wrote.stdout.lower(), wrote.stdout + wrote.stderr
-        read = qemu_io(by_uuid[rw], *(f"read -P 0xab {n * 4}k 4k" for n in range(5)))
+        read = export_io(by_uuid[rw], *(f"read -P 0xab {n * 4}k 4k" for n in range(5)))
         assert read.returncode == 0 and "Pattern verification failed" not in read.stdout, read.stdout + read.stderr
-        refused = qemu_io(by_uuid[ro], "write -P 0xcd 0 4k")  # the export refuses a writer (qemu-io cannot open it)
+        refused = export_io(by_uuid[ro], "write -P 0xcd 0 4k")  # the export refuses a writer (qemu-io cannot open it)
         said = (refused.stdout + refused.stderr).lower()
         assert "permission denied" in said or "write failed" in said, said
         assert "wrote" not in said
@@ -142,12 +131,12 @@ def test_a_purge_moves_the_export_only_with_the_app_and_a_killed_daemon_comes_ba
         found = wait_for("the exports", lambda: running(data, 2))
         first = next(e for e in found if e["uuid"] == vol)
         assert first["generation"] == 0
-        assert qemu_io(first, "write -P 0x11 0 4k").returncode == 0
+        assert export_io(first, "write -P 0x11 0 4k").returncode == 0
         os.kill(first["pid"], signal.SIGKILL)
         back = wait_for("the daemon restarted", lambda: [e for e in exports(data) if e["uuid"] == vol and
                                                          e["state"] == "running" and e["pid"] != first["pid"]])
         assert back[0]["restarts"] == 1
-        assert qemu_io(back[0], "write -P 0x22 4k 4k").returncode == 0
+        assert export_io(back[0], "write -P 0x22 4k 4k").returncode == 0
         wait_for("the counts to continue across the restart", lambda: metrics_of(data)["disk"].writeCount == 2)
 
         for n, size in ((0, 8 * MiB), (1, 1 << 50)):  # big#1 is a PiB: never fits
@@ -170,7 +159,7 @@ def test_a_purge_moves_the_export_only_with_the_app_and_a_killed_daemon_comes_ba
             else None)(exports(data)))
         apps = device_status(data)["apps"]
         assert sorted([r["uuid"], r["generation_count"]] for r in apps[0]["volume_refs"]) == sorted([[vol, 1], [big, 1]])
-        fresh = qemu_io(next(e for e in moved if e["uuid"] == vol), "read -P 0 0 8k")  # a new blank disk
+        fresh = export_io(next(e for e in moved if e["uuid"] == vol), "read -P 0 0 8k")  # a new blank disk
         assert fresh.returncode == 0 and "Pattern verification failed" not in fresh.stdout, fresh.stdout
     finally:
         agent.terminate()
@@ -211,8 +200,8 @@ def test_the_controller_keeps_the_counts_of_what_tasks_did(controller_factory, a
     agent.start()
     try:
         [e] = wait_for("the export", lambda: running(agent.data_dir, 1), timeout=60)
-        assert qemu_io(e, "write -P 0x5a 0 64k", "write -P 0x5a 64k 64k").returncode == 0
-        assert qemu_io(e, "read 0 4k", "read 4k 4k", "read 8k 4k").returncode == 0
+        assert export_io(e, "write -P 0x5a 0 64k", "write -P 0x5a 64k 64k").returncode == 0
+        assert export_io(e, "read 0 4k", "read 4k 4k", "read 8k 4k").returncode == 0
 
         def stored() -> Any:
             samples = ctrl.admin("GET", f"/devices/dev1/volumes/{vol['uuid']}/metrics", params={"limit": 1})
