@@ -213,3 +213,36 @@ def test_the_controller_keeps_the_counts_of_what_tasks_did(controller_factory, a
         assert (last["read_bytes"], last["read_count"]) == (3 * 4 * KiB, 3)
     finally:
         agent.stop()
+
+
+def test_an_export_that_cannot_restart_says_why_on_the_volume_and_recovers(tmp_path: Path) -> None:
+    """The volume's image is damaged under its export and the daemon dies: restarting fails (qemu cannot open
+    it), and the volume's ErrorInfo says so (and when the next restart is) while the volume stays created.
+    Once the image is whole again the export comes back by itself and the error goes."""
+    b = ConfigBuilder()
+    vol = b.blank_volume(8 * MiB, name="disk")
+    b.app([vol], name="vm", activate=True)
+    cfg, data, log = tmp_path / "config.pb", tmp_path / "dev", tmp_path / "agent.log"
+    b.save(cfg)
+    agent = start_agent(data, cfg, log)
+    try:
+        [first] = wait_for("the export", lambda: running(data, 1))
+        image = Path(by_name(device_status(data)["volumes"], "disk")["path"])
+        header = image.read_bytes()[:4]
+        with open(image, "r+b") as f:
+            f.write(b"XXXX")  # no longer a qcow2 magic
+        os.kill(first["pid"], signal.SIGKILL)
+        broken = wait_for("the volume's export error", lambda: by_name(
+            device_status(data)["volumes"], "disk")["export_error"], timeout=30)
+        assert "export of the volume to its apps' tasks" in broken["description"], broken
+        assert "next restart at" in broken["retry_condition"], broken
+        assert by_name(device_status(data)["volumes"], "disk")["state"] == "CREATED_VOLUME"
+        table = " ".join(run_cli("device", "status", "--data-dir", str(data), check=True).stdout.split())
+        assert "export of the volume" in table
+        with open(image, "r+b") as f:
+            f.write(header)
+        wait_for("the export back", lambda: running(data, 1), timeout=90)
+        wait_for("the error gone", lambda: by_name(device_status(data)["volumes"], "disk")["export_error"] is None)
+    finally:
+        agent.terminate()
+        agent.wait(20)

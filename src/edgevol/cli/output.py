@@ -35,6 +35,8 @@ def print_table(console: Console, title: str, columns: Sequence[str], rows: list
 
 def print_status_tables(console: Console, doc: dict[str, Any]) -> None:
     def err(obj: dict[str, Any]) -> str:
+        if obj.get("export_error") and not obj.get("error"):  # serving a volume to its apps' tasks
+            return err({"error": obj["export_error"]})
         if obj.get("warning") and not obj.get("error"):  # a volume's warning (shared by several apps)
             return "warning: " + obj["warning"]["description"]
         if not obj.get("error"):

@@ -41,6 +41,7 @@ def status_document(store: StateStore) -> dict[str, Any]:
         "cur_size_bytes": r["cur_size"], "path": r["path"], "readonly": bool(r["readonly"]),
         "format": volume_format(r["path"]) if r["path"] else None,
         "ref_count": r["ref_count"], "error": _error(r["error"]), "warning": _error(r.get("warning")),
+        "export_error": _error(r.get("export_error")),
         "backing_blob": r.get("backing_blob"),
     } for r in store.all("volumes")]
     users: dict[str, list[dict[str, Any]]] = {}
