@@ -26,14 +26,15 @@ def free_port() -> int:
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.2) -> Any:
+    """``cond()`` once it is truthy, polled every ``interval``; looked at least once, even with no time left."""
     deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    while True:
         last = cond()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,10 @@ from edgevol.api import messages as m
 from edgevol.device.state import StateStore
 from tests.conftest import by_name, device_status, make_raw_image, run_cli, start_agent
 from tests.configs import ConfigBuilder, sha256_file
+from tests.controller_fixture import wait_for
 from tests.registry_fixture import registry  # noqa: F401  (fixture)
 
 MiB = 1 << 20
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 def partial(data: Path, sha: str) -> Path:
@@ -100,7 +90,7 @@ def test_removing_a_content_tree_mid_download_stops_its_bytes_and_discards_its_p
     b.save(cfg)
     agent = start_agent(data, cfg, log)
     try:
-        wait_for("the download to pass 3 MiB", lambda: partial_size(data, sha) >= 3 * MiB)
+        wait_for(lambda: partial_size(data, sha) >= 3 * MiB, 30.0, "the download to pass 3 MiB", interval=0.05)
         b.cfg.ClearField("contentInfo")
         del b.cfg.volumes[0]  # the volume made from it; the blank one stays
         b.cfg.id.version = "2"
@@ -108,11 +98,11 @@ def test_removing_a_content_tree_mid_download_stops_its_bytes_and_discards_its_p
         b.save(cfg)
         stopped_at = quiet_since(http_server)
         assert stopped_at - removed_at <= 2.0, f"bytes kept flowing {stopped_at - removed_at:.2f}s after removal"
-        wait_for("the partial to go", lambda: not partial(data, sha).exists(),
-                 timeout=max(0.0, removed_at + 2.0 - time.monotonic()))
+        wait_for(lambda: not partial(data, sha).exists(), max(0.0,
+                 removed_at + 2.0 - time.monotonic()), "the partial to go", interval=0.05)
         assert http_server.bytes_served < 48 * MiB
-        wait_for("the blob and the tree rows to go",
-                 lambda: not rows(data, "blobs") and not rows(data, "content_trees"), timeout=10)
+        wait_for(lambda: not rows(data, "blobs") and not rows(data, "content_trees"),
+                 10, "the blob and the tree rows to go", interval=0.05)
     finally:
         agent.terminate()
         agent.wait(20)
@@ -135,17 +125,17 @@ def test_a_stopped_download_keeps_its_partial_for_the_gc_delay_and_resumes_from_
     http_server.rate_limit_bytes_per_sec = 4 * MiB
     b = ConfigBuilder().item("edgevol.gc.delay.seconds", "600")
     ds = b.datastore(http_server.url)
-    ct = b.content_tree(ds, "big.raw", sha, "raw", name="big")
+    b.content_tree(ds, "big.raw", sha, "raw", name="big")
     cfg, data, log = tmp_path / "config.pb", tmp_path / "dev", tmp_path / "agent.log"
     b.save(cfg)
     tree = b.cfg.contentInfo[0].__deepcopy__()
     agent = start_agent(data, cfg, log)
     try:
-        wait_for("the download to pass 4 MiB", lambda: partial_size(data, sha) >= 4 * MiB)
+        wait_for(lambda: partial_size(data, sha) >= 4 * MiB, 30.0, "the download to pass 4 MiB", interval=0.05)
         b.cfg.ClearField("contentInfo")
         b.cfg.id.version = "2"
         b.save(cfg)
-        wait_for("the download to stop", lambda: log_events(log, "download cancelled"))
+        wait_for(lambda: log_events(log, "download cancelled"), 30.0, "the download to stop", interval=0.05)
         quiet_since(http_server)
         kept = partial_size(data, sha)
         assert kept >= 4 * MiB, "the partial was not kept for the GC delay"
@@ -155,7 +145,8 @@ def test_a_stopped_download_keeps_its_partial_for_the_gc_delay_and_resumes_from_
         b.cfg.contentInfo.add().CopyFrom(tree)
         b.cfg.id.version = "3"
         b.save(cfg)
-        wait_for("the blob to load", lambda: any(r["state"] == m.ZSwState.LOADED for r in rows(data, "blobs")))
+        wait_for(lambda: any(r["state"] == m.ZSwState.LOADED for r in rows(data, "blobs")),
+                 30.0, "the blob to load", interval=0.05)
     finally:
         agent.terminate()
         agent.wait(20)
@@ -196,7 +187,7 @@ def test_downloads_per_datastore_are_capped_apart_from_the_device_wide_limit(
                 most[sub] = max(most[sub], running[sub])
             return len(found) == 6 and all(r["state"] == m.ZSwState.LOADED for r in found)
 
-        wait_for("every blob to load", all_loaded, timeout=120, every=0.02)
+        wait_for(all_loaded, 120, "every blob to load", interval=0.02)
     finally:
         agent.terminate()
         agent.wait(20)
@@ -219,8 +210,8 @@ def test_a_download_waiting_to_retry_says_how_many_attempts_failed_and_when_the_
     b.save(cfg)
     agent = start_agent(data, cfg, log)
     try:
-        blob = wait_for("the first attempt to fail", lambda: next(
-            (r for r in rows(data, "blobs") if r["error"] is not None), None))
+        blob = wait_for(lambda: next((r for r in rows(data, "blobs") if r["error"] is not None), None),
+                        30.0, "the first attempt to fail", interval=0.05)
         doc = device_status(data)
         table = run_cli("device", "status", "--data-dir", str(data), check=True).stdout
     finally:
@@ -262,15 +253,15 @@ def test_removing_a_tree_while_its_tag_resolves_stops_the_walk_without_holding_u
         b.save(cfg)
         agent = start_agent(data, cfg, log)
         try:
-            wait_for("the tag's request to be held", lambda: stall.injected)
+            wait_for(lambda: stall.injected, 30.0, "the tag's request to be held", interval=0.05)
             b.cfg.ClearField("contentInfo")
             b.cfg.id.version = "2"
             removed_at = time.monotonic()
             b.save(cfg)
-            wait_for("the tree to be collected", lambda: not rows(data, "content_trees"), timeout=10)
+            wait_for(lambda: not rows(data, "content_trees"), 10, "the tree to be collected", interval=0.05)
             assert time.monotonic() - removed_at <= 2.0
             assert outbox(data)[f"content_tree/{ct}"].cinfo == m.ZInfoContentTree(uuid=ct)
-            wait_for("the walk to stop", lambda: log_events(log, "tree walk stopped"), timeout=20)
+            wait_for(lambda: log_events(log, "tree walk stopped"), 20, "the walk to stop", interval=0.05)
             time.sleep(0.5)
         finally:
             agent.terminate()

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,10 @@ from edgevol.device.state import StateStore
 from edgevol.device.uplink.metrics import volume_metrics
 from tests.conftest import by_name, device_status, export_io, run_cli, start_agent
 from tests.configs import ConfigBuilder
-from tests.controller_fixture import agent_factory, controller_factory, onboard  # noqa: F401
+from tests.controller_fixture import agent_factory, controller_factory, onboard, wait_for  # noqa: F401
 
 MiB = 1 << 20
 KiB = 1 << 10
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 def exports(data: Path) -> list[dict[str, Any]]:
@@ -70,7 +59,7 @@ def test_an_activated_apps_volumes_are_exported_and_count_what_tasks_do(tmp_path
     b.save(cfg)
     agent = start_agent(data, cfg, log)
     try:
-        found = wait_for("both exports running", lambda: running(data, 2))
+        found = wait_for(lambda: running(data, 2), 30.0, "both exports running", interval=0.1)
         by_uuid = {e["uuid"]: e for e in found}
         for e in found:
             assert set(e["sockets"]) >= {"nbd", "vhost-user-blk"}, e
@@ -93,7 +82,7 @@ def test_an_activated_apps_volumes_are_exported_and_count_what_tasks_do(tmp_path
             m = metrics_of(data)
             return m if m["data"].writeCount == 3 and m["data"].readCount >= 5 else None
 
-        m = wait_for("the counters to reach the metrics", counted)
+        m = wait_for(counted, 30.0, "the counters to reach the metrics", interval=0.1)
         assert (m["data"].writeBytes, m["data"].writeCount) == (3 * 64 * KiB, 3)
         assert (m["data"].readBytes, m["data"].readCount) == (5 * 4 * KiB, 5)
         assert (m["golden"].writeBytes, m["golden"].writeCount) == (0, 0)
@@ -101,7 +90,7 @@ def test_an_activated_apps_volumes_are_exported_and_count_what_tasks_do(tmp_path
         b.cfg.apps[0].activate = False
         b.cfg.id.version = "2"
         b.save(cfg)
-        wait_for("the exports to stop", lambda: exports(data) == [])
+        wait_for(lambda: exports(data) == [], 30.0, "the exports to stop", interval=0.1)
         assert not any(os.path.exists(p) for e in found for p in e["sockets"].values())
         after = metrics_of(data)  # counted since boot: an export that stopped keeps its figures
         assert (after["data"].writeBytes, after["data"].readBytes) == (3 * 64 * KiB, 5 * 4 * KiB)
@@ -128,16 +117,17 @@ def test_a_purge_moves_the_export_only_with_the_app_and_a_killed_daemon_comes_ba
     b.save(cfg)
     agent = start_agent(data, cfg, log)
     try:
-        found = wait_for("the exports", lambda: running(data, 2))
+        found = wait_for(lambda: running(data, 2), 30.0, "the exports", interval=0.1)
         first = next(e for e in found if e["uuid"] == vol)
         assert first["generation"] == 0
         assert export_io(first, "write -P 0x11 0 4k").returncode == 0
         os.kill(first["pid"], signal.SIGKILL)
-        back = wait_for("the daemon restarted", lambda: [e for e in exports(data) if e["uuid"] == vol and
-                                                         e["state"] == "running" and e["pid"] != first["pid"]])
+        back = wait_for(lambda: [e for e in exports(data) if e["uuid"] == vol and e["state"] == "running"
+                                 and e["pid"] != first["pid"]], 30.0, "the daemon restarted", interval=0.1)
         assert back[0]["restarts"] == 1
         assert export_io(back[0], "write -P 0x22 4k 4k").returncode == 0
-        wait_for("the counts to continue across the restart", lambda: metrics_of(data)["disk"].writeCount == 2)
+        wait_for(lambda: metrics_of(data)["disk"].writeCount == 2,
+                 30.0, "the counts to continue across the restart", interval=0.1)
 
         for n, size in ((0, 8 * MiB), (1, 1 << 50)):  # big#1 is a PiB: never fits
             b.cfg.volumes[n].generationCount = 1
@@ -146,17 +136,18 @@ def test_a_purge_moves_the_export_only_with_the_app_and_a_killed_daemon_comes_ba
         b.cfg.apps[0].purge.counter = 1
         b.cfg.id.version = "2"
         b.save(cfg)
-        wait_for("disk#1 created", lambda: any(v["generation_count"] == 1 and v["state"] == "CREATED_VOLUME"
-                                               for v in device_status(data)["volumes"] if v["uuid"] == vol))
+        wait_for(lambda: any(v["generation_count"] == 1 and v["state"] == "CREATED_VOLUME"
+                             for v in device_status(data)["volumes"] if v["uuid"] == vol),
+                 30.0, "disk#1 created", interval=0.1)
         time.sleep(1.0)  # passes go by: the app stays, and so do its exports
         assert sorted((e["uuid"], e["generation"]) for e in exports(data)) == sorted([(vol, 0), (big, 0)])
 
         b.cfg.volumes[1].maxsizebytes = 8 * MiB
         b.cfg.id.version = "3"
         b.save(cfg)
-        moved = wait_for("the exports on generation 1", lambda: (lambda e: e if sorted(
+        moved = wait_for(lambda: (lambda e: e if sorted(
             (x["uuid"], x["generation"], x["state"]) for x in e) == sorted([(vol, 1, "running"), (big, 1, "running")])
-            else None)(exports(data)))
+            else None)(exports(data)), 30.0, "the exports on generation 1", interval=0.1)
         apps = device_status(data)["apps"]
         assert sorted([r["uuid"], r["generation_count"]] for r in apps[0]["volume_refs"]) == sorted([[vol, 1], [big, 1]])
         fresh = export_io(next(e for e in moved if e["uuid"] == vol), "read -P 0 0 8k")  # a new blank disk
@@ -177,8 +168,9 @@ def test_vap_9p_on_a_disk_image_is_an_error_on_the_app(tmp_path: Path) -> None:
     b.save(cfg)
     agent = start_agent(data, cfg, log)
     try:
-        wait_for("the agent's state", lambda: (data / "state.db").exists())
-        app = wait_for("the app's error", lambda: next((a for a in device_status(data)["apps"] if a["error"]), None))
+        wait_for(lambda: (data / "state.db").exists(), 30.0, "the agent's state", interval=0.1)
+        app = wait_for(lambda: next((a for a in device_status(data)["apps"] if a["error"]), None),
+                       30.0, "the app's error", interval=0.1)
     finally:
         agent.terminate()
         agent.wait(20)
@@ -199,7 +191,7 @@ def test_the_controller_keeps_the_counts_of_what_tasks_did(controller_factory, a
     ctrl.admin("POST", "/devices/dev1/apps", json={"name": "web", "volumes": ["x"]})
     agent.start()
     try:
-        [e] = wait_for("the export", lambda: running(agent.data_dir, 1), timeout=60)
+        [e] = wait_for(lambda: running(agent.data_dir, 1), 60, "the export", interval=0.1)
         assert export_io(e, "write -P 0x5a 0 64k", "write -P 0x5a 64k 64k").returncode == 0
         assert export_io(e, "read 0 4k", "read 4k 4k", "read 8k 4k").returncode == 0
 
@@ -208,7 +200,7 @@ def test_the_controller_keeps_the_counts_of_what_tasks_did(controller_factory, a
             return samples[0] if samples and samples[0]["write_count"] == 2 and samples[0]["read_count"] >= 3 \
                 else None
 
-        last = wait_for("the counts at the controller", stored, timeout=60)
+        last = wait_for(stored, 60, "the counts at the controller", interval=0.1)
         assert (last["write_bytes"], last["write_count"]) == (2 * 64 * KiB, 2)
         assert (last["read_bytes"], last["read_count"]) == (3 * 4 * KiB, 3)
     finally:
@@ -226,14 +218,14 @@ def test_an_export_that_cannot_restart_says_why_on_the_volume_and_recovers(tmp_p
     b.save(cfg)
     agent = start_agent(data, cfg, log)
     try:
-        [first] = wait_for("the export", lambda: running(data, 1))
+        [first] = wait_for(lambda: running(data, 1), 30.0, "the export", interval=0.1)
         image = Path(by_name(device_status(data)["volumes"], "disk")["path"])
         header = image.read_bytes()[:4]
         with open(image, "r+b") as f:
             f.write(b"XXXX")  # no longer a qcow2 magic
         os.kill(first["pid"], signal.SIGKILL)
-        broken = wait_for("the volume's export error", lambda: by_name(
-            device_status(data)["volumes"], "disk")["export_error"], timeout=30)
+        broken = wait_for(lambda: by_name(
+            device_status(data)["volumes"], "disk")["export_error"], 30, "the volume's export error", interval=0.1)
         assert "export of the volume to its apps' tasks" in broken["description"], broken
         assert "next restart at" in broken["retry_condition"], broken
         assert by_name(device_status(data)["volumes"], "disk")["state"] == "CREATED_VOLUME"
@@ -241,8 +233,9 @@ def test_an_export_that_cannot_restart_says_why_on_the_volume_and_recovers(tmp_p
         assert "export of the volume" in table
         with open(image, "r+b") as f:
             f.write(header)
-        wait_for("the export back", lambda: running(data, 1), timeout=90)
-        wait_for("the error gone", lambda: by_name(device_status(data)["volumes"], "disk")["export_error"] is None)
+        wait_for(lambda: running(data, 1), 90, "the export back", interval=0.1)
+        wait_for(lambda: by_name(device_status(data)["volumes"], "disk")["export_error"] is None,
+                 30.0, "the error gone", interval=0.1)
     finally:
         agent.terminate()
         agent.wait(20)
