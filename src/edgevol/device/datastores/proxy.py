@@ -37,7 +37,7 @@ from .base import DatastoreError, PermanentError, TransientError
 
 __all__ = [
     "botocore_proxies", "cert_failure", "choose", "choose_for_url", "effective", "failure_reason",
-    "from_environment", "proxy_failure", "redact", "requests_adapter", "ssl_context", "tunnel", "tunnel_status",
+    "from_environment", "proxy_failure", "redact", "requests_adapter", "tunnel", "tunnel_status",
     "where",
 ]
 
@@ -249,14 +249,6 @@ def cert_failure(exc: BaseException) -> str | None:
 # -- each client library --------------------------------------------------------------------------------
 
 
-def ssl_context(ca_pems: Sequence[bytes]) -> ssl.SSLContext:
-    """System roots plus ``ca_pems``: what a connection to, or through, a proxy trusts."""
-    ctx = ssl.create_default_context()
-    for pem in ca_pems:
-        ctx.load_verify_locations(cadata=bytes(pem).decode("ascii"))
-    return ctx
-
-
 def requests_adapter(settings: ProxySettings | None, base: type | None = None, **kwargs: Any) -> Any:
     """A requests transport adapter that sends each request direct or through :func:`choose_for_url`'s proxy.
 
@@ -317,6 +309,8 @@ def tunnel(proxy: str, host: str, port: int, *, timeout: float, ca_pems: Sequenc
     """
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
     from python_socks.sync.v2 import Proxy
+
+    from .http import ssl_context  # http imports this module: its trust rule is taken when a tunnel is made
 
     parts = urlsplit(proxy)
     tls = ssl_context(ca_pems) if parts.scheme == "https" else None
